@@ -1,0 +1,90 @@
+"""The learner interface: f_φ maps a support set to an adapted model.
+
+A learner is an ``nn.Module`` whose parameters are the meta-parameters φ (``meta_params()``).
+Its functional core takes φ explicitly as a dict, so the same code serves meta-training
+(gradients to φ), evaluation and distributed or population meta-optimizers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..tasks.task import Task
+from .functional import Params, loss_and_metric
+
+Adapted = Any
+
+
+class Learner(nn.Module):
+    """Base class. Subclasses implement :meth:`adapt` and :meth:`predict`.
+
+    Three lines adapt a meta-trained learner to a new task and predict::
+
+        adapted = learner.adapt(support_x, support_y)
+        y_hat = learner.predict(adapted, new_x)
+    """
+
+    def __init__(self, loss: str = "ce") -> None:
+        super().__init__()
+        self.loss_kind = loss
+        self.loss_fn, self.metric_fn, self.metric_name, self.higher_is_better = loss_and_metric(loss)
+
+    # φ ---------------------------------------------------------------------------------------
+    def meta_params(self) -> Params:
+        """φ as a name -> tensor dict (the learner's trainable parameters)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    # f_φ -------------------------------------------------------------------------------------
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
+              create_graph: bool = False) -> Adapted:
+        """Learn from a support set; return what :meth:`predict` needs."""
+        raise NotImplementedError
+
+    def predict(self, adapted: Adapted, x: Tensor) -> Tensor:
+        """Outputs (logits or regression values) of the adapted model on ``x``."""
+        raise NotImplementedError
+
+    # episodes --------------------------------------------------------------------------------
+    def episode(self, task: Task, params: Params | None = None,
+                create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        """Inner-task training on the support set, inner-task testing on the query set.
+
+        Returns ``(query loss, query metric)``; the loss carries the graph to φ when
+        ``create_graph`` is set.
+        """
+        adapted = self.adapt(task.support_x, task.support_y, params, create_graph=create_graph)
+        out = self.predict(adapted, task.query_x)
+        return self.loss_fn(out, task.query_y), self.metric_fn(out, task.query_y).detach()
+
+    def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
+        """The meta-objective: mean query loss over tasks (and the mean metric)."""
+        losses, metrics = zip(*(self.episode(t, params, create_graph=True) for t in tasks))
+        return torch.stack(losses).mean(), torch.stack(metrics).mean()
+
+    def outer_grads(self, tasks: list[Task], params: Params | None = None,
+                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
+        """Meta-gradient of the meta-objective w.r.t. φ, per-task accumulated.
+
+        Each task's graph is freed before the next one is built, so memory stays at one task's
+        graph, not the meta-batch's. ``scale`` divides the sum (the *global* meta-batch size in a
+        distributed run). Returns ``(grads, {"loss", "metric"})``.
+        """
+        params = self.meta_params() if params is None else params
+        names = list(params)
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        n = max(len(tasks), 1) if scale == 1.0 else scale
+        loss_sum, metric_sum = 0.0, 0.0
+        for task in tasks:
+            loss, metric = self.episode(task, params, create_graph=True)
+            grads = torch.autograd.grad(loss / n, [params[k] for k in names], allow_unused=True)
+            for k, g in zip(names, grads):
+                if g is not None:
+                    total[k] += g
+            loss_sum += float(loss)
+            metric_sum += float(metric)
+        return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
+
+    def extra_config(self) -> dict[str, Any]:
+        return {}

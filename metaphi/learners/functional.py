@@ -1,0 +1,72 @@
+"""The functional core: run any ``nn.Module`` on a dict of parameters.
+
+Everything here is a pure function of ``(module, params, inputs)``; learners are thin wrappers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+
+def forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    """``model(x)`` with its parameters replaced by ``params`` (missing names keep the module's own)."""
+    return functional_call(model, params, (x,), strict=False)
+
+
+def sgd_step(params: Params, grads: Iterable[Tensor], names: list[str],
+             lr: float | Params) -> Params:
+    """One inner SGD step on ``names`` (``lr`` is a float or a per-parameter dict, as in Meta-SGD)."""
+    new = dict(params)
+    for n, g in zip(names, grads):
+        step = lr[n] * g if isinstance(lr, dict) else lr * g
+        new[n] = params[n] - step
+    return new
+
+
+def inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor,
+               loss_fn: Callable[[Tensor, Tensor], Tensor], names: list[str], steps: int,
+               lr: float | Params, second_order: bool, forward_fn=forward) -> Params:
+    """``steps`` SGD steps on the support set ``(x, y)`` for the parameters in ``names``.
+
+    With ``second_order`` the steps stay in the autograd graph (MAML); without, each gradient is
+    treated as a constant (first-order MAML) while the path from φ to the result remains.
+    """
+    for _ in range(steps):
+        loss = loss_fn(forward_fn(model, params, x), y)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=second_order)
+        if not second_order:
+            grads = [g.detach() for g in grads]
+        params = sgd_step(params, grads, names, lr)
+    return params
+
+
+def transductive_batchnorm(model: nn.Module) -> nn.Module:
+    """Make every BatchNorm use the statistics of the batch it is given, always.
+
+    This is MAML's transductive mode: support and query batches are each normalised with their
+    own statistics, at meta-train and meta-test time, and no running statistics are kept (they
+    would mix tasks and break the functional, pure-function view of an episode).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+    return model
+
+
+def loss_and_metric(kind: str) -> tuple[Callable[[Tensor, Tensor], Tensor],
+                                         Callable[[Tensor, Tensor], Tensor], str, bool]:
+    """(loss, metric, metric name, higher is better) for ``'ce'`` or ``'mse'``."""
+    if kind == "ce":
+        return F.cross_entropy, lambda out, y: (out.argmax(-1) == y).float().mean(), "accuracy", True
+    if kind == "mse":
+        return F.mse_loss, F.mse_loss, "mse", False
+    raise ValueError(f"loss must be 'ce' (classification) or 'mse' (regression), got {kind!r}")

@@ -1,0 +1,162 @@
+"""The MAML family: MAML, first-order MAML, Meta-SGD and ANIL.
+
+φ is the initialisation of the model (and, for Meta-SGD, per-parameter inner learning rates).
+The inner loop is plain SGD on the support set through :func:`functional.inner_loop`.
+BatchNorm runs in MAML's transductive mode: each batch (support or query) is normalised with
+its own statistics at meta-train and meta-test time, and no running statistics are kept.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import Learner
+from .functional import Params, forward, inner_loop, transductive_batchnorm
+
+MODEL_PREFIX = "model."
+
+
+def _check_inner(inner_lr: float, inner_steps: int) -> None:
+    if not inner_lr > 0:
+        raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+
+
+class MAML(Learner):
+    """Model-Agnostic Meta-Learning (Finn et al., 2017).
+
+    ``first_order=True`` gives first-order MAML (inner gradients treated as constants).
+    ``eval_inner_steps`` (default: ``inner_steps``) is used when adapting outside meta-training.
+    """
+
+    def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
+                 inner_steps: int = 1, first_order: bool = False,
+                 eval_inner_steps: int | None = None) -> None:
+        super().__init__(loss)
+        _check_inner(inner_lr, inner_steps)
+        self.model = transductive_batchnorm(model)
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.eval_inner_steps = int(eval_inner_steps or inner_steps)
+        self.first_order = bool(first_order)
+
+    # Names of model parameters the inner loop adapts (ANIL narrows this to the head).
+    def adapted_names(self) -> list[str]:
+        return [n for n, _ in self.model.named_parameters()]
+
+    def model_params(self, params: Params) -> Params:
+        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
+
+    def inner_lrs(self, params: Params) -> float | Params:
+        return self.inner_lr
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
+              create_graph: bool = False) -> Params:
+        steps = self.inner_steps if create_graph else self.eval_inner_steps
+        return self.adapt_steps(support_x, support_y, params, steps, create_graph)
+
+    def adapt_steps(self, support_x: Tensor, support_y: Tensor, params: Params | None,
+                    steps: int, create_graph: bool) -> Params:
+        """:meth:`adapt` with an explicit number of inner steps."""
+        params = self.meta_params() if params is None else params
+        with torch.enable_grad():
+            fast = inner_loop(self.model, self.model_params(params), support_x, support_y,
+                              self.loss_fn, self.adapted_names(), steps, self.inner_lrs(params),
+                              second_order=create_graph and not self.first_order)
+        if not create_graph:
+            fast = {n: p.detach() for n, p in fast.items()}
+        return fast
+
+    def predict(self, adapted: Params, x: Tensor) -> Tensor:
+        return forward(self.model, adapted, x)
+
+    def extra_config(self) -> dict[str, Any]:
+        return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
+                "first_order": self.first_order, "eval_inner_steps": self.eval_inner_steps}
+
+
+class FOMAML(MAML):
+    """First-order MAML."""
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        kw["first_order"] = True
+        super().__init__(model, **kw)
+
+
+def _lr_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class MetaSGD(MAML):
+    """Meta-SGD (Li et al., 2017): φ also holds a learning rate per parameter entry."""
+
+    def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
+                 inner_steps: int = 1, first_order: bool = False,
+                 eval_inner_steps: int | None = None) -> None:
+        super().__init__(model, loss, inner_lr, inner_steps, first_order, eval_inner_steps)
+        self.lrs = nn.ParameterDict({
+            _lr_key(n): nn.Parameter(torch.full_like(p, self.inner_lr))
+            for n, p in self.model.named_parameters()})
+
+    def inner_lrs(self, params: Params) -> Params:
+        return {n: params["lrs." + _lr_key(n)] for n in self.adapted_names()}
+
+
+def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module, str]:
+    """(backbone, head, head prefix) of a model with ``features``/``head`` children or a Sequential."""
+    if hasattr(model, "features") and hasattr(model, "head"):
+        return model.features, model.head, "head."
+    if isinstance(model, nn.Sequential) and len(model) >= 2:
+        last = str(len(model) - 1)
+        return model[:-1], model[-1], last + "."
+    raise ValueError("ANIL needs a model with `features` and `head` sub-modules, or an "
+                     "nn.Sequential whose last layer is the head")
+
+
+class ANIL(MAML):
+    """Almost No Inner Loop (Raghu et al., 2020): the inner loop adapts the head only.
+
+    The backbone runs once per batch (support and query), and its output is reused by every
+    inner step, which is where ANIL's speed comes from.
+    """
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        super().__init__(model, **kw)
+        self.backbone, self.head, self.head_prefix = split_model(self.model)
+        self._backbone_prefix = "features." if self.head_prefix == "head." else ""
+
+    def adapted_names(self) -> list[str]:
+        return [n for n, _ in self.model.named_parameters() if n.startswith(self.head_prefix)]
+
+    def _sub(self, params: Params, prefix: str, exclude: str | None = None) -> Params:
+        return {n[len(prefix):]: p for n, p in params.items()
+                if n.startswith(prefix) and not (exclude and n.startswith(exclude))}
+
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        mp = self.model_params(params) if any(n.startswith(MODEL_PREFIX) for n in params) else params
+        return forward(self.backbone, self._sub(mp, self._backbone_prefix, self.head_prefix), x)
+
+    def adapt_steps(self, support_x: Tensor, support_y: Tensor, params: Params | None,
+                    steps: int, create_graph: bool) -> Params:
+        params = self.meta_params() if params is None else params
+        with torch.enable_grad():
+            feats = self.features(params, support_x)
+            if not create_graph:
+                feats = feats.detach()
+            mp = self.model_params(params)
+            head = self._sub(mp, self.head_prefix)
+            fast_head = inner_loop(self.head, head, feats, support_y, self.loss_fn, list(head),
+                                   steps, self.inner_lr,
+                                   second_order=create_graph and not self.first_order)
+        fast = {**{n: p for n, p in mp.items() if not n.startswith(self.head_prefix)},
+                **{self.head_prefix + n: p for n, p in fast_head.items()}}
+        if not create_graph:
+            fast = {n: p.detach() for n, p in fast.items()}
+        return fast
+
+    def predict(self, adapted: Params, x: Tensor) -> Tensor:
+        feats = forward(self.backbone, self._sub(adapted, self._backbone_prefix, self.head_prefix), x)
+        return forward(self.head, self._sub(adapted, self.head_prefix), feats)

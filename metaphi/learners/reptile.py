@@ -1,0 +1,44 @@
+"""Reptile (Nichol et al., 2018): move φ towards the weights adapted on each task."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..tasks.task import Task
+from .functional import Params
+from .maml import MAML
+
+
+class Reptile(MAML):
+    """Reptile. The meta-gradient is ``φ - θ_task`` averaged over tasks, where θ_task is the
+    result of ``inner_steps`` SGD steps on the task's support *and* query data (as in the
+    paper: Reptile trains on the whole task). Adaptation at test time uses the support set.
+    """
+
+    def __init__(self, model, loss: str = "ce", inner_lr: float = 0.01, inner_steps: int = 5,
+                 eval_inner_steps: int | None = None) -> None:
+        super().__init__(model, loss, inner_lr, inner_steps, first_order=True,
+                         eval_inner_steps=eval_inner_steps)
+
+    def outer_grads(self, tasks: list[Task], params: Params | None = None,
+                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
+        params = self.meta_params() if params is None else params
+        n = max(len(tasks), 1) if scale == 1.0 else scale
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        loss_sum = metric_sum = 0.0
+        for task in tasks:
+            with torch.no_grad():
+                loss, metric = self.episode(task, params)
+            loss_sum += float(loss)
+            metric_sum += float(metric)
+            x = torch.cat([task.support_x, task.query_x])
+            y = torch.cat([task.support_y, task.query_y])
+            fast = self.adapt_steps(x, y, params, self.inner_steps, create_graph=False)
+            for k in fast:
+                total["model." + k] += (params["model." + k].detach() - fast[k]) / n
+        return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
+              create_graph: bool = False) -> Params:
+        # Reptile's adaptation is never differentiated.
+        return self.adapt_steps(support_x, support_y, params, self.eval_inner_steps, False)

@@ -1,0 +1,53 @@
+"""Backbones used in the papers. Any ``nn.Module`` works with the learners; these are defaults.
+
+Classifiers expose ``features`` (the backbone) and ``head`` (the last linear layer) so that
+ANIL and the metric-based learners can tell them apart.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Classifier(nn.Module):
+    """``head(features(x))``."""
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def mlp(in_dim: int = 1, hidden: tuple[int, ...] = (40, 40), out_dim: int = 1) -> Classifier:
+    """The MAML sinusoid network (1-40-40-1 with ReLU by default)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    return Classifier(nn.Sequential(*layers), nn.Linear(d, out_dim))
+
+
+def conv_block(c_in: int, c_out: int, max_pool: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                               nn.ReLU()]
+    if max_pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def conv4_features(in_channels: int = 1, hidden: int = 64, depth: int = 4) -> nn.Sequential:
+    """Conv-4 embedding: ``depth`` blocks of 3x3 conv, BatchNorm, ReLU, 2x2 max-pool, flattened."""
+    blocks = [conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
+    return nn.Sequential(*blocks, nn.Flatten())
+
+
+def conv4(n_way: int, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
+          depth: int = 4) -> Classifier:
+    """Conv-4 classifier as in MAML / ProtoNet (28x28 Omniglot gives a 64-d feature)."""
+    side = image_size
+    for _ in range(depth):
+        side //= 2
+    return Classifier(conv4_features(in_channels, hidden, depth), nn.Linear(hidden * side * side, n_way))

@@ -1,0 +1,258 @@
+"""N-way K-shot tasks from labelled data.
+
+Any labelled data becomes a :class:`LabelledData`: an array of labels plus ``get(indices)``
+returning the stacked inputs. The data is indexed by class once (:class:`ClassIndex`), so that
+sampling a task is a few array look-ups, not a pass over the data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .task import Task
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@runtime_checkable
+class LabelledData(Protocol):
+    """Items with integer class labels. ``class_names[c]`` names class ``c``."""
+
+    labels: np.ndarray
+    class_names: Sequence[str]
+
+    def get(self, indices: np.ndarray) -> Tensor: ...
+
+
+class TensorData:
+    """Labelled data held in a pair of tensors ``(x, y)``."""
+
+    def __init__(self, x: Tensor, y: Tensor | np.ndarray | Sequence[int],
+                 class_names: Sequence[str] | None = None) -> None:
+        y_np = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
+        if y_np.ndim != 1 or len(y_np) != len(x):
+            raise ValueError(f"labels must be 1-D with one label per input: got {len(x)} inputs "
+                             f"and labels of shape {y_np.shape}")
+        if not np.issubdtype(y_np.dtype, np.integer):
+            raise ValueError(f"labels must be integers, got dtype {y_np.dtype}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            bad = torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(1))[:5].flatten().tolist()
+            raise ValueError(f"inputs contain NaN or inf (first bad items: {bad}); clean the data "
+                             "before building tasks")
+        uniq, inv = np.unique(y_np, return_inverse=True)
+        self.x = x
+        self.labels = inv.astype(np.int64)
+        self.class_names = list(class_names) if class_names is not None else [str(u) for u in uniq]
+        if len(self.class_names) != len(uniq):
+            raise ValueError(f"{len(self.class_names)} class names given for {len(uniq)} classes")
+
+    def get(self, indices: np.ndarray) -> Tensor:
+        return self.x[torch.as_tensor(indices)]
+
+
+class DatasetData:
+    """Labelled data from a map-style dataset yielding ``(x, y)``.
+
+    Labels are read once at construction (the only full pass); inputs are fetched on demand.
+    """
+
+    def __init__(self, dataset: Any, labels: Sequence[int] | None = None) -> None:
+        self.dataset = dataset
+        if labels is None:
+            labels = [int(dataset[i][1]) for i in range(len(dataset))]
+        uniq, inv = np.unique(np.asarray(labels), return_inverse=True)
+        self.labels = inv.astype(np.int64)
+        self.class_names = [str(u) for u in uniq]
+
+    def get(self, indices: np.ndarray) -> Tensor:
+        xs = [self.dataset[int(i)][0] for i in indices]
+        return torch.stack([x if isinstance(x, Tensor) else torch.as_tensor(x) for x in xs])
+
+
+def load_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> Tensor:
+    """An image file as a float tensor (C, H, W) in [0, 1]; a clear error if it is corrupt."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if grayscale else "RGB")
+            if size is not None:
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from e
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class ImageFolderData:
+    """A folder with one sub-folder of images per class (``root/<class>/<image>``)."""
+
+    def __init__(self, root: str | Path, size: tuple[int, int] | None = (28, 28),
+                 grayscale: bool = True, transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist; expected "
+                                    f"{root}/<class name>/<image files>")
+        classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise ValueError(f"{root} has no class sub-folders; put each class's images in "
+                             f"{root}/<class name>/")
+        paths, labels = [], []
+        for c, d in enumerate(classes):
+            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += files
+            labels += [c] * len(files)
+        self.root, self.size, self.grayscale, self.transform = root, size, grayscale, transform
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = [d.name for d in classes]
+
+    def get(self, indices: np.ndarray) -> Tensor:
+        xs = [load_image(self.paths[int(i)], self.size, self.grayscale) for i in indices]
+        if self.transform is not None:
+            xs = [self.transform(x) for x in xs]
+        return torch.stack(xs)
+
+
+class ClassIndex:
+    """Item indices grouped by class, built once: ``index[c]`` is an int array."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        order = np.argsort(labels, kind="stable")
+        classes, starts = np.unique(labels[order], return_index=True)
+        bounds = list(starts[1:]) + [len(labels)]
+        self._by_class = {int(c): order[s:e] for c, s, e in zip(classes, starts, bounds)}
+
+    @property
+    def classes(self) -> list[int]:
+        return list(self._by_class)
+
+    def __getitem__(self, c: int) -> np.ndarray:
+        return self._by_class[c]
+
+    def count(self, c: int) -> int:
+        return len(self._by_class[c])
+
+
+def as_labelled(data: Any) -> LabelledData:
+    """Wrap what a user has (a LabelledData, a ``(x, y)`` pair, a folder path, or a map-style
+    dataset) as :class:`LabelledData`."""
+    if isinstance(data, LabelledData):
+        return data
+    if isinstance(data, (str, Path)):
+        return ImageFolderData(data)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        return TensorData(*data)
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        return DatasetData(data)
+    raise TypeError(f"cannot build tasks from {type(data).__name__}: pass (x, y) tensors, a "
+                    "folder of class sub-folders, or a map-style dataset yielding (x, y)")
+
+
+@dataclass
+class FewShotSource:
+    """N-way K-shot tasks with ``q_queries`` per class over a subset of the classes.
+
+    Labels inside a task are 0..N-1 in a random order; ``meta["classes"]`` names the classes.
+    """
+
+    data: LabelledData
+    classes: Sequence[int]
+    n_way: int
+    k_shot: int
+    q_queries: int
+    index: ClassIndex | None = None
+    name: str = "tasks"
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = ClassIndex(self.data.labels)
+        self.classes = np.asarray(sorted(int(c) for c in self.classes), dtype=np.int64)
+        for field_name in ("n_way", "k_shot"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
+        if self.q_queries < 0:
+            raise ValueError(f"q_queries must be >= 0, got {self.q_queries}")
+        if self.n_way > len(self.classes):
+            raise ValueError(
+                f"{self.name}: {self.n_way}-way tasks need at least {self.n_way} classes, but this "
+                f"split has {len(self.classes)}; lower n_way or give the split more classes")
+        need = self.k_shot + self.q_queries
+        for c in self.classes:
+            have = self.index.count(int(c))
+            if have < need:
+                raise ValueError(
+                    f"{self.name}: class {self.data.class_names[int(c)]!r} has {have} examples, but "
+                    f"k_shot + q_queries = {self.k_shot} + {self.q_queries} = {need}; lower k_shot "
+                    f"or q_queries, or drop classes with fewer than {need} examples")
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        chosen = rng.choice(self.classes, size=self.n_way, replace=False)
+        k, q = self.k_shot, self.q_queries
+        sup, qry = [], []
+        for c in chosen:
+            items = self.index[int(c)]
+            pick = items[rng.choice(len(items), size=k + q, replace=False)]
+            sup.append(pick[:k])
+            qry.append(pick[k:])
+        idx = np.concatenate(sup + qry)
+        x = self.data.get(idx)
+        n = self.n_way
+        y_s = torch.arange(n).repeat_interleave(k)
+        y_q = torch.arange(n).repeat_interleave(q)
+        return Task(x[: n * k], y_s, x[n * k:], y_q,
+                    {"classes": [self.data.class_names[int(c)] for c in chosen]})
+
+
+def split_classes(n_classes: int, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
+    """Disjoint random class splits (e.g. ``(0.6, 0.2, 0.2)`` for meta-train/val/test)."""
+    if any(f <= 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+        raise ValueError(f"split fractions must be positive and sum to at most 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(n_classes)
+    cuts = np.floor(np.cumsum(fractions) * n_classes).astype(int)
+    parts, start = [], 0
+    for end in cuts:
+        parts.append(np.sort(perm[start:end]))
+        start = end
+    return parts
+
+
+def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
+                   splits: Sequence[Sequence[int]] | Sequence[float] = (0.6, 0.2, 0.2),
+                   seed: int = 0, eval_q_queries: int | None = None) -> tuple[FewShotSource, ...]:
+    """Meta-train / meta-val / meta-test sources over disjoint classes of one labelled dataset.
+
+    ``splits`` is either fractions of the classes or explicit lists of class ids.
+    """
+    data = as_labelled(data)
+    index = ClassIndex(data.labels)
+    if all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in splits):
+        parts = split_classes(len(data.class_names), splits, seed)  # type: ignore[arg-type]
+    else:
+        parts = [np.asarray(list(s), dtype=np.int64) for s in splits]
+    seen: set[int] = set()
+    for p in parts:
+        overlap = seen.intersection(int(c) for c in p)
+        if overlap:
+            raise ValueError(f"class splits overlap on {sorted(overlap)[:5]}: meta-train, meta-val "
+                             "and meta-test must not share classes")
+        seen.update(int(c) for c in p)
+    names = ["meta-train", "meta-val", "meta-test"]
+    out = []
+    for i, p in enumerate(parts):
+        q = q_queries if (i == 0 or eval_q_queries is None) else eval_q_queries
+        out.append(FewShotSource(data, p, n_way, k_shot, q, index,
+                                 name=names[i] if i < 3 else f"split {i}"))
+    return tuple(out)
