@@ -1,0 +1,298 @@
+"""Metric-based learners: Prototypical Networks and Matching Networks.
+
+φ is the embedding network's parameters (names prefixed ``model.``), plus a learnable scale
+where the method has one. Adapting to a task is not an optimisation: the support set is
+embedded and a non-parametric head (class prototypes, attention over the support set) is
+built from it.
+
+BatchNorm runs in *episode* mode: the support and query images of an episode are embedded
+together in one batch, so every BatchNorm layer normalises with the statistics of that
+episode's support+query images (as the Prototypical Networks reference code does), never with
+statistics of other tasks, and no running statistics are kept
+(:func:`~metaphi.learners.functional.transductive_batchnorm`). Consequently
+:meth:`EmbeddingLearner.predict` embeds the support set together with the inputs it is asked
+about. For an embedding without BatchNorm, the head is built once in :meth:`~EmbeddingLearner.adapt`
+and reused.
+
+All heads are written with a leading task dimension, so one code path serves a single task
+(task dimension 1) and the batched fast path of :meth:`EmbeddingLearner.outer_grads`, which
+embeds all tasks of a meta-batch in one call (``torch.func.vmap`` over tasks keeps per-task
+BatchNorm statistics) and builds all heads with batched matrix products.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import vmap
+
+from ..models import conv4_features
+from ..tasks.task import Task
+from .base import Learner
+from .functional import Params, forward, transductive_batchnorm
+
+MODEL_PREFIX = "model."
+Head = Any
+
+
+def check_support_labels(support_x: Tensor, support_y: Tensor) -> int:
+    """Validate a support set's labels (0..N-1, every class present); return N."""
+    if support_y.ndim != 1:
+        raise ValueError(f"support_y must be 1-D (one class label per support example), got "
+                         f"shape {tuple(support_y.shape)}")
+    if support_y.is_floating_point() or support_y.is_complex() or support_y.dtype == torch.bool:
+        raise ValueError(f"support_y must hold integer class labels, got dtype {support_y.dtype}")
+    if len(support_y) != len(support_x):
+        raise ValueError(f"support set has {len(support_x)} inputs but {len(support_y)} labels; "
+                         "give one label per support example")
+    if len(support_y) == 0:
+        raise ValueError("the support set is empty; give at least one example per class")
+    low = int(support_y.min())
+    if low < 0:
+        raise ValueError(f"support labels must be 0..N-1, got a negative label {low}")
+    n_way = int(support_y.max()) + 1
+    counts = torch.bincount(support_y.long(), minlength=n_way)
+    missing = torch.nonzero(counts == 0).flatten().tolist()
+    if missing:
+        raise ValueError(
+            f"support labels must be 0..N-1 with at least one example of every class; labels go "
+            f"up to {n_way - 1} but class(es) {missing[:10]} have no support example. Relabel the "
+            "task's classes to 0..N-1 (FewShotSource does this) or add the missing examples")
+    return n_way
+
+
+def check_query_labels(query_y: Tensor, n_way: int) -> None:
+    if query_y.numel() and (int(query_y.min()) < 0 or int(query_y.max()) >= n_way):
+        raise ValueError(f"query labels must be in 0..{n_way - 1} (the support set has {n_way} "
+                         f"classes), got labels in {int(query_y.min())}..{int(query_y.max())}")
+
+
+@dataclass
+class EpisodeSupport:
+    """What :meth:`EmbeddingLearner.adapt` returns: the support set and φ, plus the head when
+    it can be built without the query inputs (an embedding without BatchNorm)."""
+
+    params: Params
+    support_x: Tensor
+    support_y: Tensor
+    n_way: int
+    head: Head | None = None
+
+
+class EmbeddingLearner(Learner):
+    """Base for learners that embed a task's images and classify the query with a closed-form
+    head built from the support embeddings. Subclasses implement :meth:`fit_head` and
+    :meth:`head_logits` with a leading task dimension.
+
+    ``batched`` switches the fast path of :meth:`meta_loss`/:meth:`outer_grads` on meta-batches
+    of equally shaped tasks (it gives the same results as the per-task loop).
+    """
+
+    def __init__(self, model: nn.Module | None = None, loss: str = "ce",
+                 batched: bool = True) -> None:
+        if loss != "ce":
+            raise ValueError(f"{type(self).__name__} is a classifier: loss must be 'ce', got "
+                             f"{loss!r}")
+        super().__init__(loss)
+        self.model = transductive_batchnorm(model if model is not None else conv4_features())
+        self.batched = bool(batched)
+        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           for m in self.model.modules())
+
+    # heads (task dimension first) ----------------------------------------------------------
+    def fit_head(self, z_support: Tensor, onehot: Tensor, params: Params) -> Head:
+        """Build the head from support embeddings ``(T, S, D)`` and one-hot labels ``(T, S, N)``."""
+        raise NotImplementedError
+
+    def head_logits(self, head: Head, z_query: Tensor, params: Params) -> Tensor:
+        """Logits ``(T, Q, N)`` of query embeddings ``(T, Q, D)``."""
+        raise NotImplementedError
+
+    # embedding -----------------------------------------------------------------------------
+    def model_params(self, params: Params) -> Params:
+        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
+
+    def embed(self, params: Params, x: Tensor) -> Tensor:
+        """Embeddings ``(B, D)`` of one batch (one episode's BatchNorm statistics)."""
+        return forward(self.model, self.model_params(params), x).flatten(1)
+
+    def embed_tasks(self, params: Params, xs: Tensor) -> Tensor:
+        """Embeddings ``(T, B, D)`` of ``T`` episodes' inputs ``(T, B, ...)`` in one call;
+        vmap gives each episode its own BatchNorm statistics."""
+        mp = self.model_params(params)
+        return vmap(lambda x: forward(self.model, mp, x).flatten(1), randomness="different")(xs)
+
+    def _logits(self, params: Params, z_s: Tensor, y_s: Tensor, n_way: int,
+                z_q: Tensor) -> Tensor:
+        onehot = F.one_hot(y_s.long(), n_way).to(z_s.dtype)
+        return self.head_logits(self.fit_head(z_s, onehot, params), z_q, params)
+
+    # the learner interface -----------------------------------------------------------------
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
+              create_graph: bool = False) -> EpisodeSupport:
+        n_way = check_support_labels(support_x, support_y)
+        params = self.meta_params() if params is None else params
+        if not create_graph:
+            params = {n: p.detach() for n, p in params.items()}
+        head = None
+        if not self._has_bn:
+            with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+                z = self.embed(params, support_x)[None]
+                onehot = F.one_hot(support_y.long(), n_way).to(z.dtype)[None]
+                head = self.fit_head(z, onehot, params)
+        return EpisodeSupport(params, support_x, support_y, n_way, head)
+
+    def predict(self, adapted: EpisodeSupport, x: Tensor) -> Tensor:
+        p = adapted.params
+        if adapted.head is not None:
+            return self.head_logits(adapted.head, self.embed(p, x)[None], p)[0]
+        s = len(adapted.support_x)
+        z = self.embed(p, torch.cat([adapted.support_x, x]))
+        return self._logits(p, z[None, :s], adapted.support_y[None], adapted.n_way, z[None, s:])[0]
+
+    def episode(self, task: Task, params: Params | None = None,
+                create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        n_way = check_support_labels(task.support_x, task.support_y)
+        check_query_labels(task.query_y, n_way)
+        return super().episode(task, params, create_graph)
+
+    # batched fast path ---------------------------------------------------------------------
+    def _batchable(self, tasks: list[Task]) -> int | None:
+        """N when the tasks can run as one batch (same shapes, same N), else None."""
+        if not self.batched or len(tasks) < 2:
+            return None
+        ways = []
+        for t in tasks:
+            ways.append(check_support_labels(t.support_x, t.support_y))
+            check_query_labels(t.query_y, ways[-1])
+        if len(set(ways)) > 1 or len({t.shapes for t in tasks}) > 1:
+            return None
+        return ways[0]
+
+    def batched_episodes(self, tasks: list[Task], params: Params,
+                         n_way: int) -> tuple[Tensor, Tensor]:
+        """Per-task query losses and accuracies ``(T,)`` of equally shaped tasks, all at once."""
+        s = len(tasks[0].support_x)
+        xs = torch.stack([torch.cat([t.support_x, t.query_x]) for t in tasks])
+        y_s = torch.stack([t.support_y for t in tasks])
+        y_q = torch.stack([t.query_y for t in tasks])
+        z = self.embed_tasks(params, xs)
+        logits = self._logits(params, z[:, :s], y_s, n_way, z[:, s:])
+        losses = F.cross_entropy(logits.flatten(0, 1), y_q.flatten(), reduction="none")
+        acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
+        return losses.view(len(tasks), -1).mean(1), acc.detach()
+
+    def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
+        n_way = self._batchable(tasks)
+        if n_way is None:
+            return super().meta_loss(tasks, params)
+        params = self.meta_params() if params is None else params
+        losses, accs = self.batched_episodes(tasks, params, n_way)
+        return losses.mean(), accs.mean()
+
+    def outer_grads(self, tasks: list[Task], params: Params | None = None,
+                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
+        """Meta-gradient as in :meth:`Learner.outer_grads`; one batched graph for a meta-batch
+        of equally shaped tasks (memory: the whole meta-batch's graph), else the per-task loop."""
+        n_way = self._batchable(tasks)
+        if n_way is None:
+            return super().outer_grads(tasks, params, scale)
+        params = self.meta_params() if params is None else params
+        names = list(params)
+        n = len(tasks) if scale == 1.0 else scale  # same convention as Learner.outer_grads
+        losses, accs = self.batched_episodes(tasks, params, n_way)
+        grads = torch.autograd.grad(losses.sum() / n, [params[k] for k in names], allow_unused=True)
+        total = {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
+        return total, {"loss": float(losses.detach().mean()), "metric": float(accs.mean())}
+
+    def extra_config(self) -> dict[str, Any]:
+        return {"batched": self.batched}
+
+
+def _scale_param(learner: nn.Module, scale: float, learn: bool) -> None:
+    if learn:
+        learner.scale = nn.Parameter(torch.tensor(float(scale)))
+    else:
+        learner.register_buffer("scale", torch.tensor(float(scale)))
+
+
+def _scale(learner: nn.Module, params: Params) -> Tensor:
+    return params.get("scale", learner.scale)
+
+
+class ProtoNet(EmbeddingLearner):
+    """Prototypical Networks (Snell et al., 2017).
+
+    A class's prototype is the mean embedding of its support examples; a query's logits are
+    ``-scale * squared Euclidean distance`` to the prototypes (``distance="sqeuclidean"``, the
+    paper's choice, scale fixed at 1) or ``scale * cosine similarity`` (``distance="cosine"``,
+    with a learnable scale initialised at 10, since cosines in [-1, 1] make too flat a softmax).
+    """
+
+    def __init__(self, model: nn.Module | None = None, loss: str = "ce",
+                 distance: str = "sqeuclidean", scale: float | None = None,
+                 learn_scale: bool | None = None, batched: bool = True) -> None:
+        super().__init__(model, loss, batched)
+        if distance not in ("sqeuclidean", "cosine"):
+            raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
+        self.distance = distance
+        cosine = distance == "cosine"
+        scale = (10.0 if cosine else 1.0) if scale is None else float(scale)
+        learn_scale = cosine if learn_scale is None else bool(learn_scale)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.learn_scale = learn_scale
+        _scale_param(self, scale, learn_scale)
+
+    def fit_head(self, z_support: Tensor, onehot: Tensor, params: Params) -> Tensor:
+        counts = onehot.sum(1).unsqueeze(-1)  # (T, N, 1)
+        return torch.bmm(onehot.transpose(1, 2), z_support) / counts  # prototypes (T, N, D)
+
+    def head_logits(self, head: Tensor, z_query: Tensor, params: Params) -> Tensor:
+        s = _scale(self, params)
+        if self.distance == "cosine":
+            sim = torch.bmm(F.normalize(z_query, dim=-1), F.normalize(head, dim=-1).transpose(1, 2))
+            return s * sim
+        # the difference form (not cdist / the expanded quadratic) keeps exact small distances
+        # and a well-defined gradient at zero distance
+        return -s * (z_query.unsqueeze(2) - head.unsqueeze(1)).pow(2).sum(-1)
+
+    def extra_config(self) -> dict[str, Any]:
+        return {**super().extra_config(), "distance": self.distance,
+                "learn_scale": self.learn_scale}
+
+
+class MatchingNet(EmbeddingLearner):
+    """Matching Networks (Vinyals et al., 2016), without full context embeddings.
+
+    A query's class distribution is attention over the support set,
+    ``p(c|x) = sum_i softmax_i(scale * cos(f(x), f(x_i))) [y_i = c]``, with one embedding network
+    for support and query. :meth:`predict` returns ``log p(c|x)``, so softmax cross-entropy on
+    these logits is exactly the paper's negative log-likelihood.
+    """
+
+    def __init__(self, model: nn.Module | None = None, loss: str = "ce", scale: float = 1.0,
+                 learn_scale: bool = False, batched: bool = True) -> None:
+        super().__init__(model, loss, batched)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.learn_scale = bool(learn_scale)
+        _scale_param(self, scale, self.learn_scale)
+
+    def fit_head(self, z_support: Tensor, onehot: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        return F.normalize(z_support, dim=-1), onehot
+
+    def head_logits(self, head: tuple[Tensor, Tensor], z_query: Tensor, params: Params) -> Tensor:
+        z_s, onehot = head
+        att = _scale(self, params) * torch.bmm(F.normalize(z_query, dim=-1), z_s.transpose(1, 2))
+        # log sum_{i in c} exp(att_i) - log sum_i exp(att_i), stable via logsumexp; every class
+        # has a support example (checked), so no row is all -inf
+        mask = onehot.transpose(1, 2).unsqueeze(1) > 0  # (T, 1, N, S)
+        per_class = att.unsqueeze(2).masked_fill(~mask, float("-inf")).logsumexp(-1)
+        return per_class - att.logsumexp(-1, keepdim=True)
+
+    def extra_config(self) -> dict[str, Any]:
+        return {**super().extra_config(), "learn_scale": self.learn_scale}
