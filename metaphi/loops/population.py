@@ -1,0 +1,154 @@
+"""Population meta-training: an ask/tell meta-optimizer (ES, CMA-ES, REINFORCE) driven over
+generations, with parallel fitness, logs, progress, atomic checkpoints and exact resume.
+
+Each generation: ``candidates = optimizer.ask()``; their fitnesses are evaluated in parallel
+(:class:`metaphi.meta.fitness.PopulationEvaluator`); ``optimizer.tell(candidates, fitnesses)``;
+one line is appended to ``metrics.jsonl``; ``checkpoint.pt`` is replaced atomically. A resumed
+run reloads the optimizer's state and continues with the next generation, which gives exactly
+the result of an uninterrupted run (the optimizers draw each generation's noise from
+``(seed, generation)``, and fitness tasks are a function of the generation).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..meta.evolution import to_plain
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class AskTell(Protocol):
+    """What :func:`population_train` needs from a meta-optimizer."""
+
+    generation: int
+
+    def ask(self) -> list[Any]: ...
+    def tell(self, candidates: list[Any], fitnesses: list[float]) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class PopulationResult:
+    """``best``/``best_fitness``: the best candidate evaluated (on its own generation's tasks);
+    ``center``: the optimizer's current estimate (ES/CMA-ES mean, REINFORCE's mode), usually the
+    better φ to deploy when fitness tasks are resampled; ``history``: one dict per generation."""
+
+    best: Any
+    best_fitness: float
+    center: Any
+    generations: int
+    evaluations: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    """Lines of generations < ``upto`` (a run killed between the log line and the checkpoint
+    leaves one line too many; it is dropped and redone)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if int(row["generation"]) < upto:
+                rows.append(row)
+    return rows
+
+
+def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float],
+                     generations: int, out_dir: str | Path, resume: bool = False,
+                     workers: int | None = None, progress: bool = True,
+                     config: dict[str, Any] | None = None,
+                     on_generation: Callable[[dict[str, Any]], None] | None = None,
+                     start_method: str = "spawn",
+                     max_seconds: float | None = None) -> PopulationResult:
+    """Run ``optimizer`` for ``generations`` generations in total (counting those already in
+    the checkpoint when ``resume``), minimising ``fitness_fn(phi, generation)``.
+
+    ``workers``: parallel fitness processes (default: all cores; 0 or 1: in this process).
+    ``config``: plain data saved in the checkpoint; a resume with a different config is refused,
+    so a run is never continued with other settings by mistake.
+    ``on_generation``: called with each generation's log row (e.g. to print or plot).
+    ``max_seconds``: stop after the first generation that ends past this wall time (counting
+    the time already in a resumed checkpoint); ``generations`` then records those done.
+    """
+    from tqdm.auto import tqdm
+
+    from ..meta.fitness import PopulationEvaluator
+
+    if generations < 1:
+        raise ValueError(f"generations must be >= 1, got {generations}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    config = to_plain(dict(config or {}))
+    start, seconds0 = 0, 0.0
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        if state.get("config") != config:
+            raise ValueError(f"{ckpt_path} was written with config {state.get('config')}, this run "
+                             f"has {config}; resume with the same settings or use a new out_dir")
+        optimizer.load_state_dict(state["optimizer"])
+        start, seconds0 = int(state["generation"]), float(state["seconds"])
+        if optimizer.generation != start:
+            raise ValueError(f"checkpoint says generation {start} but the optimizer state is at "
+                             f"{optimizer.generation}; the checkpoint is inconsistent")
+    elif ckpt_path.is_file() and not resume:
+        raise FileExistsError(f"{ckpt_path} exists; pass resume=True to continue that run, or "
+                              "choose a new out_dir")
+    history = _read_metrics(metrics_path, start)
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    if start >= generations:
+        raise ValueError(f"the checkpoint already has {start} generations; ask for more than "
+                         f"{start} to continue")
+
+    t_start = time.perf_counter()
+    done = start
+    bar = tqdm(total=generations, initial=start, disable=not progress, desc="generations",
+               unit="gen", dynamic_ncols=True)
+    with PopulationEvaluator(fitness_fn, workers, start_method) as evaluate:
+        for gen in range(start, generations):
+            t0 = time.perf_counter()
+            candidates = optimizer.ask()
+            fitnesses = evaluate(candidates, gen)
+            optimizer.tell(candidates, fitnesses)
+            finite = [f for f in fitnesses if f == f and abs(f) != float("inf")]
+            best_so_far = optimizer.best[1]  # type: ignore[attr-defined]
+            row = {"generation": gen,
+                   "best_fitness": min(finite) if finite else None,
+                   "mean_fitness": sum(finite) / len(finite) if finite else None,
+                   "worst_fitness": max(finite) if finite else None,
+                   "non_finite": len(fitnesses) - len(finite),
+                   "best_so_far": best_so_far,
+                   "evaluations": int(optimizer.evaluations),  # type: ignore[attr-defined]
+                   "seconds": round(time.perf_counter() - t0, 4)}
+            history.append(row)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            save_checkpoint(ckpt_path, {
+                "optimizer": optimizer.state_dict(), "generation": gen + 1, "config": config,
+                "seconds": seconds0 + time.perf_counter() - t_start,
+                "best": to_plain(optimizer.best[0]), "best_fitness": best_so_far})  # type: ignore[attr-defined]
+            bar.set_postfix(best=f"{row['best_fitness']:.4g}" if finite else "nan",
+                            mean=f"{row['mean_fitness']:.4g}" if finite else "nan")
+            bar.update(1)
+            if on_generation is not None:
+                on_generation(row)
+            done = gen + 1
+            if max_seconds is not None and seconds0 + time.perf_counter() - t_start >= max_seconds:
+                break
+    bar.close()
+    best, best_f = optimizer.best  # type: ignore[attr-defined]
+    return PopulationResult(best=best, best_fitness=float(best_f),
+                            center=optimizer.center,  # type: ignore[attr-defined]
+                            generations=done,
+                            evaluations=int(optimizer.evaluations),  # type: ignore[attr-defined]
+                            seconds=seconds0 + time.perf_counter() - t_start, history=history)

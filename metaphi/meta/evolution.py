@@ -1,0 +1,333 @@
+"""Evolution strategies as ask/tell meta-optimizers: OpenAI-ES and CMA-ES.
+
+Every meta-optimizer here *minimises* a fitness (a meta-validation loss)::
+
+    opt = OpenAIES(x0=np.zeros(10), sigma=0.1, lr=0.05, popsize=20, seed=0)
+    for _ in range(100):
+        cands = opt.ask()
+        opt.tell(cands, [f(c) for c in cands])
+    opt.best, opt.center
+
+Candidates are 1-D float64 numpy vectors, or, when a :class:`~metaphi.meta.space.Space` is
+given, dicts of values decoded from the space's unit encoding. ``state_dict()`` holds only
+tensors, numbers, strings, lists and dicts, so it is checkpointed with
+:func:`metaphi.loops.checkpoint.save_checkpoint` and restored with the safe loader; a restored
+optimizer continues exactly as the uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .space import Space
+
+Candidate = Any
+
+
+# -- plain-data conversion (checkpoints hold tensors, never numpy objects) --------------------
+def to_plain(x: Any) -> Any:
+    """numpy arrays -> tensors, numpy scalars -> Python numbers, recursively."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x).copy())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_plain(v) for v in x]
+    return x
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(np.float64) if isinstance(x, torch.Tensor) \
+        else np.asarray(x, dtype=np.float64)
+
+
+def clean_fitnesses(fitnesses: Sequence[float], n: int) -> np.ndarray:
+    """Fitnesses as float64; a non-finite one (a diverged candidate) counts as the worst finite
+    one in the batch, so that it ranks last without poisoning the update with inf/NaN."""
+    f = np.asarray([float(v) for v in fitnesses], dtype=np.float64)
+    if f.shape != (n,):
+        raise ValueError(f"tell() needs one fitness per candidate: got {f.size} for {n} candidates")
+    bad = ~np.isfinite(f)
+    if bad.all():
+        raise ValueError("every candidate's fitness is NaN or inf; check the fitness function "
+                         "(e.g. lower the learning-rate range so that inner loops do not diverge)")
+    if bad.any():
+        f[bad] = f[~bad].max()
+    return f
+
+
+def centered_ranks(f: np.ndarray) -> np.ndarray:
+    """Rank shaping: values in [-0.5, 0.5], lowest fitness -> -0.5; ties share their mean rank."""
+    order = np.argsort(f, kind="stable")
+    ranks = np.empty(len(f), dtype=np.float64)
+    ranks[order] = np.arange(len(f), dtype=np.float64)
+    for v in np.unique(f):  # ties: equal fitness must give equal utility
+        m = f == v
+        if m.sum() > 1:
+            ranks[m] = ranks[m].mean()
+    return ranks / max(len(f) - 1, 1) - 0.5
+
+
+class _Tracker:
+    """The best candidate seen so far (lowest fitness)."""
+
+    def __init__(self) -> None:
+        self.best_x: np.ndarray | None = None
+        self.best_f = math.inf
+        self.generation = 0
+        self.evaluations = 0
+
+    def update(self, xs: Sequence[np.ndarray], f: np.ndarray) -> None:
+        i = int(np.argmin(f))
+        if f[i] < self.best_f:
+            self.best_f, self.best_x = float(f[i]), np.array(xs[i], dtype=np.float64)
+        self.generation += 1
+        self.evaluations += len(f)
+
+    def state(self) -> dict[str, Any]:
+        return {"best_x": None if self.best_x is None else to_plain(self.best_x),
+                "best_f": self.best_f, "generation": self.generation,
+                "evaluations": self.evaluations}
+
+    def load(self, s: dict[str, Any]) -> None:
+        self.best_x = None if s["best_x"] is None else to_numpy(s["best_x"])
+        self.best_f = float(s["best_f"])
+        self.generation = int(s["generation"])
+        self.evaluations = int(s["evaluations"])
+
+
+class _VectorOptimizer:
+    """Shared plumbing: a search over real vectors, optionally decoded through a Space."""
+
+    kind = "?"
+
+    def __init__(self, x0: Any, space: Space | None, seed: int) -> None:
+        if space is not None:
+            space.require_continuous(type(self).__name__)
+            x0 = np.full(len(space), 0.5) if x0 is None else (
+                space.to_unit(x0) if isinstance(x0, dict) else to_numpy(x0))
+        elif x0 is None:
+            raise ValueError(f"{type(self).__name__} needs x0 (the starting vector) or a space")
+        x0 = to_numpy(x0).reshape(-1)
+        if x0.size == 0 or not np.isfinite(x0).all():
+            raise ValueError("x0 must be a non-empty vector of finite numbers")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.space = space
+        self.seed = int(seed)
+        self.x0 = x0
+        self.track = _Tracker()
+
+    @property
+    def dim(self) -> int:
+        return int(self.x0.size)
+
+    def decode(self, x: np.ndarray) -> Candidate:
+        return self.space.from_unit(x) if self.space is not None else np.array(x)
+
+    @property
+    def generation(self) -> int:
+        return self.track.generation
+
+    @property
+    def evaluations(self) -> int:
+        return self.track.evaluations
+
+    @property
+    def best(self) -> tuple[Candidate, float]:
+        """(best candidate told so far, its fitness)."""
+        if self.track.best_x is None:
+            raise RuntimeError("no fitness has been told yet; call ask() and tell() first")
+        return self.decode(self.track.best_x), self.track.best_f
+
+    def _check_state(self, s: dict[str, Any]) -> None:
+        if s.get("kind") != self.kind:
+            raise ValueError(f"state_dict is for a {s.get('kind')!r} optimizer, not {self.kind!r}")
+        if int(s["dim"]) != self.dim:
+            raise ValueError(f"state_dict has dimension {s['dim']}, this optimizer {self.dim}; "
+                             "build the optimizer with the same x0/space before loading")
+
+
+class OpenAIES(_VectorOptimizer):
+    """OpenAI-ES (Salimans et al., 2017) with antithetic sampling and centered rank shaping.
+
+    Each generation draws ``popsize // 2`` noise vectors ε and evaluates ``x ± σε``; the
+    search-gradient estimate ``g = Σ (u⁺ - u⁻) ε / (popsize σ)`` of the rank utilities ``u``
+    feeds Adam (or SGD with momentum). The noise of generation ``t`` is a pure function of
+    ``(seed, t)``, so a checkpoint holds only the mean and the optimizer moments.
+    """
+
+    kind = "openai_es"
+
+    def __init__(self, x0: Any = None, sigma: float = 0.05, lr: float = 0.01, popsize: int = 50,
+                 seed: int = 0, space: Space | None = None, optimizer: str = "adam",
+                 momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(x0, space, seed)
+        if not sigma > 0 or not lr > 0:
+            raise ValueError(f"sigma and lr must be > 0, got sigma={sigma}, lr={lr}")
+        if popsize < 2 or popsize % 2:
+            raise ValueError(f"popsize must be an even number >= 2 (antithetic pairs), got {popsize}")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.sigma, self.lr, self.popsize = float(sigma), float(lr), int(popsize)
+        self.optimizer, self.momentum, self.betas = optimizer, float(momentum), tuple(betas)
+        self.weight_decay = float(weight_decay)
+        self.mean = self.x0.copy()
+        self.m = np.zeros_like(self.mean)
+        self.v = np.zeros_like(self.mean)
+
+    def _noise(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.track.generation])
+        return rng.standard_normal((self.popsize // 2, self.dim))
+
+    def _points(self) -> list[np.ndarray]:
+        eps = self._noise()
+        pts: list[np.ndarray] = []
+        for e in eps:  # pairs are adjacent: candidate 2i = x + σε_i, 2i+1 = x - σε_i
+            pts += [self.mean + self.sigma * e, self.mean - self.sigma * e]
+        return pts
+
+    def ask(self) -> list[Candidate]:
+        """This generation's ``popsize`` candidates (antithetic pairs, adjacent)."""
+        return [self.decode(p) for p in self._points()]
+
+    def tell(self, candidates: Sequence[Candidate], fitnesses: Sequence[float]) -> None:
+        """Update the mean with the rank-shaped search gradient of this generation's fitnesses."""
+        if len(candidates) != self.popsize:
+            raise ValueError(f"tell() got {len(candidates)} candidates; ask() gave {self.popsize}")
+        f = clean_fitnesses(fitnesses, self.popsize)
+        pts = self._points()
+        u = centered_ranks(f)
+        eps = self._noise()
+        g = ((u[0::2] - u[1::2])[:, None] * eps).sum(0) / (self.popsize * self.sigma)
+        if self.weight_decay:
+            g = g + self.weight_decay * self.mean
+        t = self.track.generation + 1
+        if self.optimizer == "adam":
+            b1, b2 = self.betas
+            self.m = b1 * self.m + (1 - b1) * g
+            self.v = b2 * self.v + (1 - b2) * g * g
+            step = self.lr * (self.m / (1 - b1 ** t)) / (np.sqrt(self.v / (1 - b2 ** t)) + 1e-8)
+        else:
+            self.m = self.momentum * self.m + g
+            step = self.lr * self.m
+        self.mean = self.mean - step
+        if self.space is not None:  # the unit encoding lives in [0, 1]
+            self.mean = np.clip(self.mean, 0.0, 1.0)
+        self.track.update(pts, f)
+
+    @property
+    def center(self) -> Candidate:
+        """The current search mean (ES's estimate of the best φ)."""
+        return self.decode(self.mean)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": self.dim, "seed": self.seed, "sigma": self.sigma,
+                "lr": self.lr, "popsize": self.popsize, "mean": to_plain(self.mean),
+                "m": to_plain(self.m), "v": to_plain(self.v), "track": self.track.state()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self._check_state(s)
+        for k in ("seed", "popsize"):
+            if int(s[k]) != getattr(self, k):
+                raise ValueError(f"state_dict has {k}={s[k]}, this optimizer {getattr(self, k)}; "
+                                 "resume with the same settings")
+        self.sigma, self.lr = float(s["sigma"]), float(s["lr"])
+        self.mean, self.m, self.v = to_numpy(s["mean"]), to_numpy(s["m"]), to_numpy(s["v"])
+        self.track.load(s["track"])
+
+
+class CMAES(_VectorOptimizer):
+    """CMA-ES through the ``cmaes`` library (``pip install metaphi[evolution]``).
+
+    The library's optimizer is not plain data (it holds a NumPy ``RandomState``), so a
+    checkpoint keeps the fitness history and a restore rebuilds the optimizer from the same
+    seed and replays every generation's ``ask``/``tell``; no fitness is re-evaluated, and the
+    result is bit-identical to an uninterrupted run. Replaying costs O(generations · popsize · n²),
+    negligible for the hyperparameter-sized problems CMA-ES is meant for (n up to a few hundred).
+    With a ``space``, the search is bounded to the unit box.
+    """
+
+    kind = "cmaes"
+
+    def __init__(self, x0: Any = None, sigma: float = 0.3, popsize: int | None = None,
+                 seed: int = 0, space: Space | None = None,
+                 bounds: np.ndarray | None = None) -> None:
+        super().__init__(x0, space, seed)
+        try:
+            import cmaes  # noqa: F401
+        except ImportError as e:
+            raise ImportError("CMA-ES needs the `cmaes` package: pip install 'metaphi[evolution]'") from e
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        if popsize is not None and popsize < 2:
+            raise ValueError(f"popsize must be >= 2, got {popsize}")
+        if space is not None and bounds is None:
+            bounds = np.tile([0.0, 1.0], (self.dim, 1))
+        if bounds is not None:
+            bounds = to_numpy(bounds)
+            if bounds.shape != (self.dim, 2) or not (bounds[:, 0] < bounds[:, 1]).all():
+                raise ValueError(f"bounds must be a ({self.dim}, 2) array of [low, high] rows with "
+                                 f"low < high, got shape {bounds.shape}")
+            if not ((bounds[:, 0] <= self.x0) & (self.x0 <= bounds[:, 1])).all():
+                raise ValueError("x0 must lie inside the bounds")
+        self.sigma0, self.popsize_arg, self.bounds = float(sigma), popsize, bounds
+        self.history: list[list[float]] = []
+        self._cma = self._fresh()
+        self.popsize = int(self._cma.population_size)
+        self._pending: list[np.ndarray] | None = None
+
+    def _fresh(self):
+        from cmaes import CMA
+
+        return CMA(mean=self.x0.copy(), sigma=self.sigma0, bounds=self.bounds, seed=self.seed,
+                   population_size=self.popsize_arg)
+
+    def ask(self) -> list[Candidate]:
+        """``popsize`` candidates; asking again before tell() returns the same ones."""
+        if self._pending is None:
+            self._pending = [self._cma.ask() for _ in range(self.popsize)]
+        return [self.decode(x) for x in self._pending]
+
+    def tell(self, candidates: Sequence[Candidate], fitnesses: Sequence[float]) -> None:
+        if self._pending is None:
+            raise RuntimeError("call ask() before tell()")
+        if len(candidates) != self.popsize:
+            raise ValueError(f"tell() got {len(candidates)} candidates; ask() gave {self.popsize}")
+        f = clean_fitnesses(fitnesses, self.popsize)
+        self._cma.tell(list(zip(self._pending, f.tolist())))
+        self.track.update(self._pending, f)
+        self.history.append(f.tolist())
+        self._pending = None
+
+    @property
+    def center(self) -> Candidate:
+        return self.decode(np.asarray(self._cma.mean))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": self.dim, "seed": self.seed, "sigma0": self.sigma0,
+                "popsize": self.popsize, "x0": to_plain(self.x0),
+                "history": [list(h) for h in self.history], "track": self.track.state()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self._check_state(s)
+        if (int(s["seed"]) != self.seed or int(s["popsize"]) != self.popsize
+                or float(s["sigma0"]) != self.sigma0
+                or not np.array_equal(to_numpy(s["x0"]), self.x0)):
+            raise ValueError("the CMA-ES state was saved with another seed, popsize, sigma or x0; "
+                             "rebuild the optimizer with the settings of the saved run")
+        self._cma = self._fresh()
+        for fits in s["history"]:
+            xs = [self._cma.ask() for _ in range(self.popsize)]
+            self._cma.tell(list(zip(xs, [float(v) for v in fits])))
+        self.history = [[float(v) for v in h] for h in s["history"]]
+        self._pending = None
+        self.track.load(s["track"])

@@ -1,0 +1,265 @@
+"""The fitness of φ: its meta-validation objective on a fixed set of tasks, as a pure function.
+
+:func:`evaluate_fitness` ``(phi, task_seeds, spec) -> float`` depends on nothing but its
+arguments (no global state, no shared RNG), so the same call gives the same number in this
+process, in a worker process or, later, on another machine. ``task_seeds`` name the tasks:
+each is the entropy key of a :class:`numpy.random.Generator` (the one
+:func:`metaphi.tasks.task_rng` builds), so all candidates of a generation are scored on the
+same tasks (common random numbers).
+
+Two kinds of φ:
+
+* ``phi="vector"``: φ is a flat vector, the learner's initialisation (``meta_params()``
+  flattened with ``parameters_to_vector``) followed by ``log(inner_lr)`` when
+  ``learn_inner_lr`` is set. ES meta-learns MAML's initialisation this way.
+* ``phi="hyper"``: φ is a dict of learner settings (``inner_lr``, ``inner_steps``, ``width``,
+  ``depth``, ``first_order``); the configuration is meta-trained for ``train_steps`` outer steps
+  with Adam on the gradient meta-objective before it is scored, since an architecture has no
+  value until its weights are trained.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import multiprocessing as mp
+import numpy as np
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from ..learners import ANIL, FOMAML, MAML, Learner, MetaSGD
+from ..models import mlp
+from ..tasks import SinusoidFamily, TaskSource
+from ..tasks.sources import STREAMS
+
+TaskSeed = Sequence[int]
+
+LEARNERS: dict[str, type[MAML]] = {"maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL}
+HYPER_KEYS = ("inner_lr", "inner_steps", "width", "depth", "first_order")
+
+
+@dataclass
+class FitnessSpec:
+    """A small, picklable description of what a candidate φ is scored on.
+
+    ``family``: the task family, ``{"name": "sinusoid", **SinusoidFamily kwargs}``.
+    ``learner``: ``{"name": "maml" | "fomaml" | "metasgd" | "anil", "hidden": [40, 40],
+    "in_dim": 1, "out_dim": 1, "inner_lr": ..., "inner_steps": ..., "loss": "mse"}``.
+    ``seed`` fixes the initial weights and the meta-training tasks of ``phi="hyper"``.
+    """
+
+    family: dict[str, Any] = field(default_factory=lambda: {"name": "sinusoid", "k_shot": 10,
+                                                             "n_query": 10})
+    learner: dict[str, Any] = field(default_factory=lambda: {
+        "name": "maml", "hidden": [40, 40], "in_dim": 1, "out_dim": 1, "inner_lr": 0.01,
+        "inner_steps": 1, "loss": "mse"})
+    phi: str = "vector"
+    learn_inner_lr: bool = True
+    train_steps: int = 0
+    train_meta_batch: int = 10
+    train_outer_lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.phi not in ("vector", "hyper"):
+            raise ValueError(f"FitnessSpec.phi must be 'vector' or 'hyper', got {self.phi!r}")
+        if self.phi == "vector" and self.train_steps:
+            raise ValueError("phi='vector' scores the given initialisation as is; train_steps "
+                             "applies to phi='hyper' only")
+        if self.train_steps < 0 or self.train_meta_batch < 1:
+            raise ValueError(f"need train_steps >= 0 and train_meta_batch >= 1, got "
+                             f"{self.train_steps}, {self.train_meta_batch}")
+        build_family(self.family)
+        name = self.learner.get("name", "maml")
+        if name not in LEARNERS:
+            raise ValueError(f"unknown learner {name!r} in FitnessSpec; choose one of {list(LEARNERS)}")
+
+
+def build_family(cfg: dict[str, Any]) -> TaskSource:
+    """A task source from a plain config (``{"name": "sinusoid", ...}``)."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name == "sinusoid":
+        return SinusoidFamily(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    raise ValueError(f"unknown task family {name!r} for population fitness; supported: 'sinusoid'")
+
+
+def build_learner(cfg: dict[str, Any], overrides: dict[str, Any] | None = None,
+                  seed: int = 0) -> MAML:
+    """A MAML-family learner on an MLP, with ``overrides`` (a 'hyper' φ) applied.
+
+    The initial weights come from ``seed`` alone (a forked RNG leaves the caller's untouched).
+    """
+    cfg = {**cfg}
+    overrides = dict(overrides or {})
+    unknown = [k for k in overrides if k not in HYPER_KEYS]
+    if unknown:
+        raise ValueError(f"φ has settings {unknown} that the fitness does not know; use "
+                         f"{list(HYPER_KEYS)}")
+    hidden = list(cfg.get("hidden", [40, 40]))
+    if "width" in overrides or "depth" in overrides:
+        width = int(overrides.pop("width", hidden[0] if hidden else 40))
+        depth = int(overrides.pop("depth", len(hidden)))
+        if width < 1 or depth < 1:
+            raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
+        hidden = [width] * depth
+    cfg.update(overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = mlp(int(cfg.get("in_dim", 1)), tuple(hidden), int(cfg.get("out_dim", 1)))
+    cls = LEARNERS[cfg.get("name", "maml")]
+    kw: dict[str, Any] = {"loss": cfg.get("loss", "mse"), "inner_lr": float(cfg.get("inner_lr", 0.01)),
+                          "inner_steps": int(cfg.get("inner_steps", 1))}
+    if cls in (MAML, MetaSGD, ANIL):
+        kw["first_order"] = bool(cfg.get("first_order", False))
+    return cls(model, **kw)
+
+
+def phi_vector(learner: MAML, learn_inner_lr: bool = True) -> np.ndarray:
+    """φ as one flat float64 vector: the initialisation, then ``log(inner_lr)``."""
+    with torch.no_grad():
+        v = parameters_to_vector(list(learner.meta_params().values())).double().numpy()
+    return np.concatenate([v, [math.log(learner.inner_lr)]]) if learn_inner_lr else v
+
+
+def load_phi_vector(learner: MAML, phi: Any, learn_inner_lr: bool = True) -> None:
+    """Write a flat φ (see :func:`phi_vector`) into ``learner`` in place."""
+    v = torch.as_tensor(np.asarray(phi, dtype=np.float64)).reshape(-1)
+    params = list(learner.meta_params().values())
+    n = sum(p.numel() for p in params)
+    want = n + (1 if learn_inner_lr else 0)
+    if v.numel() != want:
+        raise ValueError(f"φ has {v.numel()} numbers, the learner needs {want} "
+                         f"({n} weights{' + log inner_lr' if learn_inner_lr else ''})")
+    if not torch.isfinite(v).all():
+        raise ValueError("φ contains NaN or inf")
+    with torch.no_grad():
+        vector_to_parameters(v[:n].float(), params)
+    if learn_inner_lr:
+        learner.inner_lr = float(math.exp(float(v[n])))
+
+
+def fitness_task_seeds(seed: int, generation: int, n_tasks: int,
+                       stream: str | int = "fitness") -> list[list[int]]:
+    """The task seeds of one generation: ``[seed, stream id, generation, i]`` for i < n_tasks,
+    the keys :func:`metaphi.tasks.task_rng` uses."""
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+    sid = STREAMS[stream] if isinstance(stream, str) else int(stream)
+    return [[int(seed), sid, int(generation), i] for i in range(n_tasks)]
+
+
+def meta_train(learner: Learner, family: TaskSource, steps: int, meta_batch: int,
+               outer_lr: float, seed: int) -> None:
+    """A short gradient meta-training (outer Adam) in place: the tasks of step ``s`` are
+    ``task_rng(seed, 'train', s, i)``, so every candidate trains on the same tasks."""
+    opt = torch.optim.Adam(learner.parameters(), lr=outer_lr)
+    params = learner.meta_params()
+    for step in range(steps):
+        tasks = [family.sample(np.random.default_rng([int(seed), STREAMS["train"], step, i]))
+                 for i in range(meta_batch)]
+        grads, _ = learner.outer_grads(tasks, params)
+        opt.zero_grad(set_to_none=False)
+        for k, p in params.items():
+            p.grad = grads[k]
+        opt.step()
+
+
+def evaluate_fitness(phi: Any, task_seeds: Sequence[TaskSeed], spec: FitnessSpec) -> float:
+    """Mean post-adaptation query loss of φ over the tasks named by ``task_seeds`` (lower is
+    better). A pure function of its arguments; NaN if the inner loop diverges."""
+    if not task_seeds:
+        raise ValueError("evaluate_fitness needs at least one task seed")
+    family = build_family(spec.family)
+    if spec.phi == "vector":
+        learner = build_learner(spec.learner, seed=spec.seed)
+        load_phi_vector(learner, phi, spec.learn_inner_lr)
+    else:
+        if not isinstance(phi, dict):
+            raise TypeError(f"phi='hyper' needs φ as a dict of settings, got {type(phi).__name__}")
+        learner = build_learner(spec.learner, phi, seed=spec.seed)
+        if spec.train_steps:
+            meta_train(learner, family, spec.train_steps, spec.train_meta_batch,
+                       spec.train_outer_lr, spec.seed)
+    params = learner.meta_params()
+    total = 0.0
+    for s in task_seeds:
+        task = family.sample(np.random.default_rng([int(v) for v in s]))
+        loss, _ = learner.episode(task, params)
+        total += float(loss)
+    return total / len(task_seeds)
+
+
+@dataclass
+class TaskFitness:
+    """``fitness(phi, generation)``: :func:`evaluate_fitness` on ``n_tasks`` tasks.
+
+    With ``resample=True`` every generation draws fresh tasks (shared by all its candidates:
+    common random numbers), which keeps a population search from over-fitting one task set;
+    with ``resample=False`` every generation uses the tasks of generation 0.
+    """
+
+    spec: FitnessSpec
+    n_tasks: int = 25
+    seed: int = 0
+    resample: bool = True
+    stream: str = "fitness"
+
+    def task_seeds(self, generation: int) -> list[list[int]]:
+        return fitness_task_seeds(self.seed, generation if self.resample else 0, self.n_tasks,
+                                  self.stream)
+
+    def __call__(self, phi: Any, generation: int) -> float:
+        return evaluate_fitness(phi, self.task_seeds(generation), self.spec)
+
+
+# -- parallel evaluation ---------------------------------------------------------------------
+def _init_worker() -> None:
+    # One intra-op thread per worker: workers already use every core, and more threads would
+    # oversubscribe them.
+    torch.set_num_threads(1)
+
+
+def _call(args: tuple[Callable[[Any, int], float], Any, int]) -> float:
+    fn, phi, generation = args
+    return float(fn(phi, generation))
+
+
+class PopulationEvaluator:
+    """Evaluates a population's candidates in parallel worker processes (serially in this
+    process when ``workers <= 1``). Use as a context manager so that the workers exit.
+
+    ``fitness_fn(phi, generation) -> float`` must be picklable (a module-level function or a
+    :class:`TaskFitness`); the result does not depend on ``workers``.
+    """
+
+    def __init__(self, fitness_fn: Callable[[Any, int], float], workers: int | None = None,
+                 start_method: str = "spawn") -> None:
+        workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 or 1: serial), got {workers}")
+        self.fitness_fn, self.workers = fitness_fn, workers
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(start_method),
+                                             initializer=_init_worker)
+
+    def __call__(self, candidates: Sequence[Any], generation: int) -> list[float]:
+        jobs = [(self.fitness_fn, c, generation) for c in candidates]
+        if self._pool is None:
+            return [_call(j) for j in jobs]
+        return list(self._pool.map(_call, jobs))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "PopulationEvaluator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
