@@ -183,6 +183,19 @@ def _scan_part(folder: Path, part: str) -> _Part | None:
     return _Part(part, path, drawings, bad)
 
 
+def _ranges(numbers: list[int]) -> list[str]:
+    """``[4, 5, 6, 9]`` -> ``["character04-06", "character09"]``."""
+    out: list[str] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        out.append(f"character{numbers[i]:02d}" + (f"-{numbers[j]:02d}" if j > i else ""))
+        i = j + 1
+    return out
+
+
 def _validate(parts: list[_Part], strict: bool) -> None:
     """Raise :class:`OmniglotError` naming every missing drawing, alphabet or character."""
     problems: list[str] = []
@@ -211,17 +224,23 @@ def _validate(parts: list[_Part], strict: bool) -> None:
             for alphabet, character in p.drawings:
                 have.setdefault(alphabet, set()).add(character)
             expected = ALPHABETS[p.name]
-            for alphabet in sorted(set(expected) - set(have)):
-                problems.append(f"{p.name}/{alphabet} is missing (expected "
-                                f"{expected[alphabet]} characters)")
+            gone = sorted(set(expected) - set(have))
+            if gone:
+                problems.append(f"{p.name} is missing {len(gone)} of {len(expected)} alphabets: "
+                                + ", ".join(f"{p.name}/{a} (expected {expected[a]} characters)"
+                                            for a in gone))
             for alphabet in sorted(set(have) - set(expected)):
                 problems.append(f"{p.name}/{alphabet} is not an Omniglot {p.name} alphabet")
             for alphabet in sorted(set(have) & set(expected)):
-                want = {f"character{i:02d}" for i in range(1, expected[alphabet] + 1)}
-                for c in sorted(want - have[alphabet]):
-                    problems.append(f"{p.name}/{alphabet}/{c} is missing")
-                for c in sorted(have[alphabet] - want):
-                    problems.append(f"{p.name}/{alphabet}/{c} is not an Omniglot character")
+                want = set(range(1, expected[alphabet] + 1))
+                got = {int(c[len("character"):]) for c in have[alphabet]}
+                if want - got:
+                    problems.append(f"{p.name}/{alphabet} is missing "
+                                    + ", ".join(f"{p.name}/{alphabet}/{c}"
+                                                for c in _ranges(sorted(want - got))))
+                for c in sorted(got - want):
+                    problems.append(f"{p.name}/{alphabet}/character{c:02d} is not an Omniglot "
+                                    "character")
     elif not any(p.drawings for p in parts):
         problems.append("no drawings found")
     if problems:
