@@ -122,6 +122,13 @@ class REINFORCE:
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
+        with torch.no_grad():
+            # Decoding clips to the unit box, so a mean outside it would sit on a flat plateau
+            # with no signal back; keep the Gaussians inside it.
+            for n, h in self.heads.items():
+                if h == "gauss":
+                    self.params[n + ".mu"].clamp_(0.0, 1.0)
+                    self.params[n + ".log_std"].clamp_(math.log(self.min_std), 0.0)
         self.baseline = (float(r.mean()) if self.baseline is None else
                          self.baseline_decay * self.baseline + (1 - self.baseline_decay) * float(r.mean()))
         i = int(np.argmin(f))

@@ -1,0 +1,223 @@
+"""Population meta-optimizers: known optima within a fixed budget, seeds, checkpoints, resume,
+parallel fitness."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metaphi.loops.checkpoint import load_checkpoint, save_checkpoint
+from metaphi.loops.population import population_train
+from metaphi.meta import (CMAES, REINFORCE, Categorical, FitnessSpec, Float, Int, OpenAIES,
+                          PopulationEvaluator, Space, TaskFitness, build_learner, centered_ranks,
+                          evaluate_fitness, fitness_task_seeds, make_optimizer, phi_vector)
+
+SHIFT = np.array([1.5, -2.0, 0.5, 3.0, -1.0])
+
+
+def sphere(x, generation=0):
+    return float(((np.asarray(x) - SHIFT) ** 2).sum())
+
+
+def rosenbrock(x, generation=0):
+    x = np.asarray(x)
+    return float((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2)
+
+
+MIXED = Space({"act": Categorical(["relu", "tanh", "gelu", "elu"]),
+               "lr": Float(1e-4, 1.0, log=True), "steps": Int(1, 10)})
+
+
+def mixed_fn(p, generation=0):
+    """Optimum: act='tanh', lr=1e-2, steps=7 (value 0)."""
+    return ({"relu": 1.0, "tanh": 0.0, "gelu": 2.0, "elu": 1.5}[p["act"]]
+            + (np.log10(p["lr"]) + 2) ** 2 + 0.1 * (p["steps"] - 7) ** 2)
+
+
+def run(opt, fn, gens):
+    for _ in range(gens):
+        c = opt.ask()
+        opt.tell(c, [fn(x) for x in c])
+    return opt
+
+
+def test_centered_ranks():
+    u = centered_ranks(np.array([3.0, 1.0, 2.0, 2.0]))
+    assert u.tolist() == [0.5, -0.5, 0.0, 0.0]
+
+
+def test_openai_es_sphere_within_budget():
+    es = run(OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=20, seed=0), sphere, 200)
+    assert sphere(es.center) < 1e-2
+    assert es.evaluations == 4000 and es.generation == 200
+    # antithetic pairs are symmetric around the mean
+    c = es.ask()
+    np.testing.assert_allclose((c[0] + c[1]) / 2, es.mean, atol=1e-12)
+
+
+def test_openai_es_on_a_space():
+    space = Space({"lr": Float(1e-4, 1.0, log=True), "x": Float(-2.0, 2.0)})
+    fn = lambda p: (np.log10(p["lr"]) + 3) ** 2 + (p["x"] - 1.2) ** 2  # noqa: E731
+    es = run(OpenAIES(space=space, sigma=0.05, lr=0.05, popsize=10, seed=1), fn, 150)
+    assert es.center["lr"] == pytest.approx(1e-3, rel=0.1)
+    assert es.center["x"] == pytest.approx(1.2, abs=0.05)
+
+
+def test_cmaes_rosenbrock_within_budget():
+    cma = run(CMAES(x0=np.zeros(2), sigma=0.5, seed=0), rosenbrock, 150)
+    x, f = cma.best
+    assert f < 1e-6 and np.allclose(x, [1.0, 1.0], atol=1e-3)
+
+
+def test_cmaes_bounded_space():
+    space = Space({"lr": Float(1e-4, 1.0, log=True), "w": Int(8, 256)})
+    fn = lambda p: (np.log10(p["lr"]) + 2.5) ** 2 + ((p["w"] - 100) / 50) ** 2  # noqa: E731
+    cma = run(CMAES(space=space, sigma=0.2, seed=0), fn, 60)
+    best, f = cma.best
+    assert best["w"] == pytest.approx(100, abs=3) and best["lr"] == pytest.approx(10 ** -2.5, rel=0.1)
+
+
+def test_reinforce_bandit_best_arm():
+    arms = [0.3, 0.9, 0.5, 0.1, 0.6]  # arm 3 has the lowest expected loss
+    space = Space({"arm": Categorical(list(range(5)))})
+    rng = np.random.default_rng(123)
+    rf = REINFORCE(space, popsize=16, lr=0.1, seed=0)
+    for _ in range(80):
+        c = rf.ask()
+        rf.tell(c, [arms[x["arm"]] + 0.2 * rng.standard_normal() for x in c])
+    assert rf.center == {"arm": 3}
+    assert rf.probabilities()["arm"]["3"] > 0.8
+
+
+def test_reinforce_mixed_space_optimum():
+    rf = run(REINFORCE(MIXED, popsize=16, lr=0.1, seed=0), mixed_fn, 150)
+    c = rf.center
+    assert c["act"] == "tanh" and c["steps"] == 7 and abs(np.log10(c["lr"]) + 2) < 0.35
+    assert mixed_fn(c) < 0.1
+
+
+@pytest.mark.parametrize("make, fn", [
+    (lambda s: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=s), sphere),
+    (lambda s: CMAES(x0=np.zeros(2), sigma=0.5, seed=s), rosenbrock),
+    (lambda s: REINFORCE(MIXED, popsize=8, seed=s), mixed_fn),
+])
+def test_seed_makes_search_reproducible(make, fn):
+    a, b, c = run(make(7), fn, 10), run(make(7), fn, 10), run(make(8), fn, 10)
+    assert repr(a.ask()) == repr(b.ask()) and a.best[1] == b.best[1]
+    assert repr(a.ask()) != repr(c.ask())
+
+
+@pytest.mark.parametrize("make, fn", [
+    (lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=3), sphere),
+    (lambda: CMAES(x0=np.zeros(2), sigma=0.5, seed=3), rosenbrock),
+    (lambda: REINFORCE(MIXED, popsize=8, seed=3), mixed_fn),
+])
+def test_state_dict_checkpoint_resume_is_exact(tmp_path, make, fn):
+    straight = run(make(), fn, 12)
+    first = run(make(), fn, 5)
+    save_checkpoint(tmp_path / "opt.pt", {"optimizer": first.state_dict()})
+    resumed = make()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "opt.pt")["optimizer"])  # weights_only
+    run(resumed, fn, 7)
+    assert repr(resumed.ask()) == repr(straight.ask())
+    assert resumed.best[1] == straight.best[1] and repr(resumed.center) == repr(straight.center)
+
+
+def test_load_state_dict_refuses_other_settings():
+    s = OpenAIES(x0=np.zeros(3), popsize=4, seed=0).state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        OpenAIES(x0=np.zeros(3), popsize=4, seed=1).load_state_dict(s)
+    with pytest.raises(ValueError, match="dimension"):
+        OpenAIES(x0=np.zeros(4), popsize=4, seed=0).load_state_dict(s)
+    with pytest.raises(ValueError, match="cmaes"):
+        OpenAIES(x0=np.zeros(3), popsize=4, seed=0).load_state_dict(
+            CMAES(x0=np.zeros(3), seed=0).state_dict())
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="even number"):
+        OpenAIES(x0=np.zeros(2), popsize=5)
+    with pytest.raises(ValueError, match="use REINFORCE"):
+        OpenAIES(space=MIXED)
+    with pytest.raises(ValueError, match="needs x0"):
+        CMAES()
+    with pytest.raises(ValueError, match="one fitness per candidate"):
+        es = OpenAIES(x0=np.zeros(2), popsize=4)
+        es.tell(es.ask(), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="every candidate's fitness is NaN"):
+        es = OpenAIES(x0=np.zeros(2), popsize=2)
+        es.tell(es.ask(), [float("nan")] * 2)
+    with pytest.raises(ValueError, match="unknown meta_optimizer"):
+        make_optimizer("pso")
+
+
+def test_non_finite_fitness_ranks_last():
+    es = OpenAIES(x0=np.zeros(2), sigma=0.1, lr=0.1, popsize=4, seed=0)
+    c = es.ask()
+    es.tell(c, [1.0, float("nan"), 2.0, float("inf")])
+    assert np.isfinite(es.mean).all() and es.best[1] == 1.0
+
+
+def test_population_train_resume_equals_straight_run(tmp_path):
+    make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=0)  # noqa: E731
+    straight = population_train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
+    population_train(make(), sphere, 3, tmp_path / "b", workers=0, progress=False)
+    resumed = population_train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
+                               progress=False)
+    assert resumed.best_fitness == straight.best_fitness
+    np.testing.assert_array_equal(resumed.center, straight.center)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == list(range(6))
+    straight_rows = [json.loads(line) for line in
+                     (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["best_fitness"] for r in rows] == [r["best_fitness"] for r in straight_rows]
+    assert rows[-1]["evaluations"] == 48
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["generation"] == 6
+    with pytest.raises(FileExistsError, match="resume=True"):
+        population_train(make(), sphere, 6, tmp_path / "b", workers=0, progress=False)
+    with pytest.raises(ValueError, match="same settings"):
+        population_train(make(), sphere, 9, tmp_path / "b", resume=True, workers=0,
+                         progress=False, config={"other": 1})
+
+
+SPEC = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1
+
+
+def test_evaluate_fitness_is_pure_and_uses_the_tasks():
+    phi = phi_vector(build_learner(SPEC.learner, seed=0))
+    seeds = fitness_task_seeds(0, 0, 5)
+    f1 = evaluate_fitness(phi, seeds, SPEC)
+    torch.manual_seed(999)
+    np.random.seed(999)
+    assert evaluate_fitness(phi, seeds, SPEC) == f1  # no dependence on global RNG state
+    assert evaluate_fitness(phi, fitness_task_seeds(0, 1, 5), SPEC) != f1
+    phi2 = phi.copy()
+    phi2[-1] = np.log(0.05)  # a larger inner lr changes the score
+    assert evaluate_fitness(phi2, seeds, SPEC) != f1
+    with pytest.raises(ValueError, match="the learner needs 1762"):
+        evaluate_fitness(phi[:-2], seeds, SPEC)
+
+
+def test_hyper_fitness_trains_the_configuration():
+    spec = FitnessSpec(phi="hyper", train_steps=3, train_meta_batch=2)
+    seeds = fitness_task_seeds(0, 0, 3)
+    f = evaluate_fitness({"inner_steps": 2, "inner_lr": 0.02, "width": 20}, seeds, spec)
+    untrained = evaluate_fitness({"inner_steps": 2, "inner_lr": 0.02, "width": 20}, seeds,
+                                 FitnessSpec(phi="hyper"))
+    assert np.isfinite(f) and f != untrained
+    with pytest.raises(ValueError, match="does not know"):
+        evaluate_fitness({"dropout": 0.1}, seeds, spec)
+    with pytest.raises(ValueError, match="phi='hyper' only"):
+        FitnessSpec(phi="vector", train_steps=5)
+
+
+def test_parallel_and_serial_fitness_are_identical():
+    es = OpenAIES(x0=phi_vector(build_learner(SPEC.learner, seed=0)), sigma=0.02, popsize=4, seed=0)
+    cands = es.ask()
+    fit = TaskFitness(SPEC, n_tasks=4, seed=0)
+    with PopulationEvaluator(fit, workers=0) as serial:
+        a = serial(cands, 2)
+    with PopulationEvaluator(fit, workers=2) as parallel:
+        b = parallel(cands, 2)
+    assert a == b and len(set(a)) == 4
