@@ -141,10 +141,12 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
         return "is an absolute path"
     if any(part == ".." for part in PurePosixPath(name).parts):
         return "contains '..'"
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
+    # Unix zips keep st_mode in the high 16 bits; many writers set only permission bits (no
+    # file type), which means a regular file. We never create links or devices, only refuse them.
+    file_type = stat.S_IFMT(info.external_attr >> 16)
+    if file_type == stat.S_IFLNK:
         return "is a symbolic link"
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
         return "is not a regular file or folder"
     return None
 

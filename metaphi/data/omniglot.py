@@ -417,23 +417,27 @@ def load_omniglot(root: str | Path | None = None, *, cache_dir: str | Path | Non
 # Downloading
 
 
-def omniglot_remote_files(base_url: str = OFFICIAL_BASE_URL,
+def omniglot_remote_files(base_url: str | None = None,
                           checksums: dict[str, tuple[tuple[str, str], ...]] | None = None
                           ) -> list[RemoteFile]:
     """The two archives to fetch, with their accepted checksums (default
-    :data:`OMNIGLOT_CHECKSUMS`)."""
+    :data:`OMNIGLOT_CHECKSUMS`). ``base_url`` defaults to ``$METAPHI_OMNIGLOT_URL`` (a mirror)
+    or else the official location."""
+    if base_url is None:
+        base_url = os.environ.get("METAPHI_OMNIGLOT_URL") or OFFICIAL_BASE_URL
     table = OMNIGLOT_CHECKSUMS if checksums is None else checksums
     return [RemoteFile(f"{p}.zip", f"{base_url.rstrip('/')}/{p}.zip", tuple(table.get(f"{p}.zip", ())))
             for p in PARTS]
 
 
-def download_omniglot(root: str | Path | None = None, *, base_url: str = OFFICIAL_BASE_URL,
+def download_omniglot(root: str | Path | None = None, *, base_url: str | None = None,
                       checksums: dict[str, tuple[tuple[str, str], ...]] | None = None,
                       extract: bool = False, timeout: float = 60.0,
                       progress: bool | None = None) -> Path:
     """Fetch the official Omniglot archives into the Omniglot folder and return the folder.
 
-    Each archive is verified against ``checksums`` (default :data:`OMNIGLOT_CHECKSUMS`) and checked
+    ``base_url`` defaults to ``$METAPHI_OMNIGLOT_URL`` or the official GitHub location. Each
+    archive is verified against ``checksums`` (default :data:`OMNIGLOT_CHECKSUMS`) and checked
     for unsafe entries; archives already present and verified are not fetched again. The loader
     reads the zips directly; ``extract=True`` also unpacks them (safely: no entry may leave the
     folder) for users who want the PNG files.

@@ -36,6 +36,14 @@ def _predicted_labels(predictions: Tensor | np.ndarray | Sequence[int], n_query:
     return p.astype(np.int64)
 
 
+def _wrap(label: str, width: int = 22) -> str:
+    """Break a long class name at its first '/' (``Alphabet/characterNN/rot090``)."""
+    if len(label) <= width or "/" not in label:
+        return label
+    head, tail = label.split("/", 1)
+    return f"{head}/\n{tail}"
+
+
 def plot_episode(task: Task, path: str | Path,
                  predictions: Tensor | np.ndarray | Sequence[int] | None = None,
                  class_names: Sequence[str] | None = None, *, max_queries: int = 10,
@@ -62,11 +70,18 @@ def plot_episode(task: Task, path: str | Path,
     query_rows = [np.flatnonzero(qy == c)[:max_queries] for c in range(n_way)]
     k = max(len(r) for r in support_rows)
     q = max((len(r) for r in query_rows), default=0)
-    cols = k + (1 + q if q else 0)  # one blank column between support and query
-    fig = Figure(figsize=(0.9 * cols + 2.2, 1.0 * n_way + 0.8), dpi=dpi)
+    cols = k + (1 + q if q else 0)  # a narrow blank column between support and query
+    widths = [1.0] * k + ([0.35] + [1.0] * q if q else [])
+    labels = [_wrap(f"{c}: {class_names[c]}") for c in range(n_way)]
+    label_in = 0.075 * max(len(line) for lab in labels for line in lab.split("\n")) + 0.2
+    fig_w = 0.9 * sum(widths) + label_in + 0.2
+    top_in = 0.9 if pred is not None else 0.6  # room for the title and column headings
+    fig_h = 1.0 * n_way + top_in + 0.1
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(n_way, cols, left=0.2, right=0.99, top=1 - 0.5 / (n_way + 0.8),
-                            bottom=0.02, wspace=0.1, hspace=0.45)
+    grid = fig.add_gridspec(n_way, cols, width_ratios=widths, left=label_in / fig_w,
+                            right=1 - 0.1 / fig_w, top=1 - top_in / fig_h, bottom=0.1 / fig_h,
+                            wspace=0.1, hspace=0.45)
 
     def show(r: int, col: int, img: np.ndarray):
         ax = fig.add_subplot(grid[r, col])
@@ -80,15 +95,16 @@ def plot_episode(task: Task, path: str | Path,
         for j, i in enumerate(support_rows[c]):
             ax = show(c, j, sx[i])
             if j == 0:
-                ax.set_ylabel(f"{c}: {class_names[c]}", rotation=0, ha="right", va="center",
-                              fontsize=7)
+                ax.set_ylabel(labels[c], rotation=0, ha="right", va="center", fontsize=7)
             if c == 0 and j == 0:
-                ax.set_title("support", fontsize=8, loc="left")
+                ax.text(0, 1.35 if pred is not None else 1.05, "support", fontsize=8,
+                        transform=ax.transAxes, va="bottom")
         for j, i in enumerate(query_rows[c]):
             ax = show(c, k + 1 + j, qx[i])
+            if c == 0 and j == 0:
+                ax.text(0, 1.35 if pred is not None else 1.05, "query", fontsize=8,
+                        transform=ax.transAxes, va="bottom")
             if pred is None:
-                if c == 0 and j == 0:
-                    ax.set_title("query", fontsize=8, loc="left")
                 continue
             ok = pred[i] == c
             color = RIGHT if ok else WRONG
@@ -104,7 +120,7 @@ def plot_episode(task: Task, path: str | Path,
             acc += f" (showing up to {q} queries a class)"
         head = f"{head}  {acc}" if head else acc
     if head:
-        fig.suptitle(head, fontsize=9)
+        fig.suptitle(head, fontsize=9, y=1 - 0.08 / fig_h, va="top")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

@@ -1,0 +1,66 @@
+"""Integration test on the real Omniglot data (decodes all 32460 PNGs once, ~10-20 s).
+
+The data is looked up at ``<workspace>/shared/data/omniglot`` (beside the repository) or at
+``$METAPHI_OMNIGLOT``. Missing data is a failure, not a skip: this test is the evidence that
+the loader works on the real dataset.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metaphi.data import OMNIGLOT_CHECKSUMS, load_omniglot, omniglot_sources, read_split
+from metaphi.data.download import verify_file
+from metaphi.data.omniglot import PACKAGE_SPLITS
+from metaphi.tasks import task_rng
+
+DATA = Path(os.environ.get("METAPHI_OMNIGLOT")
+            or Path(__file__).resolve().parents[2] / "shared/data/omniglot")
+
+
+def test_real_omniglot(tmp_path):
+    assert DATA.is_dir() and any((DATA / n).exists() for n in (
+        "images_background.zip", "images_background")), (
+        f"real Omniglot data not found at {DATA}: put images_background.zip and "
+        "images_evaluation.zip there, or set METAPHI_OMNIGLOT to the folder that holds them")
+    for name, accepted in OMNIGLOT_CHECKSUMS.items():
+        if (DATA / name).is_file():
+            verify_file(DATA / name, accepted)  # the official or the known repacked archive
+
+    t0 = time.perf_counter()
+    im = load_omniglot(DATA, cache_dir=tmp_path)
+    decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cached = load_omniglot(DATA, cache_dir=tmp_path)
+    cached_s = time.perf_counter() - t0
+    print(f"\nOmniglot first decode {decode_s:.1f} s, cached load {cached_s:.2f} s")
+    assert not im.from_cache and cached.from_cache
+    np.testing.assert_array_equal(im.images, cached.images)
+
+    assert im.n_characters == 1623 and len(set(im.characters)) == 1623
+    assert im.images.shape == (1623 * 20, 28, 28) and im.images.dtype == np.uint8
+    assert np.bincount(im.parts).tolist() == [964, 659]
+    assert len({c.split("/")[0] for c in im.characters}) == 50
+    assert (im.images.reshape(len(im.images), -1).max(1) > 0).all()  # every drawing has ink
+
+    lists = {w: read_split("vinyals", w, im.folder) for w in ("train", "val", "test", "trainval")}
+    assert len(lists["trainval"]) == 4800 and len(lists["test"]) == 1692
+    for w, names in lists.items():  # the shipped copy equals the data folder's copy
+        shipped = (PACKAGE_SPLITS / "omniglot_vinyals" / f"{w}.txt").read_text().split()
+        assert shipped == names
+
+    train, val, test = omniglot_sources(n_way=20, k_shot=5, q_queries=15, images=cached)
+    assert (len(train.classes), len(val.classes), len(test.classes)) == (4112, 688, 1692)
+    task = test.sample(task_rng(0, "test", 0))
+    assert task.shapes == ((100, 1, 28, 28), (100,), (300, 1, 28, 28), (300,))
+    assert len(set(task.meta["classes"])) == 20 and set(task.meta["classes"]) <= set(lists["test"])
+    assert 0.0 <= float(task.support_x.min()) and float(task.support_x.max()) <= 1.0
+    rng = np.random.default_rng(0)
+    five_way = omniglot_sources(n_way=5, k_shot=1, q_queries=15, images=cached)[0]
+    t0 = time.perf_counter()
+    for _ in range(200):
+        five_way.sample(rng)
+    print(f"5-way 1-shot 15-query task: {(time.perf_counter() - t0) / 200 * 1e3:.2f} ms")
