@@ -1,0 +1,175 @@
+"""End-to-end evaluation: base forecasters, both meta-learners, metrics per subset and averaged.
+
+:func:`evaluate` forecasts every series of the target subsets with each base forecaster, the
+FFORMA combination (meta-trained on the target's own temporal holdouts, or zero-shot on another
+dataset's), and the neural forecaster (meta-trained on the target's histories, or zero-shot on
+another dataset's), then scores everything with the competition metrics.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .base import DEFAULT_METHODS, check_methods, run_base
+from .data import SeriesSet
+from .features import feature_matrix
+from .fforma import FFORMA, holdout_best, mean_combination, relative_errors
+from .metrics import score_subset, weighted_average
+from .neural import NeuralConfig, fit_forecast
+
+META_CHOICES = ("fforma", "neural")
+
+
+@dataclass
+class Evaluation:
+    """Forecasts ``{subset: {method: (n, h)}}``, metrics ``{method: {subset|"Average": {...}}}``,
+    timings in seconds, and extra logs (FFORMA weights, neural training losses)."""
+
+    sets: list[SeriesSet]
+    forecasts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.metrics)
+
+
+@dataclass
+class _Prepared:
+    """A subset with its base forecasts (test and holdout), features and holdout errors."""
+
+    s: SeriesSet
+    hold: SeriesSet
+    base_test: dict[str, np.ndarray]
+    base_hold: dict[str, np.ndarray]
+    X_test: np.ndarray
+    X_hold: np.ndarray
+    E_hold: np.ndarray
+
+
+def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | None,
+            progress: bool, timings: dict[str, float], tag: str = "") -> list[_Prepared]:
+    out = []
+    for s in sets:
+        hold = s.holdout()
+        bt, sec_t = run_base(s, methods, cache_dir=cache_dir, progress=progress)
+        bh, sec_h = run_base(hold, methods, cache_dir=cache_dir, progress=progress)
+        timings[f"base forecasters {tag}{s.name} (test)"] = sec_t
+        timings[f"base forecasters {tag}{s.name} (holdout)"] = sec_h
+        t0 = time.perf_counter()
+        X_t = feature_matrix(s.y, s.m, s.h)
+        X_h = feature_matrix(hold.y, hold.m, hold.h)
+        E_h = relative_errors(hold.test, bh, hold.y, s.m, methods)  # columns follow `methods`
+        timings[f"features {tag}{s.name}"] = time.perf_counter() - t0
+        out.append(_Prepared(s, hold, bt, bh, X_t, X_h, E_h))
+    return out
+
+
+def _fit_fforma(prep: list[_Prepared], methods: list[str], seed: int) -> FFORMA:
+    X = np.vstack([p.X_hold for p in prep])
+    E = np.vstack([p.E_hold for p in prep])
+    return FFORMA(methods, seed=seed).fit(X, E)
+
+
+def _matching(sources: list[SeriesSet], target: SeriesSet) -> list[np.ndarray]:
+    """Histories of the source subsets with the target's season length (all if none match)."""
+    same = [s for s in sources if s.m == target.m]
+    return [y for s in (same or sources) for y in s.y]
+
+
+def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
+             meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
+             neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
+             seed: int = 0, progress: bool = True) -> Evaluation:
+    """Forecast and score ``sets`` (subsets that carry ``test`` values).
+
+    ``sources`` maps a name to other datasets' subsets for zero-shot transfer: FFORMA and the
+    neural forecaster are then also meta-trained on them alone and applied to ``sets``.
+    """
+    methods = check_methods(list(methods or DEFAULT_METHODS))
+    bad = [m for m in meta if m not in META_CHOICES]
+    if bad:
+        raise ValueError(f"unknown meta-learner(s) {bad}; choose from {META_CHOICES}")
+    for s in sets:
+        if s.test is None:
+            raise ValueError(f"{s.name} has no held-out truth to score forecasts on")
+    ev = Evaluation(sets)
+    t_all = time.perf_counter()
+    # Naive2 is always forecast: OWA is defined relative to it.
+    run_methods = methods if "Naive2" in methods else methods + ["Naive2"]
+    prep = prepare(sets, run_methods, cache_dir, progress, ev.timings)
+    for p in prep:
+        p.E_hold = p.E_hold[:, [run_methods.index(k) for k in methods]]
+    fc: dict[str, dict[str, np.ndarray]] = {p.s.name: dict(p.base_test) for p in prep}
+    for p in prep:
+        fc[p.s.name]["Mean"] = mean_combination(p.base_test, methods)
+        fc[p.s.name]["HoldoutBest"] = holdout_best(p.base_test, p.E_hold, methods)
+    if "fforma" in meta:
+        t0 = time.perf_counter()
+        model = _fit_fforma(prep, methods, seed)
+        ev.logs["fforma_best_iteration"] = model.best_iteration
+        ev.logs["fforma_mean_weights"] = {}
+        for p in prep:
+            fc[p.s.name]["FFORMA"] = model.combine(p.base_test, p.X_test)
+            fc[p.s.name]["FFORMA-select"] = model.select(p.base_test, p.X_test)
+            ev.logs["fforma_mean_weights"][p.s.name] = dict(
+                zip(methods, np.round(model.weights(p.X_test).mean(axis=0), 4).tolist()))
+        ev.timings["FFORMA meta-train + forecast"] = time.perf_counter() - t0
+    if "neural" in meta:
+        t0 = time.perf_counter()
+        for i, p in enumerate(prep):
+            cfg = neural_config or NeuralConfig()
+            out, log = fit_forecast(p.s, p.s, NeuralConfig(**{**cfg.__dict__, "seed": seed + i}),
+                                    progress=progress)
+            fc[p.s.name].update(out)
+            ev.logs[f"neural {p.s.name}"] = log
+        ev.timings["neural meta-train + forecast"] = time.perf_counter() - t0
+    for src_name, src_sets in (sources or {}).items():
+        if "fforma" in meta:
+            src_prep = prepare(src_sets, run_methods, cache_dir, progress, ev.timings,
+                               tag="source ")
+            for sp in src_prep:
+                sp.E_hold = sp.E_hold[:, [run_methods.index(k) for k in methods]]
+            t0 = time.perf_counter()
+            model = _fit_fforma(src_prep, methods, seed)
+            for p in prep:
+                fc[p.s.name][f"FFORMA zero-shot ({src_name})"] = model.combine(p.base_test, p.X_test)
+            ev.timings[f"FFORMA zero-shot from {src_name}"] = time.perf_counter() - t0
+        if "neural" in meta:
+            t0 = time.perf_counter()
+            for i, p in enumerate(prep):
+                cfg = neural_config or NeuralConfig()
+                train = SeriesSet(f"{src_name}->{p.s.name}", [], _matching(src_sets, p.s), p.s.h,
+                                  p.s.m)
+                out, log = fit_forecast(train, p.s, NeuralConfig(**{**cfg.__dict__,
+                                                                    "seed": seed + 100 + i}),
+                                        progress=progress)
+                for k, v in out.items():
+                    fc[p.s.name][f"{k} zero-shot ({src_name})"] = v
+                ev.logs[f"neural zero-shot {src_name}->{p.s.name}"] = log
+            ev.timings[f"neural zero-shot from {src_name}"] = time.perf_counter() - t0
+    ev.forecasts = fc
+    ev.metrics = score(prep, fc)
+    ev.timings["total"] = time.perf_counter() - t_all
+    return ev
+
+
+def score(prep: list[_Prepared], fc: dict[str, dict[str, np.ndarray]]) -> dict[str, dict]:
+    methods = list(dict.fromkeys(k for p in prep for k in fc[p.s.name]))
+    weights = {p.s.name: len(p.s) * p.s.h for p in prep}
+    metrics: dict[str, dict] = {}
+    for k in methods:
+        per = {}
+        for p in prep:
+            n2 = fc[p.s.name].get("Naive2")
+            per[p.s.name] = score_subset(p.s.test, fc[p.s.name][k], p.s.y, p.s.m, n2)
+        per["Average"] = weighted_average(per, weights)
+        for v in per.values():
+            v.pop("_naive2", None)
+        metrics[k] = per
+    return metrics

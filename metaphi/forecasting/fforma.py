@@ -1,0 +1,160 @@
+"""Meta-learner A: feature-based forecast combination (FFORMA, Montero-Manso et al., 2020).
+
+Meta-training: on each training series a temporal holdout (the last ``h`` history values) scores
+every base forecaster, giving an error matrix ``E`` (series x forecasters). A LightGBM model maps
+series features to one score per forecaster; softmax turns the scores into combination weights
+``w``, and the custom objective is FFORMA's: the expected error ``sum_k w_k E_k`` of the
+forecaster chosen with probabilities ``w``, minimised per series. Meta-test: features of the full
+history -> weights -> weighted average of the base forecasts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .metrics import mase, smape
+
+
+def relative_errors(truth: list[np.ndarray], forecasts: dict[str, np.ndarray],
+                    histories: list[np.ndarray], m: int, methods: list[str],
+                    reference: str = "Naive2") -> np.ndarray:
+    """Per-series OWA-style error of each method: ``(sMAPE / mean sMAPE_ref + MASE / mean
+    MASE_ref) / 2`` with the reference (Naive2) averaged over the subset, as FFORMA used.
+
+    Dividing by subset means rather than per-series values keeps series where Naive2 happens to be
+    perfect from producing infinities; MASE values are capped to keep a few series with a
+    near-zero in-sample scale from dominating the objective.
+    """
+    Y = np.vstack(truth)
+    ref = forecasts[reference] if reference in forecasts else forecasts[methods[0]]
+    s_ref = max(float(np.mean(smape(Y, ref))), 1e-8)
+    m_ref_all = mase(Y, ref, histories, m)
+    cap = np.nanpercentile(m_ref_all[np.isfinite(m_ref_all)], 99) * 5 if np.isfinite(
+        m_ref_all).any() else 100.0
+    m_ref = max(float(np.mean(np.clip(np.nan_to_num(m_ref_all, posinf=cap), 0, cap))), 1e-8)
+    cols = []
+    for k in methods:
+        s = smape(Y, forecasts[k])
+        q = np.clip(np.nan_to_num(mase(Y, forecasts[k], histories, m), nan=cap, posinf=cap), 0, cap)
+        cols.append(0.5 * (s / s_ref + q / m_ref))
+    return np.column_stack(cols)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class FFORMA:
+    """Gradient-boosted meta-learner that outputs per-series combination weights.
+
+    ``fit(X, E)`` with features ``X`` (n, d) and holdout errors ``E`` (n, K);
+    ``weights(X)`` -> (n, K) softmax weights; ``combine(forecasts, X)`` -> (n, h).
+    """
+
+    def __init__(self, methods: list[str], n_estimators: int = 400, learning_rate: float = 0.05,
+                 num_leaves: int = 15, min_data_in_leaf: int = 20, feature_fraction: float = 0.8,
+                 bagging_fraction: float = 0.8, valid_fraction: float = 0.1,
+                 early_stopping: int = 40, seed: int = 0, num_threads: int = 0) -> None:
+        self.methods = list(methods)
+        self.params: dict[str, Any] = {
+            "num_class": len(methods), "learning_rate": learning_rate, "num_leaves": num_leaves,
+            "min_data_in_leaf": min_data_in_leaf, "min_sum_hessian_in_leaf": 1e-3,
+            "feature_fraction": feature_fraction, "bagging_fraction": bagging_fraction,
+            "bagging_freq": 1, "seed": seed, "deterministic": True, "verbosity": -1,
+            "num_threads": num_threads}
+        self.n_estimators = n_estimators
+        self.valid_fraction = valid_fraction
+        self.early_stopping = early_stopping
+        self.seed = seed
+        self.booster = None
+        self.best_iteration: int | None = None
+
+    @staticmethod
+    def _objective(errors: np.ndarray):
+        def fobj(preds: np.ndarray, data) -> tuple[np.ndarray, np.ndarray]:
+            w = _softmax(preds.reshape(errors.shape[0], -1, order="F") if preds.ndim == 1 else preds)
+            expected = np.sum(w * errors, axis=1, keepdims=True)
+            grad = w * (errors - expected)
+            # The exact diagonal Hessian w(e - L)(1 - 2w) can be negative; its magnitude (floored)
+            # gives Newton steps of the right size without flipping their direction.
+            hess = np.maximum(np.abs(grad * (1 - 2 * w)), 1e-6)
+            if preds.ndim == 1:
+                return grad.ravel(order="F"), hess.ravel(order="F")
+            return grad, hess
+        return fobj
+
+    @staticmethod
+    def _expected_error(errors: np.ndarray):
+        def feval(preds: np.ndarray, data):
+            w = _softmax(preds.reshape(errors.shape[0], -1, order="F") if preds.ndim == 1 else preds)
+            return "expected_error", float(np.mean(np.sum(w * errors, axis=1))), False
+        return feval
+
+    def fit(self, X: np.ndarray, errors: np.ndarray) -> "FFORMA":
+        import lightgbm as lgb
+
+        X = np.asarray(X, dtype=float)
+        E = np.asarray(errors, dtype=float)
+        if E.shape != (X.shape[0], len(self.methods)):
+            raise ValueError(f"errors must have shape (n_series, n_methods) = "
+                             f"{(X.shape[0], len(self.methods))}, got {E.shape}")
+        if not np.isfinite(E).all():
+            raise ValueError("holdout errors contain NaN or inf; check the base forecasts")
+        rng = np.random.default_rng(self.seed)
+        n = X.shape[0]
+        perm = rng.permutation(n)
+        n_val = int(round(self.valid_fraction * n)) if n >= 50 else 0
+        val, tr = perm[:n_val], perm[n_val:]
+        if len(tr) < 10:
+            raise ValueError(f"FFORMA needs at least 10 training series, got {len(tr)}; "
+                             "use more series or --meta none")
+        # small meta-training sets: leaves must still be able to split
+        params = dict(self.params, objective=self._objective(E[tr]), feature_pre_filter=False,
+                      min_data_in_leaf=int(min(self.params["min_data_in_leaf"],
+                                               max(2, len(tr) // 10))))
+        dtrain = lgb.Dataset(X[tr], label=np.zeros(len(tr)), free_raw_data=False)
+        kw: dict[str, Any] = {}
+        if n_val:
+            dval = lgb.Dataset(X[val], label=np.zeros(n_val), reference=dtrain)
+            params["metric"] = "None"
+            # feval sees the validation predictions, so it needs the validation errors
+            kw = {"valid_sets": [dval], "valid_names": ["val"],
+                  "feval": self._expected_error(E[val]),
+                  "callbacks": [lgb.early_stopping(self.early_stopping, verbose=False)]}
+        self.booster = lgb.train(params, dtrain, num_boost_round=self.n_estimators, **kw)
+        self.best_iteration = self.booster.best_iteration or self.n_estimators
+        return self
+
+    def weights(self, X: np.ndarray) -> np.ndarray:
+        if self.booster is None:
+            raise RuntimeError("call fit() before weights()")
+        raw = self.booster.predict(np.asarray(X, dtype=float), raw_score=True,
+                                   num_iteration=self.best_iteration)
+        return _softmax(raw.reshape(len(X), -1))
+
+    def combine(self, forecasts: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+        """Weighted combination of the base forecasts (``{method: (n, h)}``)."""
+        w = self.weights(X)
+        F = np.stack([forecasts[k] for k in self.methods], axis=1)  # (n, K, h)
+        return np.einsum("nk,nkh->nh", w, F)
+
+    def select(self, forecasts: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+        """The single forecaster with the largest weight per series."""
+        k = self.weights(X).argmax(axis=1)
+        F = np.stack([forecasts[m] for m in self.methods], axis=1)
+        return F[np.arange(len(k)), k]
+
+
+def holdout_best(forecasts: dict[str, np.ndarray], holdout_errors: np.ndarray,
+                 methods: list[str]) -> np.ndarray:
+    """Per series, the forecaster with the lowest error on that series' own temporal holdout."""
+    k = holdout_errors.argmin(axis=1)
+    F = np.stack([forecasts[m] for m in methods], axis=1)
+    return F[np.arange(len(k)), k]
+
+
+def mean_combination(forecasts: dict[str, np.ndarray], methods: list[str]) -> np.ndarray:
+    return np.mean(np.stack([forecasts[m] for m in methods], axis=0), axis=0)

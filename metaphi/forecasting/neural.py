@@ -1,0 +1,240 @@
+"""Meta-learner B: a global N-BEATS-style forecaster with per-series fast adaptation.
+
+Each series is a task. Its *support set* is windows (input of length ``L`` -> next ``h`` values)
+cut from the series' own history; its *query set* is the window whose target is the last ``h``
+values (held out at meta-train time, the unknown future at meta-test time). Every window is
+divided by the mean absolute value of its input, so one network serves series of any scale.
+
+Training has two phases, both across many series: (1) plain minibatch training of the global
+network on windows (the N-BEATS recipe; cheap and batched), then (2) MAML meta-training with the
+core's :class:`metaphi.learners.MAML` (``loss="mse"``) via ``learner.outer_grads(tasks)`` and
+Adam, so that a few SGD steps on a series' own windows improve its forecast. At meta-test each
+series is adapted with the inner loop on its support windows before forecasting.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..learners import MAML
+from ..tasks.task import Task
+from .data import SeriesSet
+
+
+class Block(nn.Module):
+    """A generic N-BEATS block: an MLP that emits a backcast and a forecast."""
+
+    def __init__(self, L: int, h: int, width: int, layers: int, backcast: bool = True) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        d = L
+        for _ in range(layers):
+            mods += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        self.mlp = nn.Sequential(*mods)
+        # the last block's backcast would feed nothing (and leave unused inner-loop parameters)
+        self.backcast = nn.Linear(width, L) if backcast else None
+        self.forecast = nn.Linear(width, h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        z = self.mlp(x)
+        return (self.backcast(z) if self.backcast is not None else None), self.forecast(z)
+
+
+class NBeats(nn.Module):
+    """Doubly residual stack of generic blocks (Oreshkin et al., 2020), small by default."""
+
+    def __init__(self, L: int, h: int, width: int = 128, blocks: int = 3, layers: int = 2) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(L, h, width, layers, backcast=i < blocks - 1)
+                                     for i in range(blocks)])
+        self.h = h
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Inputs are scaled to mean ~1; centring them on the last value helps the residual stack.
+        last = x[..., -1:]
+        res = x - last
+        out = last.expand(*x.shape[:-1], self.h).clone()
+        for b in self.blocks:
+            back, fc = b(res)
+            out = out + fc
+            if back is not None:
+                res = res - back
+        return out
+
+
+def window(y: np.ndarray, end: int, L: int, h: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Input ``y[end-h-L : end-h]`` (left-padded with its first value) and target
+    ``y[end-h : end]``, both divided by the input's mean absolute value."""
+    inp = y[max(0, end - h - L):end - h]
+    inp = np.r_[np.full(L - len(inp), inp[0]), inp]
+    scale = float(np.mean(np.abs(y[max(0, end - h - L):end - h])))
+    scale = scale if scale > 1e-8 else 1.0
+    return inp / scale, y[end - h:end] / scale, scale
+
+
+def forecast_input(y: np.ndarray, L: int) -> tuple[np.ndarray, float]:
+    """The last ``L`` values (padded) as a scaled network input, and the scale."""
+    inp = y[-L:]
+    scale = float(np.mean(np.abs(inp)))
+    scale = scale if scale > 1e-8 else 1.0
+    inp = np.r_[np.full(L - len(inp), inp[0]), inp]
+    return inp / scale, scale
+
+
+@dataclass
+class NeuralConfig:
+    lookback: int = 3            # L = lookback * h
+    width: int = 128
+    blocks: int = 3
+    pretrain_steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
+    recent: int = 10             # pretraining windows end within the last `recent * h` points
+    meta_steps: int = 150
+    meta_batch: int = 8
+    meta_lr: float = 3e-4
+    support: int = 8             # support windows per task
+    inner_lr: float = 0.05
+    inner_steps: int = 1
+    eval_inner_steps: int = 2
+    seed: int = 0
+
+
+class NeuralForecaster:
+    """Global network + MAML inner loop for one horizon ``h`` (one frequency subset)."""
+
+    def __init__(self, h: int, config: NeuralConfig | None = None) -> None:
+        self.cfg = config or NeuralConfig()
+        self.h = h
+        self.L = self.cfg.lookback * h
+        torch.manual_seed(self.cfg.seed)
+        self.net = NBeats(self.L, h, self.cfg.width, self.cfg.blocks)
+        self.learner = MAML(self.net, loss="mse", inner_lr=self.cfg.inner_lr,
+                            inner_steps=self.cfg.inner_steps,
+                            eval_inner_steps=self.cfg.eval_inner_steps)
+        self.log: dict[str, float] = {}
+
+    # tasks -----------------------------------------------------------------------------------
+    def _support(self, y: np.ndarray, last_end: int, rng: np.random.Generator) -> tuple[Tensor, Tensor] | None:
+        ends = np.arange(self.h + 1, last_end + 1)
+        if len(ends) == 0:
+            return None
+        # most recent windows first: they say most about the series' near future
+        ends = ends[-self.cfg.recent * self.h:]
+        pick = rng.choice(ends, size=min(self.cfg.support, len(ends)), replace=False)
+        xs, ys = zip(*[window(y, int(e), self.L, self.h)[:2] for e in pick])
+        return (torch.tensor(np.stack(xs), dtype=torch.float32),
+                torch.tensor(np.stack(ys), dtype=torch.float32))
+
+    def train_task(self, y: np.ndarray, rng: np.random.Generator) -> Task | None:
+        """Meta-train task: support from ``y[:-h]``, query = the last ``h`` values of ``y``."""
+        sup = self._support(y, len(y) - self.h, rng)
+        if sup is None:
+            return None
+        qx, qy, _ = window(y, len(y), self.L, self.h)
+        return Task(sup[0], sup[1], torch.tensor(qx[None], dtype=torch.float32),
+                    torch.tensor(qy[None], dtype=torch.float32))
+
+    # training --------------------------------------------------------------------------------
+    def fit(self, histories: list[np.ndarray], progress: bool = True) -> "NeuralForecaster":
+        """Pretrain on windows of all ``histories``, then MAML meta-train on them as tasks."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        usable = [np.asarray(y, dtype=float) for y in histories if len(y) > self.h]
+        if not usable:
+            raise ValueError(f"no training series longer than the horizon {self.h}")
+        t0 = time.perf_counter()
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.pretrain_steps, 1))
+        lens = np.array([len(y) for y in usable])
+        for step in tqdm(range(cfg.pretrain_steps), desc=f"pretrain h={self.h}",
+                         disable=not progress, mininterval=2):
+            idx = rng.integers(0, len(usable), cfg.batch_size)
+            lo = np.maximum(self.h + 1, lens[idx] - cfg.recent * self.h + 1)
+            ends = rng.integers(lo, lens[idx] + 1)
+            xs, ys = zip(*[window(usable[i], int(e), self.L, self.h)[:2] for i, e in zip(idx, ends)])
+            x = torch.tensor(np.stack(xs), dtype=torch.float32)
+            yt = torch.tensor(np.stack(ys), dtype=torch.float32)
+            loss = (self.net(x) - yt).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        self.log["pretrain_seconds"] = time.perf_counter() - t0
+        self.log["pretrain_last_loss"] = float(loss.detach()) if cfg.pretrain_steps else float("nan")
+        t1 = time.perf_counter()
+        meta_opt = torch.optim.Adam(self.learner.parameters(), lr=cfg.meta_lr)
+        losses = []
+        for step in tqdm(range(cfg.meta_steps), desc=f"MAML h={self.h}", disable=not progress,
+                         mininterval=2):
+            tasks = []
+            while len(tasks) < cfg.meta_batch:
+                t = self.train_task(usable[int(rng.integers(len(usable)))], rng)
+                if t is not None:
+                    tasks.append(t)
+            grads, stats = self.learner.outer_grads(tasks)
+            meta_opt.zero_grad()
+            for n, p in self.learner.meta_params().items():
+                p.grad = grads[n]
+            nn.utils.clip_grad_norm_(self.learner.parameters(), 1.0)
+            meta_opt.step()
+            losses.append(stats["loss"])
+        self.log["meta_seconds"] = time.perf_counter() - t1
+        if losses:
+            k = max(1, len(losses) // 5)
+            self.log["meta_loss_first"] = float(np.mean(losses[:k]))
+            self.log["meta_loss_last"] = float(np.mean(losses[-k:]))
+        return self
+
+    # forecasting -----------------------------------------------------------------------------
+    def forecast(self, histories: list[np.ndarray], adapt: bool = True, seed: int | None = None,
+                 progress: bool = False) -> np.ndarray:
+        """``(n, h)`` forecasts of the next ``h`` values of each history; with ``adapt`` each
+        series first gets the inner loop on its own support windows (when it has any)."""
+        from tqdm.auto import tqdm
+
+        rng = np.random.default_rng(self.cfg.seed + 1 if seed is None else seed)
+        out = np.empty((len(histories), self.h))
+        self.net.eval()
+        for i, y in enumerate(tqdm(histories, desc="forecast", disable=not progress,
+                                   mininterval=2)):
+            y = np.asarray(y, dtype=float)
+            x, scale = forecast_input(y, self.L)
+            xt = torch.tensor(x[None], dtype=torch.float32)
+            sup = self._support(y, len(y), rng) if adapt else None
+            with torch.no_grad() if sup is None else torch.enable_grad():
+                if sup is None:
+                    pred = self.net(xt)
+                else:
+                    fast = self.learner.adapt(sup[0], sup[1])
+                    pred = self.learner.predict(fast, xt)
+            f = pred.detach().numpy()[0] * scale
+            if np.all(y >= 0):
+                f = np.maximum(f, 0.0)  # nonnegative data (counts, sales) stays nonnegative
+            out[i] = f
+        self.net.train()
+        return out
+
+
+def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | None = None,
+                 progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Meta-train on ``train``'s histories (windows of ``target.h``) and forecast ``target``.
+
+    Returns ``({"NBeats-global": ..., "NBeats-MAML": ...}, log)``: the global network without
+    and with per-series adaptation.
+    """
+    model = NeuralForecaster(target.h, config).fit(train.y, progress=progress)
+    t0 = time.perf_counter()
+    fc = {"NBeats-global": model.forecast(target.y, adapt=False),
+          "NBeats-MAML": model.forecast(target.y, adapt=True, progress=progress)}
+    model.log["forecast_seconds"] = time.perf_counter() - t0
+    return fc, model.log
