@@ -293,3 +293,23 @@ def test_episode_png_marks_mistakes_in_red(zipped, tmp_path):
                       task.query_y)
     with pytest.raises(ValueError, match="needs image tasks"):
         plot_episode(flat, tmp_path / "x.png")
+
+
+def test_data_subcommand(zipped, tmp_path, capsys):
+    import argparse
+
+    from metaphi.data import cli
+
+    parser = argparse.ArgumentParser(prog="metaphi")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    argv = ["data", "omniglot", "--root", str(zipped), "--cache-dir", str(tmp_path / "c")]
+    args = parser.parse_args(argv + ["--partial"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"Omniglot in {zipped}: 3 alphabets, 8 characters, 160 images at 28x28 (decoded" in out
+    assert "Vinyals split (rotated-character classes): train 4112, val 688, test 1692" in out
+    assert args.func(args) == 0
+    assert "(loaded from cache in" in capsys.readouterr().out
+    strict = parser.parse_args(argv)
+    assert strict.func(strict) == 1
+    assert "error: the Omniglot data in" in capsys.readouterr().out

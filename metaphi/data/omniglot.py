@@ -426,8 +426,8 @@ def omniglot_remote_files(base_url: str | None = None,
     if base_url is None:
         base_url = os.environ.get("METAPHI_OMNIGLOT_URL") or OFFICIAL_BASE_URL
     table = OMNIGLOT_CHECKSUMS if checksums is None else checksums
-    return [RemoteFile(f"{p}.zip", f"{base_url.rstrip('/')}/{p}.zip", tuple(table.get(f"{p}.zip", ())))
-            for p in PARTS]
+    return [RemoteFile(f"{p}.zip", f"{base_url.rstrip('/')}/{p}.zip",
+                       tuple(table.get(f"{p}.zip", ()))) for p in PARTS]
 
 
 def download_omniglot(root: str | Path | None = None, *, base_url: str | None = None,
@@ -498,8 +498,10 @@ class OmniglotData:
                 f"{missing[:5]}); load the complete dataset (strict=True) or use a split that "
                 "matches the characters you have")
         if len(set(classes)) != len(classes):
-            seen: set[str] = set()
-            dups = sorted({c for c in classes if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
+            counts: dict[str, int] = {}
+            for c in classes:
+                counts[c] = counts.get(c, 0) + 1
+            dups = sorted(c for c, n in counts.items() if n > 1)
             raise OmniglotError(f"class names must be unique, but {len(dups)} appear more than "
                                 f"once (first: {dups[:5]}); meta-train, meta-val and meta-test "
                                 "splits must not share classes")
@@ -508,7 +510,8 @@ class OmniglotData:
         n = len(self.class_names)
         self.labels = np.repeat(np.arange(n, dtype=np.int64), N_DRAWERS)
         drawer = np.tile(np.arange(N_DRAWERS, dtype=np.int64), n)
-        self._image_index = np.repeat(np.asarray(chars, dtype=np.int64), N_DRAWERS) * N_DRAWERS + drawer
+        first = np.repeat(np.asarray(chars, dtype=np.int64), N_DRAWERS) * N_DRAWERS
+        self._image_index = first + drawer  # item -> row of base.images
         self._rot = np.repeat(np.asarray(rots, dtype=np.int8), N_DRAWERS)
 
     def __len__(self) -> int:

@@ -27,7 +27,10 @@ def _as_images(x: Tensor, what: str) -> np.ndarray:
 
 
 def _predicted_labels(predictions: Tensor | np.ndarray | Sequence[int], n_query: int) -> np.ndarray:
-    p = predictions.detach().cpu().numpy() if isinstance(predictions, Tensor) else np.asarray(predictions)
+    if isinstance(predictions, Tensor):
+        p = predictions.detach().cpu().numpy()
+    else:
+        p = np.asarray(predictions)
     if p.ndim == 2 and len(p) == n_query:
         p = p.argmax(1)  # logits or probabilities
     if p.shape != (n_query,):
