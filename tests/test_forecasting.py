@@ -1,0 +1,216 @@
+"""Tests for metaphi.forecasting on small generated series (metrics against hand computation)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metaphi.forecasting.data import SeriesSet, validate_long
+from metaphi.forecasting.features import FEATURE_NAMES, feature_matrix
+from metaphi.forecasting.fforma import FFORMA, relative_errors
+from metaphi.forecasting.metrics import (mape, mase, naive2, owa, score_subset, seasonality_test,
+                                         smape, weighted_average)
+
+
+# metrics -----------------------------------------------------------------------------------------
+
+def test_smape_mape_by_hand():
+    y, f = np.array([100.0, 200.0]), np.array([110.0, 180.0])
+    # 200*10/210 = 9.5238095, 200*20/380 = 10.5263158 -> mean 10.0250627
+    assert smape(y, f)[0] == pytest.approx(10.0250627, abs=1e-6)
+    assert mape(y, f)[0] == pytest.approx(10.0)  # 10% and 10%
+    assert smape(np.zeros(3), np.zeros(3))[0] == 0.0
+
+
+def test_mase_by_hand():
+    hist = np.array([10.0, 12.0, 11.0, 15.0])
+    y, f = np.array([20.0, 20.0]), np.array([5.0, 35.0])
+    # lag-1 in-sample MAE = (2 + 1 + 4) / 3 = 7/3; forecast MAE = 15 -> 45/7
+    assert mase(y, f, [hist], 1)[0] == pytest.approx(45 / 7)
+    # lag-2: |11-10|, |15-12| -> 2; forecast MAE 15 -> 7.5
+    assert mase(y, f, [hist], 2)[0] == pytest.approx(7.5)
+
+
+def test_owa_and_weighted_average_by_hand():
+    assert owa(10.0, 2.0, 20.0, 4.0) == pytest.approx(0.5)
+    per = {"a": {"sMAPE": 10.0, "MAPE": 12.0, "MASE": 1.0, "_naive2": {"sMAPE": 20.0, "MASE": 2.0}},
+           "b": {"sMAPE": 4.0, "MAPE": 6.0, "MASE": 3.0, "_naive2": {"sMAPE": 8.0, "MASE": 2.0}}}
+    avg = weighted_average(per, {"a": 10, "b": 30})  # e.g. 5 series x h=2 and 5 x h=6
+    assert avg["sMAPE"] == pytest.approx((10 * 10 + 4 * 30) / 40)  # 5.5
+    assert avg["MASE"] == pytest.approx((1 * 10 + 3 * 30) / 40)  # 2.5
+    # Naive2 averages: sMAPE 11, MASE 2 -> OWA = (5.5/11 + 2.5/2) / 2 = 0.875
+    assert avg["OWA"] == pytest.approx(0.875)
+
+
+def test_naive2_seasonal_and_not():
+    s = np.array([0.8, 1.2, 0.9, 1.1])
+    x = 100 * np.tile(s, 6)  # exact multiplicative seasonality, constant level
+    assert seasonality_test(x, 4)
+    np.testing.assert_allclose(naive2(x, 6, 4), 100 * s[np.arange(24, 30) % 4], rtol=1e-9)
+    rng = np.random.default_rng(0)
+    noise = 50 + rng.normal(0, 1, 40)
+    assert naive2(noise, 3, 1).tolist() == [noise[-1]] * 3
+
+
+def test_score_subset_owa_of_naive2_is_one():
+    rng = np.random.default_rng(1)
+    hist = [50 + rng.normal(0, 3, 30) for _ in range(5)]
+    test = [50 + rng.normal(0, 3, 4) for _ in range(5)]
+    n2 = np.vstack([naive2(h, 4, 1) for h in hist])
+    assert score_subset(test, n2, hist, 1, n2)["OWA"] == pytest.approx(1.0)
+
+
+# data validation ---------------------------------------------------------------------------------
+
+def _long(n_series=3, n=20):
+    return pd.DataFrame([(f"s{i}", t, float(10 + i + t)) for i in range(n_series) for t in range(n)],
+                        columns=["unique_id", "ds", "y"])
+
+
+def test_validate_ok_and_holdout():
+    s = validate_long(_long(), h=4, m=1)
+    assert s.ids == ["s0", "s1", "s2"] and len(s.y[0]) == 16 and s.test[0].tolist() == [26, 27, 28, 29]
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d.assign(y=d["y"].where(~((d.unique_id == "s1") & (d.ds == 5)))), "s1"),
+    (lambda d: d.assign(y=d["y"].astype(object).where(
+        ~((d.unique_id == "s2") & (d.ds == 3)), "abc")), "non-numeric"),
+    (lambda d: pd.concat([d, d[(d.unique_id == "s0") & (d.ds == 7)]]), "duplicate"),
+    (lambda d: d[~((d.unique_id == "s2") & (d.ds > 8))], "too short"),
+    (lambda d: d.drop(columns=["ds"]), "unique_id, ds, y"),
+])
+def test_validate_errors_name_the_series(mutate, needle):
+    with pytest.raises(ValueError) as e:
+        validate_long(mutate(_long()), h=4, m=1)
+    msg = str(e.value)
+    assert needle in msg
+    if needle == "non-numeric":
+        assert "'s2'" in msg and "abc" in msg
+    if needle == "duplicate":
+        assert "'s0'" in msg
+    if needle == "too short":
+        assert "'s2'" in msg
+
+
+# FFORMA ------------------------------------------------------------------------------------------
+
+def _two_types(n: int, rng: np.random.Generator, length: int = 40) -> tuple[list[np.ndarray], np.ndarray]:
+    """Type 0: strong linear trend (drift wins); type 1: noise around a level (mean-type wins)."""
+    out, kind = [], rng.integers(0, 2, n)
+    t = np.arange(length)
+    for k in kind:
+        if k == 0:
+            out.append(100 + rng.uniform(2, 4) * t + rng.normal(0, 1, length))
+        else:
+            out.append(100 + rng.normal(0, 10, length))
+    return out, kind
+
+
+def _simple_forecasts(hist: list[np.ndarray], h: int) -> dict[str, np.ndarray]:
+    """Naive, drift and global-mean forecasts (numpy; keeps the test fast and exact)."""
+    naive = np.vstack([np.full(h, x[-1]) for x in hist])
+    drift = np.vstack([x[-1] + (x[-1] - x[0]) / (len(x) - 1) * np.arange(1, h + 1) for x in hist])
+    mean = np.vstack([np.full(h, x.mean()) for x in hist])
+    return {"Naive": naive, "Drift": drift, "Mean": mean, "Naive2": naive}
+
+
+def test_fforma_learns_which_forecaster_to_trust():
+    rng = np.random.default_rng(0)
+    h, methods = 6, ["Naive", "Drift", "Mean"]
+    train, _ = _two_types(300, rng)
+    hold_hist, hold_truth = [x[:-h] for x in train], [x[-h:] for x in train]
+    E = relative_errors(hold_truth, _simple_forecasts(hold_hist, h), hold_hist, 1, methods)
+    model = FFORMA(methods, seed=0).fit(feature_matrix(hold_hist, 1, h), E)
+    test, kind = _two_types(100, rng)
+    W = model.weights(feature_matrix(test, 1, h))
+    assert W.shape == (100, 3) and np.allclose(W.sum(1), 1)
+    assert W[kind == 0, 1].mean() > 0.7  # trending series trust drift
+    assert W[kind == 1, 2].mean() > 0.7  # noisy level series trust the mean
+    # the learned combination beats the plain mean of the forecasters on held-out series
+    th, tt = [x[:-h] for x in test], [x[-h:] for x in test]
+    fc = _simple_forecasts(th, h)
+    comb = model.combine(fc, feature_matrix(th, 1, h))
+    plain = np.mean([fc[k] for k in methods], axis=0)
+    assert smape(np.vstack(tt), comb).mean() < smape(np.vstack(tt), plain).mean()
+
+
+def test_features_are_finite_and_scale_free():
+    rng = np.random.default_rng(3)
+    x = 50 + np.cumsum(rng.normal(0, 1, 60))
+    F1 = feature_matrix([x], 12, 6)
+    F2 = feature_matrix([x * 1000], 12, 6)
+    assert F1.shape == (1, len(FEATURE_NAMES)) and np.isfinite(F1).all()
+    np.testing.assert_allclose(F1, F2, rtol=1e-6, atol=1e-9)
+
+
+# neural ------------------------------------------------------------------------------------------
+
+def test_neural_global_forecaster_learns_seasonality():
+    import torch
+
+    from metaphi.forecasting.neural import NeuralConfig, NeuralForecaster
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    t = np.arange(60)
+    hist = [100 + 20 * np.sin(2 * np.pi * (t + rng.integers(12)) / 12) + rng.normal(0, 1, 60)
+            for _ in range(40)]
+    h = 6
+    cfg = NeuralConfig(lookback=3, width=32, blocks=2, pretrain_steps=250, batch_size=64,
+                       lr=3e-3, meta_steps=5, meta_batch=4, seed=0)
+    model = NeuralForecaster(h, cfg).fit([x[:-h] for x in hist], progress=False)
+    assert model.log["meta_loss_first"] >= 0
+    truth = np.vstack([x[-h:] for x in hist])
+    naive = np.vstack([np.full(h, x[-h - 1]) for x in hist])
+    for adapt in (False, True):
+        f = model.forecast([x[:-h] for x in hist], adapt=adapt)
+        assert f.shape == (40, h) and np.isfinite(f).all()
+        assert smape(truth, f).mean() < 0.5 * smape(truth, naive).mean()
+
+
+# CLI ---------------------------------------------------------------------------------------------
+
+def _toy_csv(path, n_series=24, n=48):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_series):
+        t = np.arange(n)
+        y = 50 + 0.5 * t * (i % 2) + 8 * np.sin(2 * np.pi * t / 4) + rng.normal(0, 1, n)
+        for d, v in zip(pd.date_range("2010-01-01", periods=n, freq="QS"), y):
+            rows.append((f"id{i}", d.date().isoformat(), v))
+    pd.DataFrame(rows, columns=["unique_id", "ds", "y"]).to_csv(path, index=False)
+
+
+def test_cli_on_tiny_csv(tmp_path):
+    from metaphi.forecasting.cli import main
+
+    csv = tmp_path / "toy.csv"
+    _toy_csv(csv)
+    out = tmp_path / "out"
+    rc = main(["forecast", str(csv), "--out", str(out), "--horizon", "4", "--freq", "Q",
+               "--methods", "Naive", "SeasonalNaive", "RWD", "SES", "--meta", "fforma",
+               "--no-progress", "--plot-series", "4"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    for k in ("Naive", "SeasonalNaive", "FFORMA", "Mean", "HoldoutBest"):
+        assert set(res["metrics"][k]) == {"toy", "Average"}
+        assert set(res["metrics"][k]["Average"]) == {"sMAPE", "MAPE", "MASE", "OWA"}
+    # seasonal data: the seasonal naive beats the naive forecast
+    assert res["metrics"]["SeasonalNaive"]["toy"]["sMAPE"] < res["metrics"]["Naive"]["toy"]["sMAPE"]
+    df = pd.read_csv(out / "forecasts.csv")
+    assert len(df) == 24 * 4 and {"unique_id", "ds", "step", "y", "FFORMA"} <= set(df.columns)
+    assert (out / "forecasts_toy.png").stat().st_size > 1000
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    from metaphi.forecasting.cli import main
+
+    csv = tmp_path / "bad.csv"
+    pd.DataFrame({"unique_id": ["a", "a", "b"], "ds": [1, 1, 1], "y": [1.0, 2.0, 3.0]}).to_csv(csv)
+    rc = main(["forecast", str(csv), "--out", str(tmp_path / "o"), "--horizon", "2", "--freq", "M"])
+    assert rc == 2
+    assert "duplicate timestamps" in capsys.readouterr().err
+    assert main(["forecast", "m5", "--out", str(tmp_path / "o")]) == 2
