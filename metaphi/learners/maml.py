@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..tasks.task import Task, stack_tasks
 from .base import Learner
-from .functional import Params, forward, inner_loop, transductive_batchnorm
+from .functional import Params, forward, inner_loop, sgd_step, transductive_batchnorm
+from . import batched
 
 MODEL_PREFIX = "model."
 
@@ -30,14 +32,18 @@ class MAML(Learner):
 
     ``first_order=True`` gives first-order MAML (inner gradients treated as constants).
     ``eval_inner_steps`` (default: ``inner_steps``) is used when adapting outside meta-training.
+    ``batched`` runs a meta-batch of equal-shape tasks through one task-batched pass per layer
+    (:mod:`metaphi.learners.batched`) when the model's layers allow it; the result equals the
+    per-task loop's.
     """
 
     def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
                  inner_steps: int = 1, first_order: bool = False,
-                 eval_inner_steps: int | None = None) -> None:
+                 eval_inner_steps: int | None = None, batched: bool = True) -> None:
         super().__init__(loss)
         _check_inner(inner_lr, inner_steps)
         self.model = transductive_batchnorm(model)
+        self.batched = bool(batched)
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(eval_inner_steps or inner_steps)
@@ -73,6 +79,48 @@ class MAML(Learner):
     def predict(self, adapted: Params, x: Tensor) -> Tensor:
         return forward(self.model, adapted, x)
 
+    def use_batched(self, tasks: list[Task]) -> bool:
+        return (self.batched and len(tasks) > 1 and len({t.shapes for t in tasks}) == 1
+                and batched.supports(self.model))
+
+    def outer_grads(self, tasks: list[Task], params: Params | None = None,
+                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
+        if not self.use_batched(tasks):
+            return super().outer_grads(tasks, params, scale)
+        params = self.meta_params() if params is None else params
+        losses, metrics = self.batched_episodes(stack_tasks(tasks), params, create_graph=True)
+        n = len(tasks) if scale == 1.0 else scale
+        names = list(params)
+        grads = torch.autograd.grad(losses.sum() / n, [params[k] for k in names], allow_unused=True)
+        out = {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, grads)}
+        return out, {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())}
+
+    def batched_episodes(self, batch: Task, params: Params, create_graph: bool = True,
+                         steps: int | None = None) -> tuple[Tensor, Tensor]:
+        """Per-task (query loss, metric) of a stacked batch, all tasks in one pass per layer
+        (see :mod:`metaphi.learners.batched`)."""
+        T = batch.support_x.shape[0]
+        names = self.adapted_names()
+        mp = self.model_params(params)
+        lrs = self.inner_lrs(params)
+        # Adapted parameters get a per-task copy; the rest stay shared across tasks.
+        fast = {n: (p.unsqueeze(0).expand(T, *p.shape) if n in names else p) for n, p in mp.items()}
+        if isinstance(lrs, dict):
+            lrs = {n: lr.unsqueeze(0) for n, lr in lrs.items()}
+        second_order = create_graph and not self.first_order
+        with torch.enable_grad():
+            for _ in range(self.inner_steps if steps is None else steps):
+                out = batched.batched_forward(self.model, fast, batch.support_x)
+                loss = batched.per_task_loss(self.loss_kind, out, batch.support_y).sum()
+                grads = torch.autograd.grad(loss, [fast[n] for n in names],
+                                            create_graph=second_order)
+                if not second_order:
+                    grads = [g.detach() for g in grads]
+                fast = sgd_step(fast, grads, names, lrs)
+            out = batched.batched_forward(self.model, fast, batch.query_x)
+            losses = batched.per_task_loss(self.loss_kind, out, batch.query_y)
+        return losses, batched.per_task_metric(self.loss_kind, out, batch.query_y).detach()
+
     def extra_config(self) -> dict[str, Any]:
         return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
                 "first_order": self.first_order, "eval_inner_steps": self.eval_inner_steps}
@@ -95,8 +143,9 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
                  inner_steps: int = 1, first_order: bool = False,
-                 eval_inner_steps: int | None = None) -> None:
-        super().__init__(model, loss, inner_lr, inner_steps, first_order, eval_inner_steps)
+                 eval_inner_steps: int | None = None, batched: bool = True) -> None:
+        super().__init__(model, loss, inner_lr, inner_steps, first_order, eval_inner_steps,
+                         batched)
         self.lrs = nn.ParameterDict({
             _lr_key(n): nn.Parameter(torch.full_like(p, self.inner_lr))
             for n, p in self.model.named_parameters()})

@@ -1,0 +1,159 @@
+"""Cross-task training with a gradient meta-optimizer.
+
+One outer step: sample a meta-batch of tasks (a pure function of seed and step), ask the learner
+for the meta-gradient of the mean query loss, clip, step the ``torch.optim`` optimizer and the
+schedule. Meta-validation runs every ``val_every`` steps on a fixed task set and the best φ is
+kept. State is checkpointed atomically, so a killed run resumes and ends with the same numbers
+an uninterrupted run gives.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..learners.base import Learner
+from ..tasks.sources import TaskSource, fixed_tasks, sample_tasks, task_rng
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate
+
+
+def build_optimizer(params, name: str, lr: float, weight_decay: float = 0.0,
+                    momentum: float = 0.0) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
+
+
+def build_schedule(opt: torch.optim.Optimizer, name: str, steps: int, step_size: int = 1000,
+                   gamma: float = 0.5) -> torch.optim.lr_scheduler.LRScheduler:
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+    raise ValueError(f"schedule must be 'constant', 'cosine' or 'step', got {name!r}")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_value: float | None = None
+    best_step: int = -1
+    best_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class MetricsLog:
+    """Per-step metrics as JSON lines; on resume, lines past the checkpoint are dropped so the
+    log equals an uninterrupted run's."""
+
+    def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
+        self.path = path
+        if keep_before_step is not None and path.exists():
+            kept = [l for l in path.read_text().splitlines()
+                    if l.strip() and json.loads(l)["step"] < keep_before_step]
+            path.write_text("".join(l + "\n" for l in kept))
+        elif keep_before_step is None:
+            path.write_text("")
+        self._f = open(path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _better(value: float, best: float | None, higher: bool) -> bool:
+    return best is None or (value > best if higher else value < best)
+
+
+def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSource, *,
+               steps: int, meta_batch: int, seed: int, out_dir: str | Path,
+               optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+               clip_grad_norm: float | None = None, val_every: int = 500, val_tasks: int = 200,
+               checkpoint_every: int = 500, resume: bool = False,
+               device: torch.device | str = "cpu", progress: bool = True,
+               on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
+    """Meta-train ``learner`` (its parameters are φ) and return the final :class:`TrainState`
+    (``best_params`` holds φ with the best meta-validation metric)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    state = TrainState()
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, map_location=device)
+        learner.load_state_dict(ck["learner"])
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["schedule"])
+        state = TrainState(step=ck["step"], best_value=ck["best_value"], best_step=ck["best_step"],
+                           best_params=ck["best_params"], seconds=ck["seconds"])
+    log = MetricsLog(out / "metrics.jsonl", keep_before_step=state.step if resume else None)
+    val_set = [t.to(device) for t in fixed_tasks(val_source, seed, "val", val_tasks)]
+    params = dict(learner.named_parameters())
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=state.step, desc="meta-train", unit="step",
+                   dynamic_ncols=True)
+    t0 = time.perf_counter() - state.seconds
+    try:
+        for step in range(state.step, steps):
+            # Anything stochastic inside the step (dropout, augmentation) is a function of
+            # (seed, step) too, so a resumed run replays it exactly.
+            torch.manual_seed(int(task_rng(seed, "train", step, 1 << 30).integers(2**62)))
+            tasks = [t.to(device) for t in sample_tasks(train_source, seed, "train", step, meta_batch)]
+            grads, stats = learner.outer_grads(tasks)
+            for n, g in grads.items():
+                params[n].grad = g
+            if clip_grad_norm is not None:
+                stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                    [params[n] for n in grads], clip_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": step, "loss": stats["loss"], "metric": stats["metric"],
+                      "lr": optimizer.param_groups[0]["lr"]}
+            schedule.step()
+            last = step + 1 == steps
+            if (step + 1) % val_every == 0 or last:
+                val = evaluate(learner, val_set)
+                record.update(val_metric=val["mean"], val_ci95=val["ci95"], val_loss=val["loss"])
+                if _better(val["mean"], state.best_value, learner.higher_is_better):
+                    state.best_value, state.best_step = val["mean"], step + 1
+                    state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+            record["seconds"] = time.perf_counter() - t0
+            log.write(record)
+            state.step = step + 1
+            state.seconds = record["seconds"]
+            if bar is not None:
+                bar.update(1)
+                post = {"loss": f"{stats['loss']:.4g}"}
+                if state.best_value is not None:
+                    post["best_val"] = f"{state.best_value:.4g}"
+                bar.set_postfix(post)
+            if on_step is not None:
+                on_step(step, record)
+            if state.step % checkpoint_every == 0 or last:
+                save_checkpoint(ckpt_path, {
+                    "step": state.step, "learner": learner.state_dict(),
+                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "best_value": state.best_value, "best_step": state.best_step,
+                    "best_params": state.best_params, "seconds": state.seconds})
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+    return state

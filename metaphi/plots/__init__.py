@@ -1,0 +1,1 @@
+"""Pictures: learning curves, episode grids, regression fits, forecasts (PNG, Agg backend)."""

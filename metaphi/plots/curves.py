@@ -1,0 +1,55 @@
+"""Learning curves of a run (training loss and meta-validation metric) as a PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _smooth(y: np.ndarray, n: int) -> np.ndarray:
+    if len(y) < n or n <= 1:
+        return y
+    kernel = np.ones(n) / n
+    return np.convolve(y, kernel, mode="valid")
+
+
+def learning_curve(metrics_path: str | Path, out_path: str | Path, metric_name: str = "metric",
+                   title: str = "") -> Path:
+    """Plot meta-train query loss (smoothed) and meta-validation metric (with 95% CI)."""
+    rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
+    if not rows:
+        raise ValueError(f"{metrics_path} holds no metrics yet")
+    steps = np.array([r["step"] + 1 for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    w = max(1, len(loss) // 100)
+    a1.plot(steps, loss, alpha=0.25, lw=0.8, color="C0")
+    sm = _smooth(loss, w)
+    a1.plot(steps[len(steps) - len(sm):], sm, color="C0", label=f"mean of {w} steps")
+    a1.set_xlabel("outer step")
+    a1.set_ylabel("meta-train query loss")
+    a1.set_yscale("log" if (loss > 0).all() and loss.max() / max(loss.min(), 1e-12) > 20 else "linear")
+    a1.legend(loc="upper right")
+    val = [r for r in rows if "val_metric" in r]
+    if val:
+        vs = np.array([r["step"] + 1 for r in val])
+        vm = np.array([r["val_metric"] for r in val])
+        ci = np.array([r.get("val_ci95", 0.0) for r in val])
+        a2.plot(vs, vm, marker="o", ms=3, color="C1")
+        a2.fill_between(vs, vm - ci, vm + ci, alpha=0.25, color="C1")
+    a2.set_xlabel("outer step")
+    a2.set_ylabel(f"meta-validation {metric_name}")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
