@@ -1,0 +1,143 @@
+"""A run on disk: train, test and reload, with everything a user needs in one folder.
+
+``DIR/config.yaml`` (resolved config), ``metrics.jsonl`` (per step), ``learning_curve.png``,
+``checkpoint.pt`` (latest, atomic), ``best.pt`` (φ with the best meta-validation metric) and
+``results.json`` (meta-test mean, 95% CI, tasks, metric, seconds, versions).
+"""
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..learners.base import Learner
+from ..loops.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from ..loops.evaluate import evaluate
+from ..loops.train import build_optimizer, build_schedule, meta_train
+from ..tasks.sources import fixed_tasks
+from .build import build_learner, build_sources, resolve_device
+from .config import ConfigError, RunConfig, dump_config, validate_config
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in ("metaphi", "torch", "numpy"):
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
+    cfg_path = out / "config.yaml"
+    if resume:
+        if not cfg_path.exists():
+            raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without --resume")
+        saved = validate_config(yaml.safe_load(cfg_path.read_text()))
+        if saved.model_dump(exclude={"device"}) != cfg.model_dump(exclude={"device"}):
+            raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path}; "
+                              "resume with the same preset, seed and overrides")
+        return
+    if (out / "checkpoint.pt").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose "
+                          "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, dump_config(cfg))
+
+
+def meta_test(learner: Learner, cfg: RunConfig, seed: int, n_tasks: int, device: torch.device,
+              progress: bool = True) -> dict[str, Any]:
+    """Cross-task testing on ``n_tasks`` meta-test tasks drawn with ``seed``."""
+    _, _, test_source = build_sources(cfg)
+    return evaluate(learner, fixed_tasks(test_source, seed, "test", n_tasks), device,
+                    progress=progress)
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Meta-train, keep the best φ on meta-validation, meta-test it, and write the run folder."""
+    out = Path(out_dir)
+    device = resolve_device(cfg.device)
+    sources = build_sources(cfg)  # fails fast on missing data or impossible task shapes
+    _prepare_dir(cfg, out, resume)
+    learner = build_learner(cfg).to(device)
+    oc = cfg.optim
+    opt = build_optimizer(learner.parameters(), oc.name, oc.lr, oc.weight_decay, oc.momentum)
+    sched = build_schedule(opt, oc.schedule, cfg.steps, oc.step_size, oc.gamma)
+    t0 = time.perf_counter()
+    state = meta_train(learner, sources[0], sources[1], steps=cfg.steps, meta_batch=cfg.meta_batch,
+                       seed=cfg.seed, out_dir=out, optimizer=opt, schedule=sched,
+                       clip_grad_norm=oc.clip_grad_norm, val_every=cfg.val_every,
+                       val_tasks=cfg.val_tasks, checkpoint_every=cfg.checkpoint_every,
+                       resume=resume, device=device, progress=progress)
+    learner.load_state_dict(state.best_params)
+    save_checkpoint(out / "best.pt", {"learner": learner.state_dict(), "step": state.best_step,
+                                      "val": state.best_value})
+    from ..plots.curves import learning_curve
+
+    learning_curve(out / "metrics.jsonl", out / "learning_curve.png", learner.metric_name,
+                   title=cfg.name)
+    test = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, device, progress)
+    results = {
+        "name": cfg.name,
+        "metric": learner.metric_name,
+        "higher_is_better": learner.higher_is_better,
+        "meta_test": {k: test[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
+        "meta_val_best": {"value": state.best_value, "step": state.best_step},
+        "steps": state.step,
+        "train_seconds": round(state.seconds, 2),
+        "test_seconds": round(time.perf_counter() - t0 - (state.seconds if not resume else 0), 2),
+        "device": str(device),
+        "seed": cfg.seed,
+        "versions": library_versions(),
+    }
+    _extra_plots(learner, cfg, out, device)
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _extra_plots(learner: Learner, cfg: RunConfig, out: Path, device: torch.device) -> None:
+    if cfg.task.source == "sinusoid":
+        from ..plots.regression import sinusoid_fits
+
+        _, _, test_source = build_sources(cfg)
+        sinusoid_fits(learner, test_source, cfg.seed, out / "sinusoid_fits.png", device=device)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, Learner]:
+    """The run's config and its learner with the best meta-validated φ (loaded safely)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); pass the --out "
+                                "folder of `metaphi train`")
+    cfg = validate_config(yaml.safe_load(cfg_path.read_text()))
+    ck_path = run_dir / "best.pt"
+    if not ck_path.exists():
+        raise FileNotFoundError(f"{run_dir} has no best.pt: the run has not finished; resume it "
+                                "with `metaphi train ... --resume`")
+    learner = build_learner(cfg)
+    learner.load_state_dict(load_checkpoint(ck_path)["learner"])
+    return cfg, learner.to(resolve_device(device))
+
+
+def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None = None,
+             device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a saved run on fresh meta-test tasks (a different seed than training's)."""
+    cfg, learner = load_run(run_dir, device)
+    dev = next(learner.parameters()).device
+    seed = cfg.seed + 1 if seed is None else seed
+    n = n_tasks or cfg.test_tasks
+    t0 = time.perf_counter()
+    res = meta_test(learner, cfg, seed, n, dev, progress)
+    out = {"name": cfg.name, "metric": learner.metric_name, "seed": seed,
+           "meta_test": {k: res[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
+           "seconds": round(time.perf_counter() - t0, 2), "versions": library_versions()}
+    atomic_write_json(Path(run_dir) / f"test_seed{seed}.json", out)
+    return out
