@@ -221,3 +221,33 @@ def test_parallel_and_serial_fitness_are_identical():
     with PopulationEvaluator(fit, workers=2) as parallel:
         b = parallel(cands, 2)
     assert a == b and len(set(a)) == 4
+
+
+def test_batched_fitness_equals_per_task_episodes():
+    from metaphi.meta.fitness import build_family
+
+    learner = build_learner(SPEC.learner, seed=0)
+    seeds = fitness_task_seeds(0, 0, 6)
+    family = build_family(SPEC.family)
+    per_task = np.mean([float(learner.episode(family.sample(np.random.default_rng(s)),
+                                              learner.meta_params())[0]) for s in seeds])
+    assert evaluate_fitness(phi_vector(learner), seeds, SPEC) == pytest.approx(per_task, rel=1e-5)
+
+
+def test_population_run_from_config(tmp_path):
+    from metaphi.loops.population import population_from_config, population_run
+
+    cfg = {"meta_optimizer": "reinforce", "seed": 0,
+           "space": {"inner_lr": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
+                     "inner_steps": {"type": "categorical", "choices": [1, 2]}},
+           "optimizer": {"popsize": 4},
+           "fitness": {"phi": "hyper", "n_tasks": 3}, "generations": 2, "workers": 0}
+    res = population_run(cfg, tmp_path, progress=False)
+    assert res.generations == 2 and res.evaluations == 8
+    assert np.isfinite(res.best_fitness) and set(res.center) == {"inner_lr", "inner_steps"}
+    es, _ = population_from_config({"meta_optimizer": "es", "optimizer": {"popsize": 4}})
+    assert es.dim == 1762
+    with pytest.raises(ValueError, match="unknown population config keys"):
+        population_from_config({**cfg, "epochs": 3})
+    with pytest.raises(ValueError, match="bad optimizer settings"):
+        population_from_config({**cfg, "optimizer": {"popsize": 4, "momentum": 0.9}})

@@ -152,3 +152,66 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                             generations=done,
                             evaluations=int(optimizer.evaluations),  # type: ignore[attr-defined]
                             seconds=seconds0 + time.perf_counter() - t_start, history=history)
+
+
+POPULATION_KEYS = {"meta_optimizer", "space", "optimizer", "fitness", "generations", "workers",
+                   "seed", "max_seconds"}
+
+
+def population_from_config(cfg: dict[str, Any]) -> tuple[AskTell, Callable[[Any, int], float]]:
+    """(optimizer, fitness) from a plain run config, for ``metaphi train`` configs::
+
+        {"meta_optimizer": "reinforce",            # es | cmaes | reinforce
+         "seed": 0,
+         "space": {"inner_lr": {"type": "float", "low": 1e-3, "high": 0.5, "log": true},
+                   "inner_steps": {"type": "categorical", "choices": [1, 2, 3, 5]}},
+         "optimizer": {"popsize": 8, "lr": 0.2},   # keyword arguments of the optimizer
+         "fitness": {"phi": "hyper", "train_steps": 40, "n_tasks": 25,
+                     "family": {...}, "learner": {...}},   # FitnessSpec fields + n_tasks
+         "generations": 30, "workers": 2}
+
+    Without a ``space``, φ is the learner's flat initialisation and ``log(inner_lr)``
+    (``fitness.phi`` must then be ``"vector"``), starting from the learner's seeded weights.
+    """
+    from ..meta import FitnessSpec, Space, TaskFitness, build_learner, make_optimizer, phi_vector
+
+    unknown = set(cfg) - POPULATION_KEYS
+    if unknown:
+        raise ValueError(f"unknown population config keys {sorted(unknown)}; allowed: "
+                         f"{sorted(POPULATION_KEYS)}")
+    if "meta_optimizer" not in cfg:
+        raise ValueError("population config needs meta_optimizer: es, cmaes or reinforce")
+    seed = int(cfg.get("seed", 0))
+    fit_cfg = dict(cfg.get("fitness", {}))
+    n_tasks = int(fit_cfg.pop("n_tasks", 25))
+    resample = bool(fit_cfg.pop("resample", True))
+    try:
+        spec = FitnessSpec(**{"seed": seed, **fit_cfg})
+    except TypeError as e:
+        raise ValueError(f"bad fitness config: {e}; allowed keys are FitnessSpec's fields "
+                         "(family, learner, phi, learn_inner_lr, train_steps, train_meta_batch, "
+                         "train_outer_lr, seed) plus n_tasks and resample") from e
+    space = Space.from_config(cfg["space"]) if cfg.get("space") else None
+    x0 = None
+    if space is None:
+        if spec.phi != "vector":
+            raise ValueError("fitness.phi='hyper' needs a search space; give `space`")
+        x0 = phi_vector(build_learner(spec.learner, seed=spec.seed), spec.learn_inner_lr)
+    elif spec.phi != "hyper":
+        raise ValueError("a search space sets learner settings: use fitness.phi='hyper'")
+    try:
+        opt = make_optimizer(cfg["meta_optimizer"], space=space, x0=x0, seed=seed,
+                             **dict(cfg.get("optimizer", {})))
+    except TypeError as e:
+        raise ValueError(f"bad optimizer settings for {cfg['meta_optimizer']!r}: {e}") from e
+    return opt, TaskFitness(spec, n_tasks=n_tasks, seed=seed, resample=resample)
+
+
+def population_run(cfg: dict[str, Any], out_dir: str | Path, resume: bool = False,
+                   progress: bool = True) -> PopulationResult:
+    """:func:`population_train` driven by a plain config (see :func:`population_from_config`);
+    the config is stored in the checkpoint so that a resume with other settings is refused."""
+    opt, fitness = population_from_config(cfg)
+    return population_train(opt, fitness, int(cfg.get("generations", 20)), out_dir, resume=resume,
+                            workers=cfg.get("workers"), progress=progress, config=cfg,
+                            max_seconds=cfg.get("max_seconds"))

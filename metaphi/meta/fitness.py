@@ -34,6 +34,7 @@ from ..learners import ANIL, FOMAML, MAML, Learner, MetaSGD
 from ..models import mlp
 from ..tasks import SinusoidFamily, TaskSource
 from ..tasks.sources import STREAMS
+from ..tasks.task import stack_tasks
 
 TaskSeed = Sequence[int]
 
@@ -185,12 +186,14 @@ def evaluate_fitness(phi: Any, task_seeds: Sequence[TaskSeed], spec: FitnessSpec
             meta_train(learner, family, spec.train_steps, spec.train_meta_batch,
                        spec.train_outer_lr, spec.seed)
     params = learner.meta_params()
-    total = 0.0
-    for s in task_seeds:
-        task = family.sample(np.random.default_rng([int(v) for v in s]))
-        loss, _ = learner.episode(task, params)
-        total += float(loss)
-    return total / len(task_seeds)
+    tasks = [family.sample(np.random.default_rng([int(v) for v in s])) for s in task_seeds]
+    if hasattr(learner, "use_batched") and learner.use_batched(tasks):
+        # All tasks in one pass per layer: the same episodes as the loop below, several times
+        # faster for small networks (equal up to float rounding).
+        losses, _ = learner.batched_episodes(stack_tasks(tasks), params, create_graph=False,
+                                             steps=learner.eval_inner_steps)
+        return float(losses.detach().mean())
+    return sum(float(learner.episode(t, params)[0]) for t in tasks) / len(tasks)
 
 
 @dataclass
