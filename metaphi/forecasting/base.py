@@ -91,6 +91,9 @@ def run_base(series: SeriesSet, methods: list[str] | None = None, n_jobs: int = 
         from statsforecast.models import Naive
         from tqdm.auto import tqdm
 
+        # A process pool costs seconds to start (each worker imports statsforecast); below a
+        # few hundred series one process is faster.
+        jobs = 1 if n < 200 else n_jobs
         starts = range(0, n, chunk)
         bar = tqdm(starts, desc=f"base forecasters {series.name}", disable=not progress,
                    unit="chunk")
@@ -102,7 +105,7 @@ def run_base(series: SeriesSet, methods: list[str] | None = None, n_jobs: int = 
                 "ds": np.concatenate([np.arange(L) for L in lens]),
                 "y": np.concatenate([series.y[i] for i in range(a, b)])})
             sf = StatsForecast(models=[_model(k, series.m) for k in sf_methods], freq=1,
-                               n_jobs=n_jobs, fallback_model=Naive())
+                               n_jobs=jobs, fallback_model=Naive())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fc = sf.forecast(df=df, h=h)

@@ -50,6 +50,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 class FFORMA:
     """Gradient-boosted meta-learner that outputs per-series combination weights.
 
+    ``num_threads`` defaults to 1: the meta-training sets are small (thousands of rows), and
+    OpenMP threads that busy-wait on a shared, oversubscribed machine make it far slower.
+
     ``fit(X, E)`` with features ``X`` (n, d) and holdout errors ``E`` (n, K);
     ``weights(X)`` -> (n, K) softmax weights; ``combine(forecasts, X)`` -> (n, h).
     """
@@ -57,7 +60,7 @@ class FFORMA:
     def __init__(self, methods: list[str], n_estimators: int = 400, learning_rate: float = 0.05,
                  num_leaves: int = 15, min_data_in_leaf: int = 20, feature_fraction: float = 0.8,
                  bagging_fraction: float = 0.8, valid_fraction: float = 0.1,
-                 early_stopping: int = 40, seed: int = 0, num_threads: int = 0) -> None:
+                 early_stopping: int = 40, seed: int = 0, num_threads: int = 1) -> None:
         self.methods = list(methods)
         self.params: dict[str, Any] = {
             "num_class": len(methods), "learning_rate": learning_rate, "num_leaves": num_leaves,

@@ -91,17 +91,17 @@ class NeuralConfig:
     lookback: int = 3            # L = lookback * h
     width: int = 128
     blocks: int = 3
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 1000
     batch_size: int = 256
     lr: float = 1e-3
     recent: int = 10             # pretraining windows end within the last `recent * h` points
-    meta_steps: int = 150
+    meta_steps: int = 100
     meta_batch: int = 8
     meta_lr: float = 3e-4
     support: int = 8             # support windows per task
-    inner_lr: float = 0.05
+    inner_lr: float = 0.01
     inner_steps: int = 1
-    eval_inner_steps: int = 2
+    eval_inner_steps: int = 3
     seed: int = 0
 
 
