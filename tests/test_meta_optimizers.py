@@ -251,3 +251,8 @@ def test_population_run_from_config(tmp_path):
         population_from_config({**cfg, "epochs": 3})
     with pytest.raises(ValueError, match="bad optimizer settings"):
         population_from_config({**cfg, "optimizer": {"popsize": 4, "momentum": 0.9}})
+
+
+def test_parallel_fitness_needs_a_picklable_function():
+    with pytest.raises(ValueError, match="picklable fitness function"):
+        PopulationEvaluator(lambda phi, g: 0.0, workers=2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -247,6 +248,13 @@ class PopulationEvaluator:
         self.fitness_fn, self.workers = fitness_fn, workers
         self._pool: ProcessPoolExecutor | None = None
         if workers > 1:
+            try:
+                pickle.dumps(fitness_fn)
+            except Exception as e:
+                raise ValueError(
+                    f"parallel fitness needs a picklable fitness function, but {fitness_fn!r} is "
+                    f"not ({e}); define it at module level (not a lambda or a local function), "
+                    "use TaskFitness, or pass workers=1") from e
             self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(start_method),
                                              initializer=_init_worker)
 
