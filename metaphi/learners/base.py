@@ -82,7 +82,7 @@ class Learner(nn.Module):
             for k, g in zip(names, grads):
                 if g is not None:
                     total[k] += g
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             metric_sum += float(metric)
         return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
 

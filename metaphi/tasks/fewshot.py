@@ -46,12 +46,17 @@ class TensorData:
                              "before building tasks")
         uniq, inv = np.unique(y_np, return_inverse=True)
         self.x = x
+        # numpy gathers small batches far faster than torch indexing when the cores are busy
+        # (torch's intra-op thread pool waits); a CPU tensor shares its memory with the array.
+        self._x_np = x.numpy() if x.device.type == "cpu" and not x.requires_grad else None
         self.labels = inv.astype(np.int64)
         self.class_names = list(class_names) if class_names is not None else [str(u) for u in uniq]
         if len(self.class_names) != len(uniq):
             raise ValueError(f"{len(self.class_names)} class names given for {len(uniq)} classes")
 
     def get(self, indices: np.ndarray) -> Tensor:
+        if self._x_np is not None:
+            return torch.from_numpy(np.take(self._x_np, indices, axis=0))
         return self.x[torch.as_tensor(indices)]
 
 
