@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,7 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs.run import train_run
 
     cfg = _resolve_config(args.config, args.overrides, args.seed, args.device, args.data_dir)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     res = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for all
+        return 0
     mt = res["meta_test"]
     print(f"{cfg.name}: meta-test {res['metric']} {mt['mean']:.4f} ± {mt['ci95']:.4f} "
           f"(95% CI, {mt['tasks']} tasks); run folder {args.out}")
@@ -83,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", action="store_true", help="continue the run in --out")
     pt.add_argument("--device", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
     pt.add_argument("--data-dir", help="dataset folder (default: $METAPHI_DATA)")
+    pt.add_argument("--threads", type=int, help="CPU threads for PyTorch (1 is fastest for "
+                    "small networks such as the sinusoid MLP)")
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_train)
 

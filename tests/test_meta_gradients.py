@@ -207,3 +207,13 @@ def test_the_finite_difference_check_can_fail():
     grads, _ = first.outer_grads(ts)
     assert directional_fd_check(lambda: float(second.meta_loss(ts)[0].detach()),
                                 second.meta_params(), grads) > 1e-3
+
+
+def test_reptile_batched_equals_loop():
+    ts = tasks()
+    a = make(Reptile, inner_lr=0.1, inner_steps=4, batched=False)
+    b = make(Reptile, inner_lr=0.1, inner_steps=4, batched=True)
+    ga, sa = a.outer_grads(ts)
+    gb, sb = b.outer_grads(ts)
+    assert b.use_batched(ts) and rel_err(gb, ga) < 1e-10
+    assert abs(sa["loss"] - sb["loss"]) < 1e-10

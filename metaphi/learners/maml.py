@@ -95,28 +95,36 @@ class MAML(Learner):
         out = {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, grads)}
         return out, {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())}
 
-    def batched_episodes(self, batch: Task, params: Params, create_graph: bool = True,
-                         steps: int | None = None) -> tuple[Tensor, Tensor]:
-        """Per-task (query loss, metric) of a stacked batch, all tasks in one pass per layer
-        (see :mod:`metaphi.learners.batched`)."""
-        T = batch.support_x.shape[0]
+    def batched_adapt(self, x: Tensor, y: Tensor, params: Params, steps: int,
+                      second_order: bool) -> Params:
+        """Inner loop for T tasks at once: ``x`` is (T, B, ...). Adapted parameters come back
+        with a leading task dimension (see :mod:`metaphi.learners.batched`)."""
+        T = x.shape[0]
         names = self.adapted_names()
-        mp = self.model_params(params)
         lrs = self.inner_lrs(params)
-        # Adapted parameters get a per-task copy; the rest stay shared across tasks.
-        fast = {n: (p.unsqueeze(0).expand(T, *p.shape) if n in names else p) for n, p in mp.items()}
-        if isinstance(lrs, dict):
-            lrs = {n: lr.unsqueeze(0) for n, lr in lrs.items()}
-        second_order = create_graph and not self.first_order
         with torch.enable_grad():
-            for _ in range(self.inner_steps if steps is None else steps):
-                out = batched.batched_forward(self.model, fast, batch.support_x)
-                loss = batched.per_task_loss(self.loss_kind, out, batch.support_y).sum()
+            # Adapted parameters get a per-task copy; the rest stay shared across tasks.
+            fast = {n: (p.unsqueeze(0).expand(T, *p.shape) if n in names else p)
+                    for n, p in self.model_params(params).items()}
+            if isinstance(lrs, dict):
+                lrs = {n: lr.unsqueeze(0) for n, lr in lrs.items()}
+            for _ in range(steps):
+                out = batched.batched_forward(self.model, fast, x)
+                loss = batched.per_task_loss(self.loss_kind, out, y).sum()
                 grads = torch.autograd.grad(loss, [fast[n] for n in names],
                                             create_graph=second_order)
                 if not second_order:
                     grads = [g.detach() for g in grads]
                 fast = sgd_step(fast, grads, names, lrs)
+        return fast
+
+    def batched_episodes(self, batch: Task, params: Params, create_graph: bool = True,
+                         steps: int | None = None) -> tuple[Tensor, Tensor]:
+        """Per-task (query loss, metric) of a stacked batch, all tasks in one pass per layer."""
+        steps = self.inner_steps if steps is None else steps
+        fast = self.batched_adapt(batch.support_x, batch.support_y, params, steps,
+                                  second_order=create_graph and not self.first_order)
+        with torch.enable_grad():
             out = batched.batched_forward(self.model, fast, batch.query_x)
             losses = batched.per_task_loss(self.loss_kind, out, batch.query_y)
         return losses, batched.per_task_metric(self.loss_kind, out, batch.query_y).detach()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..tasks.task import Task
+from ..tasks.task import Task, stack_tasks
 from .functional import Params
 from .maml import MAML
 
@@ -16,14 +16,16 @@ class Reptile(MAML):
     """
 
     def __init__(self, model, loss: str = "ce", inner_lr: float = 0.01, inner_steps: int = 5,
-                 eval_inner_steps: int | None = None) -> None:
+                 eval_inner_steps: int | None = None, batched: bool = True) -> None:
         super().__init__(model, loss, inner_lr, inner_steps, first_order=True,
-                         eval_inner_steps=eval_inner_steps)
+                         eval_inner_steps=eval_inner_steps, batched=batched)
 
     def outer_grads(self, tasks: list[Task], params: Params | None = None,
                     scale: float = 1.0) -> tuple[Params, dict[str, float]]:
         params = self.meta_params() if params is None else params
         n = max(len(tasks), 1) if scale == 1.0 else scale
+        if self.use_batched(tasks):
+            return self._batched_outer_grads(tasks, params, n)
         total = {k: torch.zeros_like(p) for k, p in params.items()}
         loss_sum = metric_sum = 0.0
         for task in tasks:
@@ -37,6 +39,20 @@ class Reptile(MAML):
             for k in fast:
                 total["model." + k] += (params["model." + k].detach() - fast[k]) / n
         return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
+
+    def _batched_outer_grads(self, tasks: list[Task], params: Params,
+                             n: float) -> tuple[Params, dict[str, float]]:
+        batch = stack_tasks(tasks)
+        with torch.no_grad():
+            losses, metrics = self.batched_episodes(batch, params, create_graph=False,
+                                                    steps=self.eval_inner_steps)
+        x = torch.cat([batch.support_x, batch.query_x], 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1)
+        fast = self.batched_adapt(x, y, params, self.inner_steps, second_order=False)
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        for k, v in fast.items():
+            total["model." + k] = (params["model." + k].detach() - v.detach()).sum(0) / n
+        return total, {"loss": float(losses.mean()), "metric": float(metrics.mean())}
 
     def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
               create_graph: bool = False) -> Params:

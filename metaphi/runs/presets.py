@@ -24,7 +24,7 @@ def _sinusoid(learner: str, k: int) -> Preset:
         "model": {"name": "mlp", "hidden": [40, 40]},
         "learner": inner,
         "optim": optim,
-        "steps": 20000, "meta_batch": 25, "val_every": 1000, "val_tasks": 300,
+        "steps": 30000, "meta_batch": 25, "val_every": 1000, "val_tasks": 300,
         "test_tasks": 1000, "checkpoint_every": 1000,
     }
 

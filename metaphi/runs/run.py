@@ -2,7 +2,8 @@
 
 ``DIR/config.yaml`` (resolved config), ``metrics.jsonl`` (per step), ``learning_curve.png``,
 ``checkpoint.pt`` (latest, atomic), ``best.pt`` (φ with the best meta-validation metric) and
-``results.json`` (meta-test mean, 95% CI, tasks, metric, seconds, versions).
+``results.json`` (meta-test mean, 95% CI, tasks, metric, seconds, versions). Launched with
+``torchrun``, the run is distributed (:mod:`metaphi.loops.distributed`) and rank 0 writes the folder.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from ..learners.base import Learner
+from ..loops import distributed as D
 from ..loops.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from ..loops.evaluate import evaluate
 from ..loops.train import build_optimizer, build_schedule, meta_train
@@ -52,20 +54,35 @@ def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
 
 
 def meta_test(learner: Learner, cfg: RunConfig, seed: int, n_tasks: int, device: torch.device,
-              progress: bool = True) -> dict[str, Any]:
-    """Cross-task testing on ``n_tasks`` meta-test tasks drawn with ``seed``."""
+              progress: bool = True, dist: D.DistContext | None = None) -> dict[str, Any]:
+    """Cross-task testing on ``n_tasks`` meta-test tasks drawn with ``seed`` (spread over the
+    ranks of ``dist``, with the same result on every rank)."""
     _, _, test_source = build_sources(cfg)
+    if dist is not None and dist.enabled:
+        return D.evaluate_gathered(learner, D.fixed_task_block(test_source, seed, "test", n_tasks,
+                                                               dist), dist, device, progress)
     return evaluate(learner, fixed_tasks(test_source, seed, "test", n_tasks), device,
                     progress=progress)
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Meta-train, keep the best φ on meta-validation, meta-test it, and write the run folder."""
-    out = Path(out_dir)
-    device = resolve_device(cfg.device)
+    """Meta-train, keep the best φ on meta-validation, meta-test it, and write the run folder.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; they join one process
+    group, split each meta-batch and the evaluations, and only rank 0 writes files."""
+    ctx, device = D.init_from_env(resolve_device(cfg.device))
+    try:
+        return _train_run(cfg, Path(out_dir), resume, progress, ctx, device)
+    finally:
+        D.shutdown(ctx)
+
+
+def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.DistContext,
+               device: torch.device) -> dict[str, Any]:
     sources = build_sources(cfg)  # fails fast on missing data or impossible task shapes
-    _prepare_dir(cfg, out, resume)
+    ctx.shard(cfg.meta_batch)  # a meta-batch that does not split over the ranks fails here
+    D.on_main(ctx, lambda: _prepare_dir(cfg, out, resume))
     learner = build_learner(cfg).to(device)
     oc = cfg.optim
     opt = build_optimizer(learner.parameters(), oc.name, oc.lr, oc.weight_decay, oc.momentum)
@@ -75,15 +92,17 @@ def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
                        seed=cfg.seed, out_dir=out, optimizer=opt, schedule=sched,
                        clip_grad_norm=oc.clip_grad_norm, val_every=cfg.val_every,
                        val_tasks=cfg.val_tasks, checkpoint_every=cfg.checkpoint_every,
-                       resume=resume, device=device, progress=progress)
+                       resume=resume, device=device, progress=progress, dist=ctx)
     learner.load_state_dict(state.best_params)
-    save_checkpoint(out / "best.pt", {"learner": learner.state_dict(), "step": state.best_step,
-                                      "val": state.best_value})
-    from ..plots.curves import learning_curve
+    if ctx.is_main:
+        save_checkpoint(out / "best.pt", {"learner": learner.state_dict(), "step": state.best_step,
+                                          "val": state.best_value})
+        from ..plots.curves import learning_curve
 
-    learning_curve(out / "metrics.jsonl", out / "learning_curve.png", learner.metric_name,
-                   title=cfg.name)
-    test = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, device, progress)
+        learning_curve(out / "metrics.jsonl", out / "learning_curve.png", learner.metric_name,
+                       title=cfg.name)
+    test = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, device, progress and ctx.is_main,
+                     dist=ctx)
     results = {
         "name": cfg.name,
         "metric": learner.metric_name,
@@ -97,8 +116,11 @@ def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
         "seed": cfg.seed,
         "versions": library_versions(),
     }
-    _extra_plots(learner, cfg, out, device)
-    atomic_write_json(out / "results.json", results)
+    if ctx.enabled:
+        results["world_size"] = ctx.world_size
+    if ctx.is_main:
+        _extra_plots(learner, cfg, out, device)
+        atomic_write_json(out / "results.json", results)
     return results
 
 

@@ -1,0 +1,117 @@
+"""``metaphi predict``: adapt a saved learner on a user's labelled support images and label
+query images.
+
+The support folder holds one sub-folder of images per class. The query folder holds images,
+either loose (they are labelled) or in sub-folders named like the support classes (then the
+accuracy is reported too). Images are preprocessed the way the run's training data was.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..tasks.fewshot import IMAGE_SUFFIXES, ImageFolderData, load_image
+from ..tasks.task import Task
+from .config import RunConfig
+
+
+def _image_loader(cfg: RunConfig):
+    size = cfg.model.image_size
+    if cfg.task.source == "omniglot":
+        from ..data.omniglot import decode_png
+
+        def load(path: Path) -> Tensor:
+            try:
+                arr = decode_png(path.read_bytes(), size)
+            except Exception as e:
+                raise ValueError(f"cannot read image {path}: {e}") from e
+            return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
+        return load
+    return lambda path: load_image(path, (size, size), grayscale=cfg.model.in_channels == 1)
+
+
+def _query_files(root: Path) -> tuple[list[Path], list[str | None]]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"query folder {root} does not exist")
+    files, truth = [], []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+            truth.append(p.parent.name if p.parent != root else None)
+    if not files:
+        raise ValueError(f"query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files, truth
+
+
+def predict_folder(run_dir: str | Path, support_dir: str | Path, query_dir: str | Path,
+                   device: str = "cpu") -> dict:
+    """Labels for every query image: ``{"files", "labels", "classes", "accuracy"?, "task"}``."""
+    from .run import load_run
+
+    cfg, learner = load_run(run_dir, device)
+    dev = next(learner.parameters()).device
+    load = _image_loader(cfg)
+    support = ImageFolderData(support_dir, size=None)
+    n_way = len(support.class_names)
+    if cfg.learner.name not in ("protonet", "matchingnet", "r2d2") and n_way != cfg.task.n_way:
+        raise ValueError(f"this run was meta-trained for {cfg.task.n_way}-way tasks (its output "
+                         f"layer has {cfg.task.n_way} units), but {support_dir} has {n_way} "
+                         "classes; give it that many class folders, or use a ProtoNet run, "
+                         "which takes any number of classes")
+    sx = torch.stack([load(p) for p in support.paths]).to(dev)
+    sy = torch.as_tensor(support.labels).to(dev)
+    files, truth = _query_files(Path(query_dir))
+    qx = torch.stack([load(p) for p in files]).to(dev)
+    adapted = learner.adapt(sx, sy)
+    with torch.no_grad():
+        pred = learner.predict(adapted, qx).argmax(-1).cpu()
+    names = support.class_names
+    out = {"files": [str(f) for f in files], "labels": [names[int(i)] for i in pred],
+           "classes": names}
+    known = [t is not None and t in names for t in truth]
+    if all(known):
+        qy = torch.tensor([names.index(t) for t in truth])
+        out["accuracy"] = float((pred == qy).float().mean())
+    else:
+        qy = pred.clone()  # unlabelled queries: nothing to mark as a mistake
+    out["task"] = Task(sx.cpu(), sy.cpu(), qx.cpu(), qy, {"classes": names})
+    out["predictions"] = pred
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    res = predict_folder(args.run_dir, args.support, args.query, args.device or "cpu")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "predictions"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label"])
+        for file, label in zip(res["files"], res["labels"]):
+            w.writerow([file, label])
+            print(f"{file}\t{label}")
+    from ..plots.episodes import plot_episode
+
+    plot_episode(res["task"], out / "episode.png", predictions=res["predictions"],
+                 class_names=res["classes"], title="metaphi predict")
+    if "accuracy" in res:
+        print(f"accuracy {res['accuracy']:.4f} on {len(res['files'])} labelled query images")
+    print(f"wrote {out / 'predictions.csv'} and {out / 'episode.png'}")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="adapt a saved run on your support images and "
+                              "label query images")
+    p.add_argument("run_dir", help="a finished run folder (from `metaphi train`)")
+    p.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
+    p.add_argument("--query", required=True, help="folder of images to label (sub-folders named "
+                   "like the classes give an accuracy)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/predictions)")
+    p.add_argument("--device")
+    p.set_defaults(func=run)
+    return p
