@@ -7,6 +7,10 @@ one line is appended to ``metrics.jsonl``; ``checkpoint.pt`` is replaced atomica
 run reloads the optimizer's state and continues with the next generation, which gives exactly
 the result of an uninterrupted run (the optimizers draw each generation's noise from
 ``(seed, generation)``, and fitness tasks are a function of the generation).
+
+Inside an initialised ``torch.distributed`` process group (a script launched with ``torchrun``
+that called :func:`metaphi.loops.distributed.init_from_env`), every rank runs this same loop:
+the candidates are spread over the ranks, the fitnesses gathered, and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -79,42 +83,57 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
     ``on_generation``: called with each generation's log row (e.g. to print or plot).
     ``max_seconds``: stop after the first generation that ends past this wall time (counting
     the time already in a resumed checkpoint); ``generations`` then records those done.
+    In a distributed run (see the module docstring) ``workers`` counts local processes per
+    rank (default 1).
     """
     from tqdm.auto import tqdm
 
     from ..meta.fitness import PopulationEvaluator
+    from . import distributed as D
 
     if generations < 1:
         raise ValueError(f"generations must be >= 1, got {generations}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    ctx = D.current()
     config = to_plain(dict(config or {}))
     start, seconds0 = 0, 0.0
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        if state.get("config") != config:
-            raise ValueError(f"{ckpt_path} was written with config {state.get('config')}, this run "
-                             f"has {config}; resume with the same settings or use a new out_dir")
+
+    def read_state() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        # Rank 0 reads (and trims the log); the other ranks get the same state and history.
+        state = None
+        if resume and ckpt_path.is_file():
+            state = load_checkpoint(ckpt_path)
+            if state.get("config") != config:
+                raise ValueError(f"{ckpt_path} was written with config {state.get('config')}, "
+                                 f"this run has {config}; resume with the same settings or use "
+                                 "a new out_dir")
+        elif ckpt_path.is_file() and not resume:
+            raise FileExistsError(f"{ckpt_path} exists; pass resume=True to continue that run, "
+                                  "or choose a new out_dir")
+        rows = _read_metrics(metrics_path, int(state["generation"]) if state else 0)
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        return state, rows
+
+    state, history = D.on_main(ctx, read_state)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start, seconds0 = int(state["generation"]), float(state["seconds"])
         if optimizer.generation != start:
             raise ValueError(f"checkpoint says generation {start} but the optimizer state is at "
                              f"{optimizer.generation}; the checkpoint is inconsistent")
-    elif ckpt_path.is_file() and not resume:
-        raise FileExistsError(f"{ckpt_path} exists; pass resume=True to continue that run, or "
-                              "choose a new out_dir")
-    history = _read_metrics(metrics_path, start)
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
     if start >= generations:
         raise ValueError(f"the checkpoint already has {start} generations; ask for more than "
                          f"{start} to continue")
 
     t_start = time.perf_counter()
     done = start
-    bar = tqdm(total=generations, initial=start, disable=not progress, desc="generations",
-               unit="gen", dynamic_ncols=True)
-    with PopulationEvaluator(fitness_fn, workers, start_method) as evaluate:
+    bar = tqdm(total=generations, initial=start, disable=not (progress and ctx.is_main),
+               desc="generations", unit="gen", dynamic_ncols=True)
+    evaluator = (D.DistributedPopulationEvaluator(fitness_fn, ctx, workers, start_method)
+                 if ctx.enabled else PopulationEvaluator(fitness_fn, workers, start_method))
+    with evaluator as evaluate:
         for gen in range(start, generations):
             t0 = time.perf_counter()
             candidates = optimizer.ask()
@@ -131,20 +150,22 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                    "evaluations": int(optimizer.evaluations),  # type: ignore[attr-defined]
                    "seconds": round(time.perf_counter() - t0, 4)}
             history.append(row)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_checkpoint(ckpt_path, {
-                "optimizer": optimizer.state_dict(), "generation": gen + 1, "config": config,
-                "seconds": seconds0 + time.perf_counter() - t_start,
-                "best": to_plain(optimizer.best[0]), "best_fitness": best_so_far})  # type: ignore[attr-defined]
+            if ctx.is_main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                save_checkpoint(ckpt_path, {
+                    "optimizer": optimizer.state_dict(), "generation": gen + 1, "config": config,
+                    "seconds": seconds0 + time.perf_counter() - t_start,
+                    "best": to_plain(optimizer.best[0]), "best_fitness": best_so_far})  # type: ignore[attr-defined]
             bar.set_postfix(best=f"{row['best_fitness']:.4g}" if finite else "nan",
                             mean=f"{row['mean_fitness']:.4g}" if finite else "nan")
             bar.update(1)
             if on_generation is not None:
                 on_generation(row)
             done = gen + 1
-            if max_seconds is not None and seconds0 + time.perf_counter() - t_start >= max_seconds:
-                break
+            if max_seconds is not None and D.broadcast_object(
+                    seconds0 + time.perf_counter() - t_start >= max_seconds, ctx):
+                break  # rank 0's clock decides, so all ranks stop after the same generation
     bar.close()
     best, best_f = optimizer.best  # type: ignore[attr-defined]
     return PopulationResult(best=best, best_fitness=float(best_f),

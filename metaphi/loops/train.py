@@ -4,7 +4,8 @@ One outer step: sample a meta-batch of tasks (a pure function of seed and step),
 for the meta-gradient of the mean query loss, clip, step the ``torch.optim`` optimizer and the
 schedule. Meta-validation runs every ``val_every`` steps on a fixed task set and the best φ is
 kept. State is checkpointed atomically, so a killed run resumes and ends with the same numbers
-an uninterrupted run gives.
+an uninterrupted run gives. Under ``torchrun`` the meta-batch is split over the processes and
+their meta-gradients are all-reduced (:mod:`metaphi.loops.distributed`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from typing import Any, Callable
 import torch
 
 from ..learners.base import Learner
-from ..tasks.sources import TaskSource, fixed_tasks, sample_tasks, task_rng
+from ..tasks.sources import TaskSource, sample_tasks, task_rng
 from .checkpoint import load_checkpoint, save_checkpoint
-from .evaluate import evaluate
+from .distributed import (DistContext, all_reduce_grads, all_reduce_mean, check_in_sync,
+                          evaluate_gathered, fixed_task_block, load_on_main)
 
 
 def build_optimizer(params, name: str, lr: float, weight_decay: float = 0.0,
@@ -85,26 +87,43 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                clip_grad_norm: float | None = None, val_every: int = 500, val_tasks: int = 200,
                checkpoint_every: int = 500, resume: bool = False,
                device: torch.device | str = "cpu", progress: bool = True,
-               on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
+               on_step: Callable[[int, dict[str, float]], None] | None = None,
+               dist: DistContext | None = None) -> TrainState:
     """Meta-train ``learner`` (its parameters are φ) and return the final :class:`TrainState`
-    (``best_params`` holds φ with the best meta-validation metric)."""
+    (``best_params`` holds φ with the best meta-validation metric).
+
+    ``dist``: the process group of a distributed run (see
+    :func:`metaphi.loops.distributed.init_from_env`); each rank then draws its block of every
+    meta-batch and only rank 0 writes files."""
+    ctx = dist or DistContext()
+    first, local_batch = ctx.shard(meta_batch)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     state = TrainState()
-    if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, map_location=device)
+
+    def read_checkpoint() -> dict[str, Any] | None:
+        if not (resume and ckpt_path.exists()):
+            return None
+        # Distributed: CPU tensors travel to the other ranks, which move them to their devices.
+        return load_checkpoint(ckpt_path, map_location="cpu" if ctx.enabled else device)
+
+    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed.
+    ck = load_on_main(ctx, read_checkpoint, device)
+    if ck is not None:
         learner.load_state_dict(ck["learner"])
         optimizer.load_state_dict(ck["optimizer"])
         schedule.load_state_dict(ck["schedule"])
         state = TrainState(step=ck["step"], best_value=ck["best_value"], best_step=ck["best_step"],
                            best_params=ck["best_params"], seconds=ck["seconds"])
-    log = MetricsLog(out / "metrics.jsonl", keep_before_step=state.step if resume else None)
-    val_set = [t.to(device) for t in fixed_tasks(val_source, seed, "val", val_tasks)]
+    log = (MetricsLog(out / "metrics.jsonl", keep_before_step=state.step if resume else None)
+           if ctx.is_main else None)
+    val_set = [t.to(device) for t in fixed_task_block(val_source, seed, "val", val_tasks, ctx)]
     params = dict(learner.named_parameters())
 
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=state.step, desc="meta-train", unit="step",
@@ -115,8 +134,13 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
             # Anything stochastic inside the step (dropout, augmentation) is a function of
             # (seed, step) too, so a resumed run replays it exactly.
             torch.manual_seed(int(task_rng(seed, "train", step, 1 << 30).integers(2**62)))
-            tasks = [t.to(device) for t in sample_tasks(train_source, seed, "train", step, meta_batch)]
-            grads, stats = learner.outer_grads(tasks)
+            tasks = [t.to(device) for t in sample_tasks(train_source, seed, "train", step,
+                                                        local_batch, start=first)]
+            # Dividing by the global meta-batch makes the sum over ranks the mean gradient.
+            grads, stats = learner.outer_grads(tasks, scale=meta_batch)
+            if ctx.enabled:
+                grads = all_reduce_grads(grads, ctx)
+                stats = all_reduce_mean(stats, ctx, local_batch, meta_batch)
             for n, g in grads.items():
                 params[n].grad = g
             if clip_grad_norm is not None:
@@ -129,13 +153,14 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
             schedule.step()
             last = step + 1 == steps
             if (step + 1) % val_every == 0 or last:
-                val = evaluate(learner, val_set)
+                val = evaluate_gathered(learner, val_set, ctx, device)
                 record.update(val_metric=val["mean"], val_ci95=val["ci95"], val_loss=val["loss"])
                 if _better(val["mean"], state.best_value, learner.higher_is_better):
                     state.best_value, state.best_step = val["mean"], step + 1
                     state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
             record["seconds"] = time.perf_counter() - t0
-            log.write(record)
+            if log is not None:
+                log.write(record)
             state.step = step + 1
             state.seconds = record["seconds"]
             if bar is not None:
@@ -146,14 +171,16 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                 bar.set_postfix(post)
             if on_step is not None:
                 on_step(step, record)
-            if state.step % checkpoint_every == 0 or last:
+            if ctx.is_main and (state.step % checkpoint_every == 0 or last):
                 save_checkpoint(ckpt_path, {
                     "step": state.step, "learner": learner.state_dict(),
                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "best_value": state.best_value, "best_step": state.best_step,
                     "best_params": state.best_params, "seconds": state.seconds})
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         if bar is not None:
             bar.close()
+    check_in_sync(learner.state_dict(), ctx)
     return state
