@@ -95,6 +95,7 @@ class NeuralConfig:
     batch_size: int = 256
     lr: float = 1e-3
     recent: int = 10             # pretraining windows end within the last `recent * h` points
+    max_epochs: float = 4.0      # cap pretraining at this many passes over the distinct windows
     meta_steps: int = 100
     meta_batch: int = 8
     meta_lr: float = 3e-4
@@ -102,6 +103,7 @@ class NeuralConfig:
     inner_lr: float = 0.01
     inner_steps: int = 1
     eval_inner_steps: int = 3
+    choose_steps: bool = True    # pick the meta-test inner steps on training tasks
     seed: int = 0
 
 
@@ -118,6 +120,8 @@ class NeuralForecaster:
                             inner_steps=self.cfg.inner_steps,
                             eval_inner_steps=self.cfg.eval_inner_steps)
         self.log: dict[str, float] = {}
+        self.eval_steps = self.cfg.eval_inner_steps
+        self.guarded = 0  # series whose adaptation was rejected by the guard in _predict
 
     # tasks -----------------------------------------------------------------------------------
     def _support(self, y: np.ndarray, last_end: int, rng: np.random.Generator) -> tuple[Tensor, Tensor] | None:
@@ -152,10 +156,16 @@ class NeuralForecaster:
         if not usable:
             raise ValueError(f"no training series longer than the horizon {self.h}")
         t0 = time.perf_counter()
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.pretrain_steps, 1))
         lens = np.array([len(y) for y in usable])
-        for step in tqdm(range(cfg.pretrain_steps), desc=f"pretrain h={self.h}",
+        # Short-series subsets (yearly) have few distinct windows and overfit with many steps
+        # (M3 yearly sMAPE 16.5 after 100 steps, 19 after 800), so cap the number of passes.
+        n_windows = int(np.sum(np.minimum(cfg.recent * self.h, lens - self.h)))
+        steps = int(min(cfg.pretrain_steps, np.ceil(cfg.max_epochs * n_windows / cfg.batch_size)))
+        self.log["pretrain_steps"] = steps
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+        loss = torch.zeros(())
+        for step in tqdm(range(steps), desc=f"pretrain h={self.h}",
                          disable=not progress, mininterval=2):
             idx = rng.integers(0, len(usable), cfg.batch_size)
             lo = np.maximum(self.h + 1, lens[idx] - cfg.recent * self.h + 1)
@@ -170,7 +180,7 @@ class NeuralForecaster:
             opt.step()
             sched.step()
         self.log["pretrain_seconds"] = time.perf_counter() - t0
-        self.log["pretrain_last_loss"] = float(loss.detach()) if cfg.pretrain_steps else float("nan")
+        self.log["pretrain_last_loss"] = float(loss.detach())
         t1 = time.perf_counter()
         meta_opt = torch.optim.Adam(self.learner.parameters(), lr=cfg.meta_lr)
         losses = []
@@ -193,9 +203,53 @@ class NeuralForecaster:
             k = max(1, len(losses) // 5)
             self.log["meta_loss_first"] = float(np.mean(losses[:k]))
             self.log["meta_loss_last"] = float(np.mean(losses[-k:]))
+        if cfg.choose_steps:
+            self.eval_steps = self.choose_eval_steps(usable, rng)
+            self.guarded = 0
+        self.log["eval_steps"] = self.eval_steps
         return self
 
     # forecasting -----------------------------------------------------------------------------
+    def _predict(self, x: Tensor, sup: tuple[Tensor, Tensor] | None, steps: int) -> Tensor:
+        """Forecast ``x`` after ``steps`` inner-loop steps on ``sup`` (none: the global model).
+
+        Guard: if adaptation does not lower the support loss (or produces non-finite values, as
+        a too-large inner step on a steep series can), the global forecast is used instead.
+        """
+        with torch.no_grad():
+            base = self.net(x)
+        if sup is None or steps == 0:
+            return base
+        fast = self.learner.adapt_steps(sup[0], sup[1], None, steps, create_graph=False)
+        with torch.no_grad():
+            before = float(self.learner.loss_fn(self.net(sup[0]), sup[1]))
+            after = float(self.learner.loss_fn(self.learner.predict(fast, sup[0]), sup[1]))
+            pred = self.learner.predict(fast, x)
+        if not (np.isfinite(after) and after <= before and torch.isfinite(pred).all()):
+            self.guarded += 1
+            return base
+        return pred
+
+    def choose_eval_steps(self, histories: list[np.ndarray], rng: np.random.Generator,
+                          candidates: tuple[int, ...] = (0, 1, 2, 3, 5), n: int = 200) -> int:
+        """Meta-validation of the number of inner steps at meta-test time: the step count with
+        the lowest mean absolute query error on up to ``n`` training tasks (0 = no adaptation)."""
+        tasks = []
+        for i in rng.permutation(len(histories))[: 3 * n]:
+            t = self.train_task(histories[int(i)], rng)
+            if t is not None:
+                tasks.append(t)
+            if len(tasks) >= n:
+                break
+        if not tasks:
+            return 0
+        errs = {}
+        for k in candidates:
+            errs[k] = float(np.mean([float((self._predict(t.query_x, (t.support_x, t.support_y), k)
+                                            - t.query_y).abs().mean()) for t in tasks]))
+        self.log["eval_steps_errors"] = errs  # type: ignore[assignment]
+        return min(errs, key=errs.get)
+
     def forecast(self, histories: list[np.ndarray], adapt: bool = True, seed: int | None = None,
                  progress: bool = False) -> np.ndarray:
         """``(n, h)`` forecasts of the next ``h`` values of each history; with ``adapt`` each
@@ -210,14 +264,11 @@ class NeuralForecaster:
             y = np.asarray(y, dtype=float)
             x, scale = forecast_input(y, self.L)
             xt = torch.tensor(x[None], dtype=torch.float32)
-            sup = self._support(y, len(y), rng) if adapt else None
-            with torch.no_grad() if sup is None else torch.enable_grad():
-                if sup is None:
-                    pred = self.net(xt)
-                else:
-                    fast = self.learner.adapt(sup[0], sup[1])
-                    pred = self.learner.predict(fast, xt)
+            sup = self._support(y, len(y), rng) if adapt and self.eval_steps > 0 else None
+            pred = self._predict(xt, sup, self.eval_steps)
             f = pred.detach().numpy()[0] * scale
+            if not np.isfinite(f).all():
+                f = np.full(self.h, y[-1])  # never hand a non-finite forecast downstream
             if np.all(y >= 0):
                 f = np.maximum(f, 0.0)  # nonnegative data (counts, sales) stays nonnegative
             out[i] = f
@@ -237,4 +288,5 @@ def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | Non
     fc = {"NBeats-global": model.forecast(target.y, adapt=False),
           "NBeats-MAML": model.forecast(target.y, adapt=True, progress=progress)}
     model.log["forecast_seconds"] = time.perf_counter() - t0
+    model.log["adaptations_rejected"] = model.guarded
     return fc, model.log
