@@ -31,6 +31,7 @@ from torch.func import vmap
 
 from ..models import conv4_features
 from ..tasks.task import Task
+from . import batched
 from .base import Learner
 from .functional import Params, forward, transductive_batchnorm
 
@@ -128,6 +129,10 @@ class EmbeddingLearner(Learner):
         """Embeddings ``(T, B, D)`` of ``T`` episodes' inputs ``(T, B, ...)`` in one call;
         vmap gives each episode its own BatchNorm statistics."""
         mp = self.model_params(params)
+        if batched.supports(self.model):
+            # One pass per layer over all episodes with shared weights; BatchNorm statistics
+            # are still per episode (no vmap overhead).
+            return batched.batched_forward(self.model, mp, xs).flatten(2)
         return vmap(lambda x: forward(self.model, mp, x).flatten(1), randomness="different")(xs)
 
     def _logits(self, params: Params, z_s: Tensor, y_s: Tensor, n_way: int,

@@ -68,11 +68,13 @@ def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource, TaskSource]:
         return tuple(omniglot_sources(data_dir(cfg), n_way=t.n_way, k_shot=t.k_shot,
                                       q_queries=t.q_queries, eval_q_queries=eval_q))
     if t.source == "folder":
-        from ..tasks.fewshot import fewshot_splits
+        from ..tasks.fewshot import ImageFolderData, fewshot_splits
 
         if not t.data_dir:
             raise ValueError("task.data_dir: a 'folder' task source needs the folder of class "
                              "sub-folders (task.data_dir=PATH)")
-        return fewshot_splits(t.data_dir, t.n_way, t.k_shot, t.q_queries, seed=t.split_seed,
+        size = cfg.model.image_size
+        data = ImageFolderData(t.data_dir, size=(size, size), grayscale=cfg.model.in_channels == 1)
+        return fewshot_splits(data, t.n_way, t.k_shot, t.q_queries, seed=t.split_seed,
                               eval_q_queries=eval_q)
     raise ValueError(f"task.source: unknown source {t.source!r}")

@@ -89,6 +89,8 @@ class RunConfig(_Strict):
                              "regression needs one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile'")
         if self.task.source == "sinusoid" and self.model.name != "mlp":
             raise ValueError("model.name: sinusoid tasks take 1-d inputs; use 'mlp'")
+        if self.task.source != "sinusoid" and self.model.name != "conv4":
+            raise ValueError(f"model.name: {self.task.source} tasks are images; use 'conv4'")
         return self
 
     @property
