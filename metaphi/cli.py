@@ -10,17 +10,22 @@ from pathlib import Path
 from .runs.config import ConfigError, apply_overrides, dump_config, load_config_file, validate_config
 
 
-def _resolve_config(target: str, overrides: list[str], seed: int | None, device: str | None,
-                    data_dir: str | None):
+POPULATION = ("es", "cmaes", "reinforce")
+
+
+def _load(target: str) -> dict:
     from .runs.presets import PRESETS, get_preset
 
     if target in PRESETS:
-        data = get_preset(target)
-    elif Path(target).is_file():
-        data = load_config_file(target)
-    else:
-        raise ConfigError(f"{target!r} is neither a preset (see `metaphi presets`) nor a config "
-                          "file")
+        return get_preset(target)
+    if Path(target).is_file():
+        return load_config_file(target)
+    raise ConfigError(f"{target!r} is neither a preset (see `metaphi presets`) nor a config file")
+
+
+def _resolve_config(target: str, overrides: list[str], seed: int | None, device: str | None,
+                    data_dir: str | None):
+    data = _load(target)
     extra = list(overrides)
     if seed is not None:
         extra.append(f"seed={seed}")
@@ -45,9 +50,42 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_population(args: argparse.Namespace, data: dict) -> int:
+    """Population meta-optimizers (ES, CMA-ES, REINFORCE) for what gradients cannot reach."""
+    from .loops.checkpoint import atomic_write_json, atomic_write_text
+    from .loops.population import population_run
+    from .plots.curves import fitness_curve
+    from .runs.run import library_versions
+
+    extra = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    data = apply_overrides(data, extra)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+    res = population_run(data, out, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    fitness_curve(out / "metrics.jsonl", out / "learning_curve.png", title=str(out.name))
+    small = lambda v: v if isinstance(v, dict) else None  # noqa: E731 (vectors are in checkpoint.pt)
+    atomic_write_json(out / "results.json", {
+        "meta_optimizer": data["meta_optimizer"], "metric": "meta-validation loss (fitness)",
+        "best_fitness": res.best_fitness, "best": small(res.best), "center": small(res.center),
+        "generations": res.generations, "evaluations": res.evaluations,
+        "seconds": round(res.seconds, 2), "versions": library_versions()})
+    print(f"{data['meta_optimizer']}: best fitness {res.best_fitness:.4f} after {res.evaluations} "
+          f"evaluations ({res.generations} generations); best {small(res.center) or '(vector)'}; "
+          f"run folder {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs.run import train_run
 
+    data = _load(args.config)
+    if data.get("meta_optimizer") in POPULATION:
+        return _train_population(args, data)
     cfg = _resolve_config(args.config, args.overrides, args.seed, args.device, args.data_dir)
     if args.threads:
         import torch

@@ -202,3 +202,20 @@ def test_missing_gpu_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "sinusoid-maml-5shot", "--out", str(tmp_path / "r"), "--device",
                  "cuda", "--no-progress", *SMALL]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_population_config_trains_through_the_cli(tmp_path, capsys):
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(
+        "meta_optimizer: reinforce\nseed: 0\n"
+        "space:\n  inner_lr: {type: float, low: 0.001, high: 0.5, log: true}\n"
+        "  inner_steps: {type: categorical, choices: [1, 2]}\n"
+        "optimizer: {popsize: 4, lr: 0.2}\nfitness: {phi: hyper, train_steps: 3, n_tasks: 4}\n"
+        "generations: 2\nworkers: 1\n")
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["generations"] == 2 and res["evaluations"] == 8
+    assert set(res["center"]) == {"inner_lr", "inner_steps"}
+    assert 0.001 <= res["center"]["inner_lr"] <= 0.5
+    assert (out / "learning_curve.png").exists()

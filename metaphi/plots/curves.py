@@ -53,3 +53,25 @@ def learning_curve(metrics_path: str | Path, out_path: str | Path, metric_name: 
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path:
+    """Best and mean population fitness per generation (population meta-optimizers)."""
+    rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
+    if not rows:
+        raise ValueError(f"{metrics_path} holds no generations yet")
+    g = np.array([r["generation"] + 1 for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(g, [r["mean_fitness"] for r in rows], label="population mean", color="C0")
+    ax.plot(g, [r["best_fitness"] for r in rows], label="generation best", color="C1")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness (meta-validation loss)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
