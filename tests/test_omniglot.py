@@ -157,10 +157,15 @@ def test_cache_is_rebuilt_when_data_changes_or_cache_is_damaged(extracted, tmp_p
     np.testing.assert_array_equal(again.images, changed.images)
 
 
-def test_default_cache_goes_next_to_writable_data(zipped):
+def test_default_cache_never_writes_into_the_data_folder(zipped, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAPHI_CACHE", str(tmp_path / "usercache"))
+    im = load_omniglot(zipped, strict=False)
+    assert im.cache_path == tmp_path / "usercache" / "omniglot_28px.npz" and im.cache_path.is_file()
+    assert not (zipped / "cache").exists()
+    assert load_omniglot(zipped, strict=False).from_cache
+    (zipped / "cache").mkdir()  # a cache/ folder the user made next to the data is used
     im = load_omniglot(zipped, strict=False)
     assert im.cache_path == zipped / "cache" / "omniglot_28px.npz" and im.cache_path.is_file()
-    assert load_omniglot(zipped, strict=False).from_cache
 
 
 def test_rotations_are_classes_rotated_on_the_fly(zipped, tmp_path):

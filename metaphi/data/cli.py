@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="also unpack the downloaded archives (the loader reads the zips directly)")
     p.add_argument("--cache-dir", default=None,
                    help="where to write the decoded cache (default: <omniglot folder>/cache if "
-                        "writable, else $METAPHI_CACHE or ~/.cache/metaphi)")
+                        "an existing writable folder, else $METAPHI_CACHE or ~/.cache/metaphi)")
     p.add_argument("--image-size", type=int, default=28, help="cached image size in pixels")
     p.add_argument("--partial", action="store_true",
                    help="accept a subset of the alphabets (each character still needs all 20 "

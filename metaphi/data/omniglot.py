@@ -336,9 +336,10 @@ def _cache_file(folder: Path, cache_dir: str | Path | None, size: int) -> Path:
     name = f"omniglot_{size}px.npz"
     if cache_dir is not None:
         return Path(cache_dir) / name
-    # Next to the data when we may write there, so each copy keeps its own cache.
+    # A dataset folder is often shared and read-only in spirit even when root could write to
+    # it, so the cache goes next to the data only where the user made a cache/ folder there.
     local = folder / "cache"
-    return (local if is_writable_dir(local) else default_cache_dir()) / name
+    return (local if local.is_dir() and is_writable_dir(local) else default_cache_dir()) / name
 
 
 def load_omniglot(root: str | Path | None = None, *, cache_dir: str | Path | None = None,
@@ -349,7 +350,7 @@ def load_omniglot(root: str | Path | None = None, *, cache_dir: str | Path | Non
     ``strict`` requires the complete dataset (50 alphabets, 1623 characters); with
     ``strict=False`` any subset is accepted, but every character present must still have all 20
     drawings. ``download=True`` fetches missing archives first. The cache goes to ``cache_dir``,
-    else ``<omniglot folder>/cache/`` when writable, else :func:`default_cache_dir`; it is keyed
+    else ``<omniglot folder>/cache/`` if that folder exists and is writable, else :func:`default_cache_dir`; it is keyed
     by a fingerprint of the source files, so changed data is decoded again.
     """
     if image_size < 1:
