@@ -40,6 +40,7 @@ def test_image_folder_run_writes_results(protonet_run):
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "accuracy" and res["meta_test"]["tasks"] == 20
     assert 0.0 <= res["meta_test"]["mean"] <= 1.0
+    assert (out / "episode.png").stat().st_size > 1000
 
 
 def test_predict_labels_query_images_and_reports_accuracy(protonet_run, capsys):

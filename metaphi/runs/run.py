@@ -125,11 +125,21 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
 
 
 def _extra_plots(learner: Learner, cfg: RunConfig, out: Path, device: torch.device) -> None:
+    _, _, test_source = build_sources(cfg)
     if cfg.task.source == "sinusoid":
         from ..plots.regression import sinusoid_fits
 
-        _, _, test_source = build_sources(cfg)
         sinusoid_fits(learner, test_source, cfg.seed, out / "sinusoid_fits.png", device=device)
+        return
+    from ..plots.episodes import plot_episode
+
+    # The first meta-test episode: support, query, predicted labels, mistakes in red.
+    task = next(iter(fixed_tasks(test_source, cfg.seed, "test", 1)))
+    adapted = learner.adapt(task.support_x.to(device), task.support_y.to(device))
+    with torch.no_grad():
+        pred = learner.predict(adapted, task.query_x.to(device)).argmax(-1).cpu()
+    plot_episode(task, out / "episode.png", predictions=pred,
+                 title=f"{cfg.name}: a meta-test episode")
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, Learner]:
