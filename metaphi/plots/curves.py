@@ -48,6 +48,10 @@ def learning_curve(metrics_path: str | Path, out_path: str | Path, metric_name: 
         a.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: str | Path) -> Path:
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=110)
@@ -70,8 +74,4 @@ def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
