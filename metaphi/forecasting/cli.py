@@ -31,6 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"base forecasters, from {ALL_METHODS} (default: %(default)s)")
     p.add_argument("--meta", nargs="+", default=["fforma"], choices=["fforma", "neural", "none"],
                    help="meta-learners to run (default: fforma)")
+    p.add_argument("--stack", action="store_true",
+                   help="with --meta fforma neural: also FFORMA over the base forecasters plus "
+                        "the neural one (one more neural fit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-series", type=int, help="first N series of each subset (quick runs)")
     p.add_argument("--plot-series", type=int, default=6, help="series per PNG (default: 6)")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
             cfg.pretrain_steps = args.neural_steps
             cfg.meta_steps = max(1, args.neural_steps // 10)
         ev = evaluate(sets, list(args.methods), meta=meta, neural_config=cfg,
-                      cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress)
+                      cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress,
+                      stack_neural=args.stack)
     except (ValueError, FileNotFoundError) as e:
         print(f"metaphi forecast: error: {e}", file=sys.stderr)
         return 2

@@ -85,11 +85,13 @@ def _matching(sources: list[SeriesSet], target: SeriesSet) -> list[np.ndarray]:
 def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
              neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
-             seed: int = 0, progress: bool = True) -> Evaluation:
+             seed: int = 0, progress: bool = True, stack_neural: bool = False) -> Evaluation:
     """Forecast and score ``sets`` (subsets that carry ``test`` values).
 
     ``sources`` maps a name to other datasets' subsets for zero-shot transfer: FFORMA and the
     neural forecaster are then also meta-trained on them alone and applied to ``sets``.
+    ``stack_neural`` adds ``FFORMA+NBeats``: FFORMA with the neural forecaster as one more
+    base forecaster (costs one more neural fit per subset).
     """
     methods = check_methods(list(methods or DEFAULT_METHODS))
     bad = [m for m in meta if m not in META_CHOICES]
@@ -129,6 +131,27 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
             fc[p.s.name].update(out)
             ev.logs[f"neural {p.s.name}"] = log
         ev.timings["neural meta-train + forecast"] = time.perf_counter() - t0
+    if "fforma" in meta and "neural" in meta and stack_neural:
+        # FFORMA over the base forecasters plus the neural one: the neural model is refitted on
+        # the histories without their last h values so that it, too, gets holdout errors.
+        t0 = time.perf_counter()
+        ext = methods + ["NBeats-MAML"]
+        for i, p in enumerate(prep):
+            cfg = neural_config or NeuralConfig()
+            out, _ = fit_forecast(p.hold, p.hold, NeuralConfig(**{**cfg.__dict__,
+                                                                 "seed": seed + 50 + i}),
+                                  progress=progress)
+            p.base_hold = {**p.base_hold, "NBeats-MAML": out["NBeats-MAML"]}
+            p.base_test = {**p.base_test, "NBeats-MAML": fc[p.s.name]["NBeats-MAML"]}
+            p.E_hold = np.column_stack([p.E_hold, relative_errors(
+                p.hold.test, p.base_hold, p.hold.y, p.s.m, ["NBeats-MAML"])])
+        model = _fit_fforma(prep, ext, seed)
+        for p in prep:
+            fc[p.s.name]["FFORMA+NBeats"] = model.combine(p.base_test, p.X_test)
+            ev.logs.setdefault("fforma+nbeats_mean_weights", {})[p.s.name] = dict(
+                zip(ext, np.round(model.weights(p.X_test).mean(axis=0), 4).tolist()))
+            p.E_hold = p.E_hold[:, :len(methods)]
+        ev.timings["FFORMA+NBeats (neural refit on holdout + meta-train)"] = time.perf_counter() - t0
     for src_name, src_sets in (sources or {}).items():
         if "fforma" in meta:
             src_prep = prepare(src_sets, run_methods, cache_dir, progress, ev.timings,
