@@ -47,6 +47,7 @@ WORKER = textwrap.dedent("""
     start, n = ctx.shard(4)
     tasks = sample_tasks(build_sources(cfg)[0], 0, "train", 7, n, start=start)
     grads, stats = learner.outer_grads(tasks, scale=4)
+    one = D.all_reduce_step(dict(grads), dict(stats), ctx, n, 4)  # the training loop's path
     grads = D.all_reduce_grads(grads, ctx)
     stats = D.all_reduce_mean(stats, ctx, n, 4)
     opt, fitness = population_from_config(pop_cfg)
@@ -54,7 +55,7 @@ WORKER = textwrap.dedent("""
         fits = evaluate(opt.ask(), 0)
     res = population_run(pop_cfg, out / "pop", progress=False)
     if ctx.is_main:
-        torch.save({"grads": grads, "stats": stats, "fits": fits, "center": res.center,
+        torch.save({"grads": grads, "stats": stats, "one": one, "fits": fits, "center": res.center,
                     "world": ctx.world_size}, out / "worker.pt")
     D.shutdown(ctx)
 """)
@@ -141,13 +142,20 @@ def test_torchrun_without_rendezvous_is_a_clear_error(monkeypatch):
 
 
 def test_meta_batch_not_divisible_by_processes_fails_before_training(tmp_path):
-    out = tmp_path / "odd"
-    p = subprocess.run(_torchrun("-m", "metaphi", "train", *MAML_ARGS[:1], "steps=2",
-                                 "meta_batch=3", "--no-progress", "--out", str(out)),
-                       env=ENV, capture_output=True, text=True, timeout=240)
-    assert p.returncode != 0
-    assert "meta_batch=3 cannot be split evenly over 2 processes" in p.stderr
-    assert not (out / "checkpoint.pt").exists()
+    from metaphi.learners import MAML
+    from metaphi.loops.train import build_optimizer, build_schedule, meta_train
+    from metaphi.models import mlp
+    from metaphi.tasks import SinusoidFamily
+
+    learner = MAML(mlp(1, (8,), 1), loss="mse")
+    opt = build_optimizer(learner.parameters(), "adam", 1e-3)
+    src = SinusoidFamily(5, 5)
+    # rank 0 of 2: fails at the split, before any collective, file or step
+    with pytest.raises(ValueError, match="meta_batch=3 cannot be split evenly over 2 processes"):
+        meta_train(learner, src, src, steps=2, meta_batch=3, seed=0, out_dir=tmp_path / "run",
+                   optimizer=opt, schedule=build_schedule(opt, "constant", 2), progress=False,
+                   dist=D.DistContext(rank=0, world_size=2))
+    assert not (tmp_path / "run").exists()
 
 
 # -- 2 processes vs 1 ----------------------------------------------------------------------
@@ -170,6 +178,8 @@ def test_gradient_and_population_fitness_equal_single_process(tmp_path):
     grads, stats = learner.outer_grads(sample_tasks(build_sources(cfg)[0], 0, "train", 7, 4))
     _close(got["grads"], grads)  # second-order MAML: exact up to float summation order
     assert got["stats"]["loss"] == pytest.approx(stats["loss"], rel=1e-6)
+    _close(got["one"][0], grads)
+    assert got["one"][1]["loss"] == pytest.approx(stats["loss"], rel=1e-6)
 
     opt, fitness = population_from_config(POP_CFG)
     with PopulationEvaluator(fitness, workers=0) as evaluate:

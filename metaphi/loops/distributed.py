@@ -227,6 +227,32 @@ def all_reduce_mean(values: dict[str, float], ctx: DistContext, local_count: int
     return {k: float(v) / global_count for k, v in zip(keys, t.tolist())}
 
 
+def all_reduce_step(grads: dict[str, torch.Tensor], stats: dict[str, float], ctx: DistContext,
+                    local_count: int, global_count: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """:func:`all_reduce_grads` and :func:`all_reduce_mean` in one collective: the per-rank
+    stat sums ride at the end of the gradient buffer. With small networks a step costs little
+    compute, so the number of synchronisations per step matters."""
+    if not ctx.enabled:
+        return grads, stats
+    dtypes = {g.dtype for g in grads.values()}
+    if len(dtypes) != 1:
+        return (all_reduce_grads(grads, ctx),
+                all_reduce_mean(stats, ctx, local_count, global_count))
+    dev = _comm_device(ctx)
+    keys, skeys = list(grads), list(stats)
+    flat = torch.cat([grads[k].reshape(-1).to(dev) for k in keys]
+                     + [torch.tensor([stats[k] * local_count for k in skeys],
+                                     dtype=dtypes.pop(), device=dev)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, offset = {}, 0
+    for k in keys:
+        g = grads[k]
+        out[k] = flat[offset:offset + g.numel()].view_as(g).to(g.device)
+        offset += g.numel()
+    return out, {k: float(v) / global_count for k, v in zip(skeys, flat[offset:].tolist())}
+
+
 def check_in_sync(tensors: dict[str, torch.Tensor], ctx: DistContext, what: str = "φ") -> None:
     """Raise if ``tensors`` differ between ranks (they must be bitwise identical: every rank
     applies the same all-reduced gradient)."""

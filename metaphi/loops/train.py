@@ -20,8 +20,8 @@ import torch
 from ..learners.base import Learner
 from ..tasks.sources import TaskSource, sample_tasks, task_rng
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import (DistContext, all_reduce_grads, all_reduce_mean, check_in_sync,
-                          evaluate_gathered, fixed_task_block, load_on_main)
+from .distributed import (DistContext, all_reduce_step, check_in_sync, evaluate_gathered,
+                          fixed_task_block, load_on_main)
 
 
 def build_optimizer(params, name: str, lr: float, weight_decay: float = 0.0,
@@ -139,8 +139,7 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
             # Dividing by the global meta-batch makes the sum over ranks the mean gradient.
             grads, stats = learner.outer_grads(tasks, scale=meta_batch)
             if ctx.enabled:
-                grads = all_reduce_grads(grads, ctx)
-                stats = all_reduce_mean(stats, ctx, local_batch, meta_batch)
+                grads, stats = all_reduce_step(grads, stats, ctx, local_batch, meta_batch)
             for n, g in grads.items():
                 params[n].grad = g
             if clip_grad_norm is not None:
