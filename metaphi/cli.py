@@ -60,12 +60,20 @@ def _train_population(args: argparse.Namespace, data: dict) -> int:
     extra = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     data = apply_overrides(data, extra)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(data, sort_keys=False))
-    res = population_run(data, out, resume=args.resume, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) != 0:
+    from .loops import distributed as D
+
+    # Under torchrun the ranks join one process group and split each generation's candidates.
+    ctx, _ = D.init_from_env("cpu")
+    try:
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+        res = population_run(data, out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        D.shutdown(ctx)
+    if not ctx.is_main:
         return 0
     fitness_curve(out / "metrics.jsonl", out / "learning_curve.png", title=str(out.name))
     small = lambda v: v if isinstance(v, dict) else None  # noqa: E731 (vectors are in checkpoint.pt)
