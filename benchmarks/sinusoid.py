@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--learners", nargs="+", default=["maml", "fomaml", "metasgd", "anil", "reptile"])
     ap.add_argument("--shots", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", nargs="*", default=[], metavar="LEARNER=STEPS",
+                    help="cap the outer steps of a learner where the budget forbids the preset's "
+                         "(the table reports the steps run)")
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "sinusoid"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,7 +43,10 @@ def main() -> None:
     for learner in args.learners:
         for k in args.shots:
             name = f"sinusoid-{learner}-{k}shot"
+            caps = dict(a.split("=") for a in args.steps)
             cfg = preset_config(name)
+            if learner in caps:
+                cfg = cfg.model_copy(update={"steps": int(caps[learner])})
             out = Path(args.work) / name
             resume = (out / "checkpoint.pt").exists()
             if (out / "results.json").exists():
