@@ -52,7 +52,7 @@ class Reptile(MAML):
         total = {k: torch.zeros_like(p) for k, p in params.items()}
         for k, v in fast.items():
             total["model." + k] = (params["model." + k].detach() - v.detach()).sum(0) / n
-        return total, {"loss": float(losses.mean()), "metric": float(metrics.mean())}
+        return total, {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())}
 
     def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
               create_graph: bool = False) -> Params:
