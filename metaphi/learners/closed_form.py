@@ -32,7 +32,7 @@ class R2D2(EmbeddingLearner):
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", lam: float = 1.0,
                  scale: float = 1.0, learn_lam: bool = True, learn_scale: bool = True,
-                 batched: bool = True) -> None:
+                 batched: bool | None = None) -> None:
         super().__init__(model, loss, batched)
         if not lam > 0:
             raise ValueError(f"lam (the ridge penalty) must be > 0, got {lam}")

@@ -34,16 +34,18 @@ class MAML(Learner):
     ``eval_inner_steps`` (default: ``inner_steps``) is used when adapting outside meta-training.
     ``batched`` runs a meta-batch of equal-shape tasks through one task-batched pass per layer
     (:mod:`metaphi.learners.batched`) when the model's layers allow it; the result equals the
-    per-task loop's.
+    per-task loop's. ``None`` (default) picks the faster path measured here
+    (:func:`metaphi.learners.batched.auto`: batched for dense networks or on a GPU, the
+    per-task loop for convolutional networks on CPU).
     """
 
     def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
                  inner_steps: int = 1, first_order: bool = False,
-                 eval_inner_steps: int | None = None, batched: bool = True) -> None:
+                 eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
         super().__init__(loss)
         _check_inner(inner_lr, inner_steps)
         self.model = transductive_batchnorm(model)
-        self.batched = bool(batched)
+        self.batched = batched
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(eval_inner_steps or inner_steps)
@@ -80,8 +82,11 @@ class MAML(Learner):
         return forward(self.model, adapted, x)
 
     def use_batched(self, tasks: list[Task]) -> bool:
-        return (self.batched and len(tasks) > 1 and len({t.shapes for t in tasks}) == 1
-                and batched.supports(self.model))
+        if len(tasks) < 2 or len({t.shapes for t in tasks}) != 1 or not batched.supports(self.model):
+            return False
+        if self.batched is None:
+            return batched.auto(self.model, tasks[0].support_x)
+        return self.batched
 
     def outer_grads(self, tasks: list[Task], params: Params | None = None,
                     scale: float = 1.0) -> tuple[Params, dict[str, float]]:
@@ -151,7 +156,7 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
                  inner_steps: int = 1, first_order: bool = False,
-                 eval_inner_steps: int | None = None, batched: bool = True) -> None:
+                 eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
         super().__init__(model, loss, inner_lr, inner_steps, first_order, eval_inner_steps,
                          batched)
         self.lrs = nn.ParameterDict({

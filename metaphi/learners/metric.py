@@ -93,18 +93,19 @@ class EmbeddingLearner(Learner):
     per-operation overhead dominates (small embeddings; many small kernels on an accelerator):
     measured 7-9x the per-task loop for a small MLP embedding on CPU. For a compute-bound
     embedding on CPU (Conv-4 on 28x28 images) one big batch is slower than the loop, because the
-    per-task activations fit in cache and the meta-batch's do not; use ``batched=False`` there.
+    per-task activations fit in cache and the meta-batch's do not. ``None`` (default) picks
+    the faster path (:func:`metaphi.learners.batched.auto`).
     A model with dropout draws different masks on the two paths (vmap's ``randomness="different"``).
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
-                 batched: bool = True) -> None:
+                 batched: bool | None = None) -> None:
         if loss != "ce":
             raise ValueError(f"{type(self).__name__} is a classifier: loss must be 'ce', got "
                              f"{loss!r}")
         super().__init__(loss)
         self.model = transductive_batchnorm(model if model is not None else conv4_features())
-        self.batched = bool(batched)
+        self.batched = batched
         self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                            for m in self.model.modules())
 
@@ -172,7 +173,9 @@ class EmbeddingLearner(Learner):
     # batched fast path ---------------------------------------------------------------------
     def _batchable(self, tasks: list[Task]) -> int | None:
         """N when the tasks can run as one batch (same shapes, same N), else None."""
-        if not self.batched or len(tasks) < 2:
+        use = (batched.auto(self.model, tasks[0].support_x) if self.batched is None and tasks
+               else self.batched)
+        if not use or len(tasks) < 2:
             return None
         ways = []
         for t in tasks:
@@ -244,7 +247,7 @@ class ProtoNet(EmbeddingLearner):
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  distance: str = "sqeuclidean", scale: float | None = None,
-                 learn_scale: bool | None = None, batched: bool = True) -> None:
+                 learn_scale: bool | None = None, batched: bool | None = None) -> None:
         super().__init__(model, loss, batched)
         if distance not in ("sqeuclidean", "cosine"):
             raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
@@ -285,7 +288,7 @@ class MatchingNet(EmbeddingLearner):
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", scale: float = 1.0,
-                 learn_scale: bool = False, batched: bool = True) -> None:
+                 learn_scale: bool = False, batched: bool | None = None) -> None:
         super().__init__(model, loss, batched)
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")

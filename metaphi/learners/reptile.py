@@ -16,7 +16,7 @@ class Reptile(MAML):
     """
 
     def __init__(self, model, loss: str = "ce", inner_lr: float = 0.01, inner_steps: int = 5,
-                 eval_inner_steps: int | None = None, batched: bool = True) -> None:
+                 eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
         super().__init__(model, loss, inner_lr, inner_steps, first_order=True,
                          eval_inner_steps=eval_inner_steps, batched=batched)
 
