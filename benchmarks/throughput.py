@@ -124,6 +124,10 @@ def main() -> None:
     machine_peaks = stored["peaks"] if stored else peaks(args.threads)
     print(machine_peaks, flush=True)
     rows, raw = [], dict(stored["raw"]) if stored else {}
+    if stored:  # the settings of the run that measured the stored numbers
+        cmd = stored["command"].split()
+        args.reps = int(cmd[cmd.index("--reps") + 1]) if "--reps" in cmd else 3
+        args.threads = int(cmd[cmd.index("--threads") + 1]) if "--threads" in cmd else 2
     configs = []
     for learner in args.learners:
         for steps in ((1, 5) if learner in GRADIENT else (0,)):
@@ -173,8 +177,10 @@ def main() -> None:
                    f"{machine_peaks['matmul_fp32_gflops']:.0f} GFLOP/s; 64-channel 3x3 "
                    f"convolution (batch 160, 28x28, channels_last) "
                    f"{machine_peaks['conv3x3_64ch_channels_last_gflops']:.0f} GFLOP/s. "
-                   "FLOPs counted with torch.utils.flop_counter (forward, backward and "
-                   "double-backward matmuls/convolutions). 'loop' = plain per-task loop "
+                   "FLOPs counted with torch.utils.flop_counter on the per-task loop (forward, "
+                   "backward and double-backward matmuls/convolutions) and credited to every path "
+                   "of the same learner, because the counter over-counts grouped-convolution "
+                   "backward passes. 'loop' = plain per-task loop "
                    "(functional_call + autograd.grad per task); 'batched' = metaphi's "
                    "task-batched path; rows marked channels_last run model and data in "
                    "channels_last layout."}],
