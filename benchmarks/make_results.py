@@ -43,6 +43,11 @@ def render(records: list[dict]) -> str:
                 lines += [t["notes"], ""]
         if r.get("notes"):
             lines += [r["notes"], ""]
+    figs = sorted((HERE / "figures").glob("*.png"))
+    if figs:
+        lines += ["## Figures", "", "Copied from the run folders of the runs above:", ""]
+        lines += [f"- [{f.stem}](figures/{f.name})" for f in figs]
+        lines.append("")
     return "\n".join(lines)
 
 
