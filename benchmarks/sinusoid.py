@@ -74,8 +74,16 @@ def main() -> None:
           "notes": "Published: Meta-SGD paper Table 1 (Li et al. 2017), MAML vs Meta-SGD after "
                    "one inner step; an independent re-run reports MAML 0.67 / Meta-SGD 0.31 at "
                    "10-shot. Reptile is evaluated after its 8 inner steps on the support set. "
-                   "Best φ chosen on 300 meta-validation tasks; meta-test tasks are unseen."}],
-        time.perf_counter() - t0, threads=args.threads, runs=runs, order=10)
+                   "Best φ chosen on 300 meta-validation tasks; meta-test tasks are unseen. "
+                   "Runs were made two at a time (one thread each) beside other jobs; "
+                   "metasgd-5shot and reptile-10shot were paused (SIGSTOP) for 21 minutes while "
+                   "the throughput benchmark ran alone, which their train seconds include. "
+                   "The runs were made by `python benchmarks/sinusoid.py --learners maml fomaml "
+                   "metasgd` and `python benchmarks/sinusoid.py --learners anil reptile --steps "
+                   "reptile=10000` side by side; the command above collected them."}],
+        # Runs made by earlier invocations are reused: count their own seconds.
+        sum(r["train_seconds"] + r.get("test_seconds", 0) for r in runs.values()),
+        threads=args.threads, runs=runs, order=10)
 
 
 if __name__ == "__main__":
