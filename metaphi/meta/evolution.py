@@ -101,7 +101,21 @@ class _Tracker:
         self.evaluations = int(s["evaluations"])
 
 
-class _VectorOptimizer:
+class _Tracked:
+    """Counters every ask/tell optimizer reports (its ``track`` is a :class:`_Tracker`)."""
+
+    track: _Tracker
+
+    @property
+    def generation(self) -> int:
+        return self.track.generation
+
+    @property
+    def evaluations(self) -> int:
+        return self.track.evaluations
+
+
+class _VectorOptimizer(_Tracked):
     """Shared plumbing: a search over real vectors, optionally decoded through a Space."""
 
     kind = "?"
@@ -129,14 +143,6 @@ class _VectorOptimizer:
 
     def decode(self, x: np.ndarray) -> Candidate:
         return self.space.from_unit(x) if self.space is not None else np.array(x)
-
-    @property
-    def generation(self) -> int:
-        return self.track.generation
-
-    @property
-    def evaluations(self) -> int:
-        return self.track.evaluations
 
     @property
     def best(self) -> tuple[Candidate, float]:

@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .evolution import Candidate, _Tracker, clean_fitnesses, to_plain
+from .evolution import Candidate, _Tracked, _Tracker, clean_fitnesses, to_plain
 from .space import Categorical, Int, Space
 
 
-class REINFORCE:
+class REINFORCE(_Tracked):
     """Policy-gradient search over a :class:`Space` (ask/tell, minimising fitness)."""
 
     kind = "reinforce"
@@ -160,14 +160,6 @@ class REINFORCE:
             return {n: {str(c): float(p) for c, p in zip(self._choices(n),
                                                           torch.softmax(self.params[n + ".logits"], 0))}
                     for n, h in self.heads.items() if h == "cat"}
-
-    @property
-    def generation(self) -> int:
-        return self.track.generation
-
-    @property
-    def evaluations(self) -> int:
-        return self.track.evaluations
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "seed": self.seed, "popsize": self.popsize,
