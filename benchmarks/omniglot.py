@@ -66,7 +66,7 @@ def main() -> None:
         step98, sec98 = time_to(out / "metrics.jsonl", 0.98)
         mt = res["meta_test"]
         rows.append([learner, setting, f"{100 * mt['mean']:.2f} ± {100 * mt['ci95']:.2f}",
-                     pub if pub is not None else "–", f"{cfg.steps} of {full}",
+                     pub if pub is not None else "–", f"{res['steps']} of {full}",
                      round(res["train_seconds"] / 60, 1),
                      f"step {step98}, {sec98 / 60:.1f} min" if step98 else "not reached",
                      mt["tasks"]])
