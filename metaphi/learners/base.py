@@ -72,19 +72,23 @@ class Learner(nn.Module):
         distributed run). Returns ``(grads, {"loss", "metric"})``.
         """
         params = self.meta_params() if params is None else params
-        names = list(params)
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         n = max(len(tasks), 1) if scale == 1.0 else scale
         loss_sum, metric_sum = 0.0, 0.0
         for task in tasks:
             loss, metric = self.episode(task, params, create_graph=True)
-            grads = torch.autograd.grad(loss / n, [params[k] for k in names], allow_unused=True)
-            for k, g in zip(names, grads):
-                if g is not None:
-                    total[k] += g
+            for k, g in self.grads_of(loss / n, params).items():
+                total[k] += g
             loss_sum += float(loss.detach())
             metric_sum += float(metric)
         return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
+
+    @staticmethod
+    def grads_of(loss: Tensor, params: Params) -> Params:
+        """d loss / d φ as a name -> tensor dict (zeros for parameters the loss does not use)."""
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+        return {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
 
     def extra_config(self) -> dict[str, Any]:
         return {}

@@ -95,10 +95,8 @@ class MAML(Learner):
         params = self.meta_params() if params is None else params
         losses, metrics = self.batched_episodes(stack_tasks(tasks), params, create_graph=True)
         n = len(tasks) if scale == 1.0 else scale
-        names = list(params)
-        grads = torch.autograd.grad(losses.sum() / n, [params[k] for k in names], allow_unused=True)
-        out = {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, grads)}
-        return out, {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())}
+        return (self.grads_of(losses.sum() / n, params),
+                {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())})
 
     def batched_adapt(self, x: Tensor, y: Tensor, params: Params, steps: int,
                       second_order: bool) -> Params:

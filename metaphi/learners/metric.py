@@ -214,12 +214,10 @@ class EmbeddingLearner(Learner):
         if n_way is None:
             return super().outer_grads(tasks, params, scale)
         params = self.meta_params() if params is None else params
-        names = list(params)
         n = len(tasks) if scale == 1.0 else scale  # same convention as Learner.outer_grads
         losses, accs = self.batched_episodes(tasks, params, n_way)
-        grads = torch.autograd.grad(losses.sum() / n, [params[k] for k in names], allow_unused=True)
-        total = {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
-        return total, {"loss": float(losses.detach().mean()), "metric": float(accs.mean())}
+        return (self.grads_of(losses.sum() / n, params),
+                {"loss": float(losses.detach().mean()), "metric": float(accs.mean())})
 
     def extra_config(self) -> dict[str, Any]:
         return {"batched": self.batched}

@@ -34,7 +34,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from ..learners import ANIL, FOMAML, MAML, Learner, MetaSGD
 from ..models import mlp
 from ..tasks import SinusoidFamily, TaskSource
-from ..tasks.sources import STREAMS
+from ..tasks.sources import STREAMS, sample_tasks
 from ..tasks.task import stack_tasks
 
 TaskSeed = Sequence[int]
@@ -161,8 +161,7 @@ def meta_train(learner: Learner, family: TaskSource, steps: int, meta_batch: int
     opt = torch.optim.Adam(learner.parameters(), lr=outer_lr)
     params = learner.meta_params()
     for step in range(steps):
-        tasks = [family.sample(np.random.default_rng([int(seed), STREAMS["train"], step, i]))
-                 for i in range(meta_batch)]
+        tasks = sample_tasks(family, seed, "train", step, meta_batch)
         grads, _ = learner.outer_grads(tasks, params)
         opt.zero_grad(set_to_none=False)
         for k, p in params.items():

@@ -87,7 +87,6 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
     oc = cfg.optim
     opt = build_optimizer(learner.parameters(), oc.name, oc.lr, oc.weight_decay, oc.momentum)
     sched = build_schedule(opt, oc.schedule, cfg.steps, oc.step_size, oc.gamma)
-    t0 = time.perf_counter()
     state = meta_train(learner, sources[0], sources[1], steps=cfg.steps, meta_batch=cfg.meta_batch,
                        seed=cfg.seed, out_dir=out, optimizer=opt, schedule=sched,
                        clip_grad_norm=oc.clip_grad_norm, val_every=cfg.val_every,
@@ -101,8 +100,10 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
 
         learning_curve(out / "metrics.jsonl", out / "learning_curve.png", learner.metric_name,
                        title=cfg.name)
+    t_test = time.perf_counter()
     test = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, device, progress and ctx.is_main,
                      dist=ctx)
+    test_seconds = time.perf_counter() - t_test
     results = {
         "name": cfg.name,
         "metric": learner.metric_name,
@@ -111,7 +112,7 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
         "meta_val_best": {"value": state.best_value, "step": state.best_step},
         "steps": state.step,
         "train_seconds": round(state.seconds, 2),
-        "test_seconds": round(time.perf_counter() - t0 - (state.seconds if not resume else 0), 2),
+        "test_seconds": round(test_seconds, 2),
         "device": str(device),
         "seed": cfg.seed,
         "versions": library_versions(),
