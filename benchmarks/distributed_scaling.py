@@ -13,7 +13,7 @@ process uses one intra-op thread. Throughput is timed inside :func:`metaphi.loop
 warm-up steps to the step before the last one (the last one also meta-validates), on rank 0's
 clock. Scaling efficiency = tasks/s(N) / (N * tasks/s(1)).
 
-    nice -n 10 python benchmarks/distributed_scaling.py
+    python benchmarks/distributed_scaling.py
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CASES = {
     # steps include the warm-up; the timed window is steps[warmup : steps - 1]
     "sinusoid": {"steps": 400, "warmup": 20, "meta_batch": 32, "repeats": 3},
-    # ~20 s per step single-process on a busy core: a few steps, one run per configuration
-    "conv4": {"steps": 5, "warmup": 1, "meta_batch": 32, "repeats": 1},
+    # ~5 s per step single-process on an idle core: a few steps, two runs per configuration
+    "conv4": {"steps": 8, "warmup": 2, "meta_batch": 32, "repeats": 2},
 }
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--out-json", help=argparse.SUPPRESS)
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, help="runs per configuration (best kept; default: "
-                    "3 for sinusoid, 1 for conv4)")
+                    "3 for sinusoid, 2 for conv4)")
     ap.add_argument("--name", default="distributed_scaling")
     args = ap.parse_args()
     if args.worker:
@@ -137,11 +137,11 @@ def main() -> None:
           "notes": "efficiency = tasks/s(N) / (N * tasks/s(1)); timed inside meta_train on rank "
                    "0's clock, warm-up and the final (validating) step excluded"}],
         time.perf_counter() - t0,
-        notes=(f"{os.cpu_count()} CPU cores shared with other developers' jobs: load average "
+        notes=(f"{os.cpu_count()} CPU cores; load average "
                f"{tuple(round(x, 2) for x in load_before)} before the benchmark (see "
-               "machine.load_average_at_end for after). With N processes on N cores, any other "
-               "job takes cores from the distributed run, so efficiencies here are lower bounds "
-               "of what idle cores give. No GPU was available in this session."),
+               "machine.load_average_at_end for after; run it alone: with N processes on N "
+               "cores any other job takes cores from the distributed run). No GPU was available "
+               "in this session."),
         runs=raw, load_average_before=load_before, cases=CASES)
 
 

@@ -8,7 +8,7 @@ generation (common random numbers). Gradient MAML: second-order, outer Adam lr 1
 meta-batch 25. Both start from the same initial weights and are scored on the same 1000
 meta-test tasks (mean MSE with a 95% confidence interval).
 
-    nice -n 10 python benchmarks/es_sinusoid.py --budget-seconds 360
+    python benchmarks/es_sinusoid.py --budget-seconds 360
 """
 from __future__ import annotations
 
@@ -117,7 +117,9 @@ def main() -> None:
                  [table], time.perf_counter() - t_all,
                  notes=("Both methods start from the same initial weights (seed "
                         f"{args.seed}) and get the same wall-time budget of {args.budget_seconds:.0f} s "
-                        "on a shared 2-core CPU machine, run with nice -n 10."),
+                        "on this 2-core CPU machine, run alone. ES scores a worker's share of "
+                        "the population as one batch (metaphi.meta.evaluate_population: "
+                        "candidates x tasks in one pass per layer)."),
                  es={"mse": es_mse, "ci95": es_ci, "evaluations": res.evaluations,
                      "generations": res.generations, "seconds": res.seconds,
                      "inner_lr": es_learner.inner_lr,

@@ -3,7 +3,7 @@ split, rotations as classes, 28x28), with wall-clock training time and time to 9
 accuracy, beside the published numbers.
 
     METAPHI_DATA=/path/to/data python benchmarks/omniglot.py --presets omniglot-protonet-5w1s \
-        [--steps 3000] [--threads 2]
+        [--steps 3000 | --steps omniglot-protonet-5w1s=10000 omniglot-protonet-5w5s=2000] [--threads 2]
 
 Each preset is a real `metaphi train` run (folders under benchmarks/_work/omniglot/); --steps
 caps the outer steps where the full protocol does not fit this machine (the table says so).
@@ -44,21 +44,28 @@ def time_to(metrics: Path, threshold: float) -> tuple[int | None, float | None]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["omniglot-protonet-5w1s"])
-    ap.add_argument("--steps", type=int, help="cap on outer steps (budget on this machine)")
+    ap.add_argument("--steps", nargs="+", default=[], metavar="[PRESET=]N",
+                    help="cap on outer steps (budget on this machine), for all presets or per "
+                         "preset; a finished run with fewer steps is trained longer")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--overrides", nargs="*", default=[], metavar="[PRESET:]KEY=VALUE",
+                    help="config overrides, for all presets or (PRESET:KEY=VALUE) for one")
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "omniglot"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows, runs = [], {}
     for name in args.presets:
-        over = list(args.overrides) + ([f"steps={args.steps}"] if args.steps else [])
+        caps = dict(a.split("=", 1) if "=" in a else ("*", a) for a in args.steps)
+        cap = caps.get(name, caps.get("*"))
+        over = [o.split(":", 1)[-1] for o in args.overrides
+                if ":" not in o.split("=", 1)[0] or o.startswith(name + ":")]
+        over += [f"steps={cap}"] if cap else []
         cfg = validate_config(apply_overrides(get_preset(name), over))
         out = Path(args.work) / name
-        if (out / "results.json").exists():
-            res = json.loads((out / "results.json").read_text())
-        else:
+        res = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+        if res is None or res["steps"] < cfg.steps:
+            # resumes a killed run, or trains a finished one longer (same tasks, same schedule)
             res = train_run(cfg, out, resume=(out / "checkpoint.pt").exists(), progress=False)
         learner, setting = name.split("-")[1], name.split("-")[2]
         pub = PUBLISHED.get(learner, (None,) * 4)[COLUMN[setting]]

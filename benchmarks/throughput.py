@@ -5,9 +5,17 @@ convolution peaks from the same run.
 
     python benchmarks/throughput.py [--reps 3] [--threads 2]
 
-Each configuration runs in its own process (clean peak-memory numbers). "loop" is the plain
-per-task loop (functional_call + autograd.grad per task, what learn2learn/higher do);
-"batched" is metaphi's task-batched path (same meta-gradient, checked in the tests).
+Each configuration runs in its own process (clean peak-memory numbers). Paths:
+
+* "loop": metaphi's per-task loop, one task at a time (functional_call + autograd.grad per task,
+  what learn2learn/higher do), ``task_threads=1``;
+* "plain": the same loop written out here in 20 lines without metaphi (second-order MAML only),
+  a check that metaphi's loop is no slower than the textbook one;
+* "threads": the per-task loop with the meta-batch's tasks on ``--threads`` threads side by side,
+  each with one intra-op thread (metaphi's CPU default, :mod:`metaphi.learners.parallel`);
+* "batched": metaphi's task-batched path.
+
+All paths give the same meta-gradient (checked in the tests).
 """
 from __future__ import annotations
 
@@ -23,21 +31,64 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+PATHS = ("loop", "plain", "threads", "batched")
 GRADIENT = ("maml", "fomaml", "metasgd", "anil", "reptile")
 METRIC = ("protonet", "matchingnet", "r2d2")
 
 
-def build(learner: str, steps: int, batched: bool):
+def build(learner: str, steps: int, batched: bool, task_threads: int | None = 1):
     import metaphi.learners as L
     from metaphi.models import conv4, conv4_features
 
     if learner in GRADIENT:
         cls = {"maml": L.MAML, "fomaml": L.FOMAML, "metasgd": L.MetaSGD, "anil": L.ANIL,
                "reptile": L.Reptile}[learner]
-        return cls(conv4(5), inner_lr=0.4 if learner != "reptile" else 0.01, inner_steps=steps,
-                   batched=batched)
-    cls = {"protonet": L.ProtoNet, "matchingnet": L.MatchingNet, "r2d2": L.R2D2}[learner]
-    return cls(conv4_features(), batched=batched)
+        lrn = cls(conv4(5), inner_lr=0.4 if learner != "reptile" else 0.01, inner_steps=steps,
+                  batched=batched)
+    else:
+        cls = {"protonet": L.ProtoNet, "matchingnet": L.MatchingNet, "r2d2": L.R2D2}[learner]
+        lrn = cls(conv4_features(), batched=batched)
+    lrn.task_threads = task_threads
+    return lrn
+
+
+class PlainMAML:
+    """Second-order MAML as a textbook per-task loop, independent of metaphi."""
+
+    def __init__(self, steps: int) -> None:
+        import torch
+        from torch import nn
+
+        def block(i: int, o: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                                 nn.MaxPool2d(2))
+        self.net = nn.Sequential(block(1, 64), block(64, 64), block(64, 64), block(64, 64),
+                                 nn.Flatten(), nn.Linear(64, 5))
+        self.params = dict(self.net.named_parameters())
+        self.steps, self.torch = steps, torch
+
+    def to(self, memory_format):
+        self.net = self.net.to(memory_format=memory_format)
+        self.params = dict(self.net.named_parameters())
+        return self
+
+    def outer_grads(self, tasks):
+        import torch.nn.functional as F
+        from torch.func import functional_call
+
+        names = list(self.params)
+        total = [self.torch.zeros_like(p) for p in self.params.values()]
+        for t in tasks:
+            fast = self.params
+            for _ in range(self.steps):
+                loss = F.cross_entropy(functional_call(self.net, fast, (t.support_x,)), t.support_y)
+                grads = self.torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+                fast = {n: fast[n] - 0.4 * g for n, g in zip(names, grads)}
+            loss = F.cross_entropy(functional_call(self.net, fast, (t.query_x,)), t.query_y)
+            for acc, g in zip(total, self.torch.autograd.grad(loss / len(tasks),
+                                                              list(self.params.values()))):
+                acc += g
+        return total
 
 
 def random_tasks(n: int, seed: int = 0):
@@ -51,13 +102,16 @@ def random_tasks(n: int, seed: int = 0):
             for _ in range(n)]
 
 
-def one(learner: str, steps: int, batched: bool, reps: int, meta_batch: int,
+def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
         channels_last: bool) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    lrn = build(learner, steps, batched)
+    if path == "plain":
+        lrn = PlainMAML(steps)
+    else:
+        lrn = build(learner, steps, path == "batched", None if path == "threads" else 1)
     tasks = random_tasks(meta_batch)
     if channels_last:
         lrn = lrn.to(memory_format=torch.channels_last)
@@ -108,14 +162,15 @@ def main() -> None:
     ap.add_argument("--learners", nargs="+", default=list(GRADIENT + METRIC))
     ap.add_argument("--table-only", action="store_true",
                     help="rebuild the table from benchmarks/results/throughput.json's raw numbers")
-    ap.add_argument("--one", nargs=4, metavar=("LEARNER", "STEPS", "BATCHED", "CHANNELS_LAST"))
+    ap.add_argument("--one", nargs=4, metavar=("LEARNER", "STEPS", "PATH", "CHANNELS_LAST"))
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     if args.one:
         l, s, b, cl = args.one
-        print(json.dumps(one(l, int(s), b == "1", args.reps, args.meta_batch, cl == "1")))
+        print(json.dumps(one(l, int(s), b, args.reps, args.meta_batch, cl == "1")))
         return
     from common import RESULTS_DIR, write_result
 
@@ -131,13 +186,18 @@ def main() -> None:
     configs = []
     for learner in args.learners:
         for steps in ((1, 5) if learner in GRADIENT else (0,)):
-            for batched in (False, True):
-                configs.append((learner, steps, batched, False))
-    configs += [("maml", 1, False, True), ("maml", 1, True, True)]  # channels_last effect
-    for learner, steps, batched, cl in configs:
+            for path in args.paths:
+                if path != "plain" or learner == "maml":
+                    configs.append((learner, steps, path, False))
+    if "maml" in args.learners and not stored:  # channels_last effect
+        configs += [("maml", 1, p, True) for p in args.paths if p != "plain"]
+    if stored:
+        configs = [(k.split("/")[0], int(k.split("/")[1]), k.split("/")[2], k.endswith("channels_last"))
+                   for k in raw]
+    for learner, steps, path, cl in configs:
         if stored:
             break
-        cmd = [sys.executable, __file__, "--one", learner, str(steps), "1" if batched else "0",
+        cmd = [sys.executable, __file__, "--one", learner, str(steps), path,
                "1" if cl else "0", "--reps", str(args.reps), "--threads", str(args.threads),
                "--meta-batch", str(args.meta_batch)]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
@@ -145,13 +205,13 @@ def main() -> None:
             r = {"error": out.stderr.strip().splitlines()[-1]}
         else:
             r = json.loads(out.stdout.strip().splitlines()[-1])
-        key = f"{learner}/{steps}/{'batched' if batched else 'loop'}{'/channels_last' if cl else ''}"
+        key = f"{learner}/{steps}/{path}{'/channels_last' if cl else ''}"
         raw[key] = r
         print(key, r, flush=True)
-    for (learner, steps, batched, cl) in configs:
-        key = f"{learner}/{steps}/{'batched' if batched else 'loop'}{'/channels_last' if cl else ''}"
+    for (learner, steps, path, cl) in configs:
+        key = f"{learner}/{steps}/{path}{'/channels_last' if cl else ''}"
         r = raw[key]
-        loop_key = f"{learner}/{steps}/loop{'/channels_last' if cl else ''}"
+        loop_key = f"{learner}/{steps}/loop"
         if "error" in r:
             rows.append([learner, steps or "–", key.split("/", 2)[2], "error: " + r["error"][:60],
                          "", "", "", ""])
@@ -180,10 +240,12 @@ def main() -> None:
                    "FLOPs counted with torch.utils.flop_counter on the per-task loop (forward, "
                    "backward and double-backward matmuls/convolutions) and credited to every path "
                    "of the same learner, because the counter over-counts grouped-convolution "
-                   "backward passes. 'loop' = plain per-task loop "
-                   "(functional_call + autograd.grad per task); 'batched' = metaphi's "
-                   "task-batched path; rows marked channels_last run model and data in "
-                   "channels_last layout."}],
+                   "backward passes. 'loop' = metaphi's per-task loop, one task at a time "
+                   "(functional_call + autograd.grad per task); 'plain' = the same loop written "
+                   "without metaphi in the benchmark; 'threads' = the per-task loop with "
+                   f"the tasks on {args.threads} threads side by side, one intra-op thread each "
+                   "(metaphi's CPU default); 'batched' = metaphi's task-batched path; rows "
+                   "marked channels_last run model and data in channels_last layout."}],
         stored["wall_seconds"] if stored else time.perf_counter() - t_start, peaks=machine_peaks,
         raw=raw, order=20,
         **({"command": stored["command"], "machine": stored["machine"], "date": stored["date"],

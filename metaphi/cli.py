@@ -99,6 +99,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.task_threads is not None:
+        from .learners import parallel
+
+        parallel.resolve_threads(args.task_threads, [])  # validates
+        parallel.default_threads = args.task_threads
     res = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for all
         return 0
@@ -138,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--data-dir", help="dataset folder (default: $METAPHI_DATA)")
     pt.add_argument("--threads", type=int, help="CPU threads for PyTorch (1 is fastest for "
                     "small networks such as the sinusoid MLP)")
+    pt.add_argument("--task-threads", type=int, help="CPU threads running a meta-batch's tasks "
+                    "side by side in the per-task loop (default: one per PyTorch thread; 1: one "
+                    "task at a time)")
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_train)
 

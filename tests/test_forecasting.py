@@ -205,6 +205,43 @@ def test_cli_on_tiny_csv(tmp_path):
     assert (out / "forecasts_toy.png").stat().st_size > 1000
 
 
+def test_cli_forecasts_beyond_the_end_of_the_data(tmp_path):
+    from metaphi.forecasting.cli import main
+
+    csv = tmp_path / "toy.csv"
+    _toy_csv(csv)
+    out = tmp_path / "future"
+    rc = main(["forecast", str(csv), "--out", str(out), "--horizon", "4", "--freq", "Q",
+               "--methods", "Naive", "SeasonalNaive", "SES", "--meta", "fforma", "--future",
+               "--no-progress", "--plot-series", "2"])
+    assert rc == 0
+    df = pd.read_csv(out / "forecasts.csv", parse_dates=["ds"])
+    hist = pd.read_csv(csv, parse_dates=["ds"])
+    assert "y" not in df.columns and len(df) == 24 * 4
+    one = df[df.unique_id == "id3"]
+    last = hist[hist.unique_id == "id3"].ds.max()
+    # the four quarters after the last observation
+    assert list(one.ds) == list(pd.date_range(last, periods=5, freq="QS")[1:])
+    naive = one["Naive"].to_numpy()
+    assert np.allclose(naive, hist[hist.unique_id == "id3"].y.iloc[-1])
+    assert np.isfinite(one["FFORMA"]).all()
+    res = json.loads((out / "results.json").read_text())
+    assert res["metrics"] == {} and "FFORMA" in res["methods"]
+    assert (out / "forecasts_toy.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("ds, needle", [
+    (pd.to_datetime(["2020-01-01", "2020-01-05", "2020-03-01", "2020-03-02"]), "regularly spaced"),
+    (np.array([1, 2, 4, 5]), "evenly spaced"),
+])
+def test_future_timestamps_need_a_regular_spacing(ds, needle):
+    from metaphi.forecasting.data import future_timestamps
+
+    with pytest.raises(ValueError, match=needle):
+        future_timestamps(np.asarray(ds), 2, "s")
+    assert future_timestamps(np.array([3, 5, 7]), 2).tolist() == [9, 11]
+
+
 def test_cli_reports_bad_input(tmp_path, capsys):
     from metaphi.forecasting.cli import main
 

@@ -10,7 +10,8 @@ from metaphi.loops.checkpoint import load_checkpoint, save_checkpoint
 from metaphi.loops.population import population_train
 from metaphi.meta import (CMAES, REINFORCE, Categorical, FitnessSpec, Float, Int, OpenAIES,
                           PopulationEvaluator, Space, TaskFitness, build_learner, centered_ranks,
-                          evaluate_fitness, fitness_task_seeds, make_optimizer, phi_vector)
+                          evaluate_fitness, evaluate_population, fitness_task_seeds,
+                          make_optimizer, phi_vector)
 
 SHIFT = np.array([1.5, -2.0, 0.5, 3.0, -1.0])
 
@@ -181,6 +182,26 @@ def test_population_train_resume_equals_straight_run(tmp_path):
                          progress=False, config={"other": 1})
 
 
+def test_population_run_killed_between_checkpoints_resumes_exactly(tmp_path):
+    make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=0)  # noqa: E731
+    straight = population_train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
+
+    def crash(row):
+        if row["generation"] == 4:
+            raise KeyboardInterrupt
+
+    population_train(make(), sphere, 2, tmp_path / "b", workers=0, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # no checkpoint after generation 2: it is replayed
+        population_train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
+                         progress=False, checkpoint_seconds=1e9, on_generation=crash)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["generation"] == 2
+    resumed = population_train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
+                               progress=False, checkpoint_seconds=1e9)
+    np.testing.assert_array_equal(resumed.center, straight.center)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == list(range(6))
+
+
 SPEC = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1
 
 
@@ -197,6 +218,34 @@ def test_evaluate_fitness_is_pure_and_uses_the_tasks():
     assert evaluate_fitness(phi2, seeds, SPEC) != f1
     with pytest.raises(ValueError, match="the learner needs 1762"):
         evaluate_fitness(phi[:-2], seeds, SPEC)
+
+
+@pytest.mark.parametrize("learner", ["maml", "anil", "metasgd"])
+def test_evaluate_population_equals_one_candidate_at_a_time(learner):
+    spec = FitnessSpec(learner={**SPEC.learner, "name": learner, "inner_steps": 2})
+    base = phi_vector(build_learner(spec.learner, seed=0))
+    rng = np.random.default_rng(0)
+    phis = [base + 0.05 * rng.standard_normal(base.shape) for _ in range(4)]
+    phis[1][-1] = np.log(0.05)  # candidates differ in their inner lr too
+    seeds = fitness_task_seeds(0, 3, 6)
+    together = evaluate_population(phis, seeds, spec)
+    alone = [evaluate_fitness(p, seeds, spec) for p in phis]
+    np.testing.assert_allclose(together, alone, rtol=2e-5)
+    assert len(set(together)) == 4
+    with pytest.raises(ValueError, match="the learner needs"):
+        evaluate_population([p[:-2] for p in phis], seeds, spec)
+
+
+def test_population_evaluator_uses_the_batched_fitness_in_workers():
+    fitness = TaskFitness(SPEC, n_tasks=4, seed=0)
+    base = phi_vector(build_learner(SPEC.learner, seed=0))
+    phis = [base + 0.01 * i for i in range(5)]
+    with PopulationEvaluator(fitness, workers=0) as serial:
+        a = serial(phis, 2)
+    with PopulationEvaluator(fitness, workers=2) as parallel:
+        b = parallel(phis, 2)
+    assert a == b
+    np.testing.assert_allclose(a, [fitness(p, 2) for p in phis], rtol=2e-5)
 
 
 def test_hyper_fitness_trains_the_configuration():

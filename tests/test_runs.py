@@ -151,6 +151,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         train_run(cfg, out, resume=True, progress=False)
 
 
+def test_resume_with_more_steps_trains_a_run_longer(tmp_path):
+    args = ["sinusoid-fomaml-5shot", "val_every=20", "val_tasks=20", "test_tasks=50",
+            "checkpoint_every=10", "meta_batch=4", "--no-progress"]
+    main(["train", *args, "steps=60", "--out", str(tmp_path / "straight")])
+    main(["train", *args, "steps=40", "--out", str(tmp_path / "longer")])
+    assert main(["train", *args, "steps=60", "--out", str(tmp_path / "longer"), "--resume"]) == 0
+    a = json.loads((tmp_path / "straight" / "results.json").read_text())
+    b = json.loads((tmp_path / "longer" / "results.json").read_text())
+    assert b["steps"] == 60 and a["meta_test"] == b["meta_test"]
+    assert (_metrics_without_time(tmp_path / "straight" / "metrics.jsonl")
+            == _metrics_without_time(tmp_path / "longer" / "metrics.jsonl"))
+    # fewer steps, or a cosine schedule that depends on the total, are refused
+    assert main(["train", *args, "steps=30", "--out", str(tmp_path / "longer"), "--resume"]) == 2
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/metaphi_pwned_marker",))

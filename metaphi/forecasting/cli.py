@@ -1,7 +1,7 @@
 """``metaphi forecast``: forecast a built-in dataset or a user's long-format file.
 
 Writes ``forecasts.csv`` (one row per series and horizon step, one column per method, plus the
-held-out truth), ``results.json`` (every metric per subset and the weighted average, timings) and
+held-out truth; with ``--future`` the steps after the end of the data), ``results.json`` (every metric per subset and the weighted average, timings) and
 ``forecasts_<subset>.png`` (history, forecasts and truth for a sample of series).
 """
 from __future__ import annotations
@@ -34,6 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stack", action="store_true",
                    help="with --meta fforma neural: also FFORMA over the base forecasters plus "
                         "the neural one (one more neural fit)")
+    p.add_argument("--future", action="store_true",
+                   help="forecast the next --horizon values after the end of a file's series "
+                        "(nothing is held out or scored; the meta-learners still train on each "
+                        "series' own temporal holdout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-series", type=int, help="first N series of each subset (quick runs)")
     p.add_argument("--plot-series", type=int, default=6, help="series per PNG (default: 6)")
@@ -52,11 +56,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.data.lower() in builtin_names():
+            if args.future:
+                raise ValueError("--future forecasts beyond the end of a user's file; the "
+                                 "built-in datasets are scored on their official test values")
             sets = load_builtin(args.data, max_series=args.max_series)
         else:
             if args.horizon is None:
                 raise ValueError("--horizon is required for a user file")
-            one = load_user(args.data, args.horizon, args.season_length, args.freq)
+            one = load_user(args.data, args.horizon, args.season_length, args.freq,
+                            holdout=not args.future)
             if args.max_series:
                 one = one.subset(range(min(args.max_series, len(one))))
             sets = [one]
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.meta_steps = max(1, args.neural_steps // 10)
         ev = evaluate(sets, list(args.methods), meta=meta, neural_config=cfg,
                       cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress,
-                      stack_neural=args.stack)
+                      stack_neural=args.stack, truth=not args.future)
     except (ValueError, FileNotFoundError) as e:
         print(f"metaphi forecast: error: {e}", file=sys.stderr)
         return 2
@@ -82,13 +90,18 @@ def run(args: argparse.Namespace) -> int:
     best = sorted(avg, key=lambda k: avg[k][key])
     for s in sets:
         shown = [k for k in best if k in ev.forecasts[s.name]][:3]
-        shown += [k for k in ("FFORMA", "NBeats-MAML") if k in ev.forecasts[s.name] and k not in shown]
+        shown += [k for k in ("FFORMA", "NBeats-MAML", "Theta") if k in ev.forecasts[s.name]
+                  and k not in shown][:max(1, 4 - len(shown))]
         plot_forecasts(s, ev.forecasts[s.name], out / f"forecasts_{s.name}.png",
                        n=args.plot_series, seed=args.seed, methods=shown)
-    print(f"{'method':<24}" + "".join(f"{m:>9}" for m in ("sMAPE", "MAPE", "MASE", "OWA")))
-    for k in best:
-        print(f"{k:<24}" + "".join(f"{avg[k].get(m, float('nan')):9.3f}"
-                                   for m in ("sMAPE", "MAPE", "MASE", "OWA")))
+    if args.future:
+        print(f"forecast the next {sets[0].h} values of {len(sets[0])} series with "
+              f"{', '.join(ev.methods)}")
+    else:
+        print(f"{'method':<24}" + "".join(f"{m:>9}" for m in ("sMAPE", "MAPE", "MASE", "OWA")))
+        for k in best:
+            print(f"{k:<24}" + "".join(f"{avg[k].get(m, float('nan')):9.3f}"
+                                       for m in ("sMAPE", "MAPE", "MASE", "OWA")))
     print(f"wrote {out / 'forecasts.csv'}, {out / 'results.json'} and {len(sets)} PNG(s)")
     return 0
 

@@ -32,7 +32,8 @@ class SeriesSet:
     m: int
     test: list[np.ndarray] | None = None
     starts: list[object] = field(default_factory=list)  # first timestamp of each series (user data)
-    test_ds: list[np.ndarray] | None = None  # timestamps of the test values (user data)
+    # timestamps of the h forecast steps (user data): the held-out ones, or the future ones
+    test_ds: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,7 +52,8 @@ class SeriesSet:
         idx = list(idx)
         return SeriesSet(self.name, [self.ids[i] for i in idx], [self.y[i] for i in idx],
                          self.h, self.m, None if self.test is None else [self.test[i] for i in idx],
-                         [self.starts[i] for i in idx] if self.starts else [])
+                         [self.starts[i] for i in idx] if self.starts else [],
+                         None if self.test_ds is None else [self.test_ds[i] for i in idx])
 
 
 def builtin_names() -> list[str]:
@@ -178,4 +180,25 @@ def validate_long(df, h: int, m: int, name: str = "user", holdout: bool = True) 
     if holdout:
         return SeriesSet(name, ids, [v[:-h] for v in ys], h, m, [v[-h:] for v in ys], starts,
                          [d[-h:] for d in dss])
-    return SeriesSet(name, ids, ys, h, m, None, starts)
+    return SeriesSet(name, ids, ys, h, m, None, starts,
+                     [future_timestamps(d, h, uid) for d, uid in zip(dss, ids)])
+
+
+def future_timestamps(ds: np.ndarray, h: int, uid: str = "") -> np.ndarray:
+    """The ``h`` timestamps after a series' last one, at the series' own regular spacing
+    (a pandas frequency inferred from dates such as month starts, or the integer step)."""
+    import pandas as pd
+
+    if np.issubdtype(np.asarray(ds).dtype, np.number):
+        steps = np.diff(np.asarray(ds))
+        if len(steps) == 0 or not np.all(steps == steps[-1]) or steps[-1] <= 0:
+            raise ValueError(f"series {uid!r}: integer ds must be evenly spaced to forecast "
+                             "beyond its end")
+        return ds[-1] + steps[-1] * np.arange(1, h + 1)
+    idx = pd.DatetimeIndex(ds)
+    freq = pd.infer_freq(idx) if len(idx) >= 3 else None
+    if freq is None:
+        raise ValueError(f"series {uid!r}: cannot tell the spacing of its timestamps "
+                         f"({idx[0]} .. {idx[-1]}, {len(idx)} values); forecasting beyond the "
+                         "end needs regularly spaced dates without gaps")
+    return pd.date_range(idx[-1], periods=h + 1, freq=freq)[1:].to_numpy()

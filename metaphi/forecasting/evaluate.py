@@ -36,7 +36,8 @@ class Evaluation:
 
     @property
     def methods(self) -> list[str]:
-        return list(self.metrics)
+        return list(self.metrics) or list(dict.fromkeys(k for f in self.forecasts.values()
+                                                        for k in f))
 
 
 @dataclass
@@ -85,8 +86,13 @@ def _matching(sources: list[SeriesSet], target: SeriesSet) -> list[np.ndarray]:
 def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
              neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
-             seed: int = 0, progress: bool = True, stack_neural: bool = False) -> Evaluation:
+             seed: int = 0, progress: bool = True, stack_neural: bool = False,
+             truth: bool = True) -> Evaluation:
     """Forecast and score ``sets`` (subsets that carry ``test`` values).
+
+    With ``truth=False`` the next ``h`` values after each series' end are forecast and nothing
+    is scored (``metrics`` stays empty): the meta-learners still train on the series' own
+    temporal holdouts.
 
     ``sources`` maps a name to other datasets' subsets for zero-shot transfer: FFORMA and the
     neural forecaster are then also meta-trained on them alone and applied to ``sets``.
@@ -98,7 +104,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     if bad:
         raise ValueError(f"unknown meta-learner(s) {bad}; choose from {META_CHOICES}")
     for s in sets:
-        if s.test is None:
+        if truth and s.test is None:
             raise ValueError(f"{s.name} has no held-out truth to score forecasts on")
     ev = Evaluation(sets)
     t_all = time.perf_counter()
@@ -177,7 +183,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
                 ev.logs[f"neural zero-shot {src_name}->{p.s.name}"] = log
             ev.timings[f"neural zero-shot from {src_name}"] = time.perf_counter() - t0
     ev.forecasts = fc
-    ev.metrics = score(prep, fc)
+    ev.metrics = score(prep, fc) if truth else {}
     ev.timings["total"] = time.perf_counter() - t_all
     return ev
 

@@ -6,15 +6,17 @@ Its functional core takes φ explicitly as a dict, so the same code serves meta-
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..tasks.task import Task
+from . import parallel
 from .functional import Params, loss_and_metric
 
 Adapted = Any
+R = TypeVar("R")
 
 
 class Learner(nn.Module):
@@ -28,6 +30,9 @@ class Learner(nn.Module):
 
     def __init__(self, loss: str = "ce") -> None:
         super().__init__()
+        # Threads running a meta-batch's tasks side by side in the per-task loop (see
+        # metaphi.learners.parallel); None: one per intra-op thread on CPU, 1 on a GPU.
+        self.task_threads: int | None = None
         self.loss_kind = loss
         self.loss_fn, self.metric_fn, self.metric_name, self.higher_is_better = loss_and_metric(loss)
 
@@ -72,16 +77,26 @@ class Learner(nn.Module):
         distributed run). Returns ``(grads, {"loss", "metric"})``.
         """
         params = self.meta_params() if params is None else params
-        total = {n: torch.zeros_like(p) for n, p in params.items()}
         n = max(len(tasks), 1) if scale == 1.0 else scale
-        loss_sum, metric_sum = 0.0, 0.0
-        for task in tasks:
-            loss, metric = self.episode(task, params, create_graph=True)
-            for k, g in self.grads_of(loss / n, params).items():
+
+        def one(learner: "Learner", task: Task) -> tuple[Params, float, float]:
+            loss, metric = learner.episode(task, params, create_graph=True)
+            return self.grads_of(loss / n, params), float(loss.detach()), float(metric)
+
+        per_task = self.map_tasks(one, tasks, list(params.values()))
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        for grads, _, _ in per_task:  # task order: the sum does not depend on thread timing
+            for k, g in grads.items():
                 total[k] += g
-            loss_sum += float(loss.detach())
-            metric_sum += float(metric)
-        return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
+        return total, {"loss": sum(r[1] for r in per_task) / len(tasks),
+                       "metric": sum(r[2] for r in per_task) / len(tasks)}
+
+    def map_tasks(self, fn: Callable[["Learner", Task], R], tasks: list[Task],
+                  tensors: list[Tensor]) -> list[R]:
+        """``[fn(learner, task) for task in tasks]``, run on :attr:`task_threads` threads (each
+        with its own replica of this learner sharing φ; see :mod:`metaphi.learners.parallel`)."""
+        threads = parallel.resolve_threads(self.task_threads, tensors)
+        return parallel.map_tasks(self, fn, tasks, threads)
 
     @staticmethod
     def grads_of(loss: Tensor, params: Params) -> Params:

@@ -99,18 +99,31 @@ class MAML(Learner):
                 {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())})
 
     def batched_adapt(self, x: Tensor, y: Tensor, params: Params, steps: int,
-                      second_order: bool) -> Params:
+                      second_order: bool, task_lr: Tensor | None = None) -> Params:
         """Inner loop for T tasks at once: ``x`` is (T, B, ...). Adapted parameters come back
-        with a leading task dimension (see :mod:`metaphi.learners.batched`)."""
+        with a leading task dimension (see :mod:`metaphi.learners.batched`).
+
+        ``params`` may already carry a leading task dimension (T, ...), for example to score
+        many candidate initialisations at once; ``task_lr`` (T,) then gives each task its own
+        scalar inner learning rate in place of ``inner_lr``.
+        """
         T = x.shape[0]
         names = self.adapted_names()
+        shapes = {n: p.shape for n, p in self.model.named_parameters()}
+
+        def per_task(n: str, p: Tensor) -> Tensor:
+            return p if p.dim() == len(shapes[n]) + 1 else p.unsqueeze(0).expand(T, *p.shape)
+
         lrs = self.inner_lrs(params)
+        if task_lr is not None:
+            lrs = {n: task_lr.reshape(T, *[1] * len(shapes[n])) for n in names}
+        elif isinstance(lrs, dict):
+            lrs = {n: lr if lr.dim() == len(shapes[n]) + 1 else lr.unsqueeze(0)
+                   for n, lr in lrs.items()}
         with torch.enable_grad():
             # Adapted parameters get a per-task copy; the rest stay shared across tasks.
-            fast = {n: (p.unsqueeze(0).expand(T, *p.shape) if n in names else p)
+            fast = {n: (per_task(n, p) if n in names else p)
                     for n, p in self.model_params(params).items()}
-            if isinstance(lrs, dict):
-                lrs = {n: lr.unsqueeze(0) for n, lr in lrs.items()}
             for _ in range(steps):
                 out = batched.batched_forward(self.model, fast, x)
                 loss = batched.per_task_loss(self.loss_kind, out, y).sum()
@@ -122,11 +135,14 @@ class MAML(Learner):
         return fast
 
     def batched_episodes(self, batch: Task, params: Params, create_graph: bool = True,
-                         steps: int | None = None) -> tuple[Tensor, Tensor]:
-        """Per-task (query loss, metric) of a stacked batch, all tasks in one pass per layer."""
+                         steps: int | None = None,
+                         task_lr: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-task (query loss, metric) of a stacked batch, all tasks in one pass per layer
+        (``params`` and ``task_lr`` as in :meth:`batched_adapt`)."""
         steps = self.inner_steps if steps is None else steps
         fast = self.batched_adapt(batch.support_x, batch.support_y, params, steps,
-                                  second_order=create_graph and not self.first_order)
+                                  second_order=create_graph and not self.first_order,
+                                  task_lr=task_lr)
         with torch.enable_grad():
             out = batched.batched_forward(self.model, fast, batch.query_x)
             losses = batched.per_task_loss(self.loss_kind, out, batch.query_y)

@@ -26,19 +26,21 @@ class Reptile(MAML):
         n = max(len(tasks), 1) if scale == 1.0 else scale
         if self.use_batched(tasks):
             return self._batched_outer_grads(tasks, params, n)
-        total = {k: torch.zeros_like(p) for k, p in params.items()}
-        loss_sum = metric_sum = 0.0
-        for task in tasks:
+        def one(learner: "Reptile", task: Task) -> tuple[dict, float, float]:
             with torch.no_grad():
-                loss, metric = self.episode(task, params)
-            loss_sum += float(loss)
-            metric_sum += float(metric)
+                loss, metric = learner.episode(task, params)
             x = torch.cat([task.support_x, task.query_x])
             y = torch.cat([task.support_y, task.query_y])
-            fast = self.adapt_steps(x, y, params, self.inner_steps, create_graph=False)
+            return (learner.adapt_steps(x, y, params, learner.inner_steps, create_graph=False),
+                    float(loss), float(metric))
+
+        per_task = self.map_tasks(one, tasks, list(params.values()))
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        for fast, _, _ in per_task:  # task order: the sum does not depend on thread timing
             for k in fast:
                 total["model." + k] += (params["model." + k].detach() - fast[k]) / n
-        return total, {"loss": loss_sum / len(tasks), "metric": metric_sum / len(tasks)}
+        return total, {"loss": sum(r[1] for r in per_task) / len(tasks),
+                       "metric": sum(r[2] for r in per_task) / len(tasks)}
 
     def _batched_outer_grads(self, tasks: list[Task], params: Params,
                              n: float) -> tuple[Params, dict[str, float]]:

@@ -73,7 +73,8 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                      config: dict[str, Any] | None = None,
                      on_generation: Callable[[dict[str, Any]], None] | None = None,
                      start_method: str = "spawn",
-                     max_seconds: float | None = None) -> PopulationResult:
+                     max_seconds: float | None = None,
+                     checkpoint_seconds: float = 10.0) -> PopulationResult:
     """Run ``optimizer`` for ``generations`` generations in total (counting those already in
     the checkpoint when ``resume``), minimising ``fitness_fn(phi, generation)``.
 
@@ -83,6 +84,9 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
     ``on_generation``: called with each generation's log row (e.g. to print or plot).
     ``max_seconds``: stop after the first generation that ends past this wall time (counting
     the time already in a resumed checkpoint); ``generations`` then records those done.
+    ``checkpoint_seconds``: the checkpoint is written (atomically) at the first generation that
+    ends this long after the previous one, and after the last generation; a killed run resumes
+    from it and replays the generations after it exactly.
     In a distributed run (see the module docstring) ``workers`` counts local processes per
     rank (default 1).
     """
@@ -127,7 +131,7 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
         raise ValueError(f"the checkpoint already has {start} generations; ask for more than "
                          f"{start} to continue")
 
-    t_start = time.perf_counter()
+    t_start = last_save = time.perf_counter()
     done = start
     bar = tqdm(total=generations, initial=start, disable=not (progress and ctx.is_main),
                desc="generations", unit="gen", dynamic_ncols=True)
@@ -150,22 +154,29 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                    "evaluations": int(optimizer.evaluations),  # type: ignore[attr-defined]
                    "seconds": round(time.perf_counter() - t0, 4)}
             history.append(row)
+            # rank 0's clock decides, so all ranks stop after the same generation
+            stop = max_seconds is not None and D.broadcast_object(
+                seconds0 + time.perf_counter() - t_start >= max_seconds, ctx)
             if ctx.is_main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                save_checkpoint(ckpt_path, {
-                    "optimizer": optimizer.state_dict(), "generation": gen + 1, "config": config,
-                    "seconds": seconds0 + time.perf_counter() - t_start,
-                    "best": to_plain(optimizer.best[0]), "best_fitness": best_so_far})  # type: ignore[attr-defined]
+                # Generations can take milliseconds: a checkpoint (with fsync) every
+                # ``checkpoint_seconds`` and at the end; a resume replays from the last one.
+                if (stop or gen + 1 == generations
+                        or time.perf_counter() - last_save >= checkpoint_seconds):
+                    save_checkpoint(ckpt_path, {
+                        "optimizer": optimizer.state_dict(), "generation": gen + 1,
+                        "config": config, "seconds": seconds0 + time.perf_counter() - t_start,
+                        "best": to_plain(optimizer.best[0]), "best_fitness": best_so_far})  # type: ignore[attr-defined]
+                    last_save = time.perf_counter()
             bar.set_postfix(best=f"{row['best_fitness']:.4g}" if finite else "nan",
                             mean=f"{row['mean_fitness']:.4g}" if finite else "nan")
             bar.update(1)
             if on_generation is not None:
                 on_generation(row)
             done = gen + 1
-            if max_seconds is not None and D.broadcast_object(
-                    seconds0 + time.perf_counter() - t_start >= max_seconds, ctx):
-                break  # rank 0's clock decides, so all ranks stop after the same generation
+            if stop:
+                break
     bar.close()
     best, best_f = optimizer.best  # type: ignore[attr-defined]
     return PopulationResult(best=best, best_fitness=float(best_f),

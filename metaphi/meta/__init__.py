@@ -5,13 +5,14 @@ Drive any of them with :func:`metaphi.loops.population.population_train`.
 """
 from .evolution import CMAES, OpenAIES, centered_ranks
 from .fitness import (FitnessSpec, PopulationEvaluator, TaskFitness, build_learner,
-                      evaluate_fitness, fitness_task_seeds, load_phi_vector, phi_vector)
+                      evaluate_fitness, evaluate_population, fitness_task_seeds, load_phi_vector,
+                      phi_vector)
 from .reinforce import REINFORCE
 from .space import Categorical, Float, Int, Space
 
 __all__ = ["CMAES", "OpenAIES", "REINFORCE", "centered_ranks", "FitnessSpec",
            "PopulationEvaluator", "TaskFitness", "build_learner", "evaluate_fitness",
-           "fitness_task_seeds", "load_phi_vector", "phi_vector", "Categorical", "Float", "Int",
+           "evaluate_population", "fitness_task_seeds", "load_phi_vector", "phi_vector", "Categorical", "Float", "Int",
            "Space", "make_optimizer"]
 
 

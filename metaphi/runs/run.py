@@ -42,10 +42,20 @@ def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
         if not cfg_path.exists():
             raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without --resume")
         saved = validate_config(yaml.safe_load(cfg_path.read_text()))
-        if saved.model_dump(exclude={"device"}) != cfg.model_dump(exclude={"device"}):
-            raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path}; "
-                              "resume with the same preset, seed and overrides")
-        return
+        a, b = saved.model_dump(exclude={"device"}), cfg.model_dump(exclude={"device"})
+        if a == b:
+            return
+        changed = sorted(k for k in a if a[k] != b[k])
+        if changed == ["steps"] and cfg.steps > saved.steps and cfg.optim.schedule != "cosine":
+            # Training a run longer: tasks and schedule depend on the step only, so going on
+            # from the checkpoint equals a run started with the larger budget (when the old
+            # budget is a multiple of val_every, as the validations then coincide).
+            atomic_write_text(cfg_path, dump_config(cfg))
+            return
+        raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path} "
+                          f"(in {', '.join(changed)}); resume with the same preset, seed and "
+                          "overrides (only `steps` may grow, to train a run longer, and not "
+                          "with a cosine schedule, which depends on the total)")
     if (out / "checkpoint.pt").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose "
                           "another --out")
