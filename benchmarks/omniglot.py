@@ -87,7 +87,8 @@ def main() -> None:
           "rows": rows,
           "notes": "Published: the papers' tables (see ../shared/reference/published_results.md). "
                    "'outer steps run' below the preset's full budget means the run was cut to "
-                   "what this 2-core CPU allows; its learning curve is in the run folder."}],
+                   "what this 2-core CPU allows; its learning curve is in benchmarks/figures/ "
+                   "(<preset>-learning_curve.png)."}],
         time.perf_counter() - t0, runs=runs, threads=args.threads, order=30)
 
 
