@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from throughput import build, random_tasks  # noqa: E402
+from throughput import build, random_tasks, to_channels_last  # noqa: E402
 
 
 def main() -> None:
@@ -31,10 +31,7 @@ def main() -> None:
         lrn = build("maml", args.steps, batched=False, task_threads=1)
         tasks = random_tasks(32)
         if cl:
-            lrn = lrn.to(memory_format=torch.channels_last)
-            for t in tasks:
-                t.support_x = t.support_x.contiguous(memory_format=torch.channels_last)
-                t.query_x = t.query_x.contiguous(memory_format=torch.channels_last)
+            lrn = to_channels_last(lrn, tasks)
         lrn.outer_grads(tasks)  # warm-up
         with torch.profiler.profile() as prof:
             lrn.outer_grads(tasks)

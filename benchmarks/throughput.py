@@ -102,6 +102,16 @@ def random_tasks(n: int, seed: int = 0):
             for _ in range(n)]
 
 
+def to_channels_last(lrn, tasks):
+    """The learner (returned) and the tasks (in place) in channels_last layout."""
+    import torch
+
+    for t in tasks:
+        t.support_x = t.support_x.contiguous(memory_format=torch.channels_last)
+        t.query_x = t.query_x.contiguous(memory_format=torch.channels_last)
+    return lrn.to(memory_format=torch.channels_last)
+
+
 def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
         channels_last: bool) -> dict:
     import torch
@@ -114,10 +124,7 @@ def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
         lrn = build(learner, steps, path == "batched", None if path == "threads" else 1)
     tasks = random_tasks(meta_batch)
     if channels_last:
-        lrn = lrn.to(memory_format=torch.channels_last)
-        for t in tasks:
-            t.support_x = t.support_x.contiguous(memory_format=torch.channels_last)
-            t.query_x = t.query_x.contiguous(memory_format=torch.channels_last)
+        lrn = to_channels_last(lrn, tasks)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     lrn.outer_grads(tasks)  # warm-up
     with FlopCounterMode(display=False) as fc:

@@ -1,8 +1,9 @@
 """``metaphi forecast``: forecast a built-in dataset or a user's long-format file.
 
 Writes ``forecasts.csv`` (one row per series and horizon step, one column per method, plus the
-held-out truth; with ``--future`` the steps after the end of the data), ``results.json`` (every metric per subset and the weighted average, timings) and
-``forecasts_<subset>.png`` (history, forecasts and truth for a sample of series).
+held-out truth; with ``--future`` the steps after the end of the data), ``results.json`` (every
+metric per subset and the weighted average, timings) and ``forecasts_<subset>.png`` (history,
+forecasts and truth for a sample of series).
 """
 from __future__ import annotations
 

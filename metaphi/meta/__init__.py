@@ -12,8 +12,8 @@ from .space import Categorical, Float, Int, Space
 
 __all__ = ["CMAES", "OpenAIES", "REINFORCE", "centered_ranks", "FitnessSpec",
            "PopulationEvaluator", "TaskFitness", "build_learner", "evaluate_fitness",
-           "evaluate_population", "fitness_task_seeds", "load_phi_vector", "phi_vector", "Categorical", "Float", "Int",
-           "Space", "make_optimizer"]
+           "evaluate_population", "fitness_task_seeds", "load_phi_vector", "phi_vector",
+           "Categorical", "Float", "Int", "Space", "make_optimizer"]
 
 
 def make_optimizer(kind: str, space: Space | None = None, x0=None, seed: int = 0, **kw):

@@ -127,17 +127,23 @@ def phi_vector(learner: MAML, learn_inner_lr: bool = True) -> np.ndarray:
     return np.concatenate([v, [math.log(learner.inner_lr)]]) if learn_inner_lr else v
 
 
+def _check_phi(v: torch.Tensor, params: Sequence[torch.Tensor], learn_inner_lr: bool) -> int:
+    """Validate a flat φ (its last dimension) for ``params``; return the number of weights."""
+    n = sum(p.numel() for p in params)
+    want = n + (1 if learn_inner_lr else 0)
+    if v.shape[-1] != want:
+        raise ValueError(f"φ has {v.shape[-1]} numbers, the learner needs {want} "
+                         f"({n} weights{' + log inner_lr' if learn_inner_lr else ''})")
+    if not torch.isfinite(v).all():
+        raise ValueError("φ contains NaN or inf")
+    return n
+
+
 def load_phi_vector(learner: MAML, phi: Any, learn_inner_lr: bool = True) -> None:
     """Write a flat φ (see :func:`phi_vector`) into ``learner`` in place."""
     v = torch.as_tensor(np.asarray(phi, dtype=np.float64)).reshape(-1)
     params = list(learner.meta_params().values())
-    n = sum(p.numel() for p in params)
-    want = n + (1 if learn_inner_lr else 0)
-    if v.numel() != want:
-        raise ValueError(f"φ has {v.numel()} numbers, the learner needs {want} "
-                         f"({n} weights{' + log inner_lr' if learn_inner_lr else ''})")
-    if not torch.isfinite(v).all():
-        raise ValueError("φ contains NaN or inf")
+    n = _check_phi(v, params, learn_inner_lr)
     with torch.no_grad():
         vector_to_parameters(v[:n].float(), params)
     if learn_inner_lr:
@@ -216,14 +222,9 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
                          for s in task_seeds])
     P, T = len(phis), tasks.support_x.shape[0]
     meta = learner.meta_params()
-    n = sum(p.numel() for p in meta.values())
     vecs = torch.as_tensor(np.stack([np.asarray(phi, dtype=np.float64).reshape(-1)
                                      for phi in phis]))
-    want = n + (1 if spec.learn_inner_lr else 0)
-    if vecs.shape[1] != want:
-        raise ValueError(f"φ has {vecs.shape[1]} numbers, the learner needs {want}")
-    if not torch.isfinite(vecs).all():
-        raise ValueError("a candidate φ contains NaN or inf")
+    n = _check_phi(vecs, list(meta.values()), spec.learn_inner_lr)
     params, offset = {}, 0
     for name, p in meta.items():
         block = vecs[:, offset:offset + p.numel()].float().reshape(P, *p.shape)
