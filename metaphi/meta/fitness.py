@@ -209,8 +209,8 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
     For flat φ vectors (``spec.phi == "vector"``) on a network the task-batched path supports,
     all candidates x tasks run as one batch per layer: candidate c's weights are copied to its
     tasks and each task adapts its own copy, so the numbers equal per-candidate
-    :func:`evaluate_fitness` up to float rounding, an order of magnitude faster than one
-    candidate at a time for small networks. Otherwise the candidates are scored one by one.
+    :func:`evaluate_fitness` up to float rounding, at a fraction of the cost for small
+    networks. Otherwise the candidates are scored one by one.
     """
     if not task_seeds:
         raise ValueError("evaluate_population needs at least one task seed")
