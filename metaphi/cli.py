@@ -102,8 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.task_threads is not None:
         from .learners import parallel
 
-        parallel.resolve_threads(args.task_threads, [])  # validates
-        parallel.default_threads = args.task_threads
+        parallel.set_default_threads(args.task_threads)
     res = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for all
         return 0

@@ -58,14 +58,24 @@ def replica(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def _checked(threads: int) -> int:
+    if threads < 1:
+        raise ValueError(f"task_threads must be >= 1 (1: one task at a time), got {threads}")
+    return int(threads)
+
+
+def set_default_threads(threads: int | None) -> None:
+    """Task threads for every learner whose ``task_threads`` is None (None: the CPU default)."""
+    global default_threads
+    default_threads = None if threads is None else _checked(threads)
+
+
 def resolve_threads(requested: int | None, tensors: Sequence[torch.Tensor]) -> int:
     """How many task threads to use: ``requested``, or by default the intra-op thread count on
     CPU (1, i.e. the plain loop, on a GPU, where one task's kernels already fill the device)."""
     requested = default_threads if requested is None else requested
     if requested is not None:
-        if requested < 1:
-            raise ValueError(f"task_threads must be >= 1 (1: one task at a time), got {requested}")
-        return int(requested)
+        return _checked(requested)
     if any(t.device.type != "cpu" for t in tensors):
         return 1
     return torch.get_num_threads()

@@ -175,6 +175,11 @@ def meta_train(learner: Learner, family: TaskSource, steps: int, meta_batch: int
         opt.step()
 
 
+def tasks_from_seeds(family: TaskSource, task_seeds: Sequence[TaskSeed]) -> list:
+    """The tasks that ``task_seeds`` name (each seed is a task generator's entropy key)."""
+    return [family.sample(np.random.default_rng([int(v) for v in s])) for s in task_seeds]
+
+
 def evaluate_fitness(phi: Any, task_seeds: Sequence[TaskSeed], spec: FitnessSpec) -> float:
     """Mean post-adaptation query loss of φ over the tasks named by ``task_seeds`` (lower is
     better). A pure function of its arguments; NaN if the inner loop diverges."""
@@ -192,7 +197,7 @@ def evaluate_fitness(phi: Any, task_seeds: Sequence[TaskSeed], spec: FitnessSpec
             meta_train(learner, family, spec.train_steps, spec.train_meta_batch,
                        spec.train_outer_lr, spec.seed)
     params = learner.meta_params()
-    tasks = [family.sample(np.random.default_rng([int(v) for v in s])) for s in task_seeds]
+    tasks = tasks_from_seeds(family, task_seeds)
     if hasattr(learner, "use_batched") and learner.use_batched(tasks):
         # All tasks in one pass per layer: the same episodes as the loop below, several times
         # faster for small networks (equal up to float rounding).
@@ -218,8 +223,7 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
     if not phis or learner is None or not batched.supports(learner.model):
         return [evaluate_fitness(phi, task_seeds, spec) for phi in phis]
     family = build_family(spec.family)
-    tasks = stack_tasks([family.sample(np.random.default_rng([int(v) for v in s]))
-                         for s in task_seeds])
+    tasks = stack_tasks(tasks_from_seeds(family, task_seeds))
     P, T = len(phis), tasks.support_x.shape[0]
     meta = learner.meta_params()
     vecs = torch.as_tensor(np.stack([np.asarray(phi, dtype=np.float64).reshape(-1)
