@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
+from metaphi.forecasting.base import ALL_METHODS  # noqa: E402
 from metaphi.forecasting.data import load_builtin  # noqa: E402
 from metaphi.forecasting.evaluate import evaluate  # noqa: E402
 from metaphi.forecasting.neural import NeuralConfig  # noqa: E402
@@ -92,7 +93,7 @@ def main() -> None:
     for name, sets, src_name, src in (("M3", m3, "Tourism", tourism),
                                       ("Tourism", tourism, "M3", m3)):
         t = time.perf_counter()
-        ev = evaluate(sets, meta=("fforma", "neural"), sources={src_name: src},
+        ev = evaluate(sets, methods=ALL_METHODS, meta=("fforma", "neural"), sources={src_name: src},
                       neural_config=cfg, cache_dir=WORK, seed=args.seed, progress=True,
                       stack_neural=not args.no_stack)
         runs[name] = (ev, time.perf_counter() - t)
@@ -121,12 +122,14 @@ def main() -> None:
                       f"{cached:.0f} s.")})
     notes = (
         "Base forecasters: statsforecast 2.1.1 (Naive, SeasonalNaive, RWD, SES, Holt, Damped, "
-        "AutoETS, Theta, DynamicOptimizedTheta) plus Naive2 (own numpy code); AutoARIMA left "
-        "out (about 0.7 s per monthly series here, ~35 min for M3 test+holdout). "
-        "Mean = plain mean of the 10 base forecasts; HoldoutBest = per series the forecaster "
-        "with the lowest error on that series' own last-h holdout; FFORMA = LightGBM softmax "
-        "weights trained on the dataset's temporal holdouts (32 numpy features); FFORMA-select "
-        "= its largest-weight forecaster. FFORMA+NBeats = FFORMA with NBeats-MAML as an 11th base forecaster (the neural model refitted on the holdout histories to get its holdout errors). NBeats-global = one small N-BEATS-style network per "
+        "AutoETS = ETS, Theta, DynamicOptimizedTheta = DOTM, AutoCES = CES, AutoARIMA = ARIMA) "
+        "plus Naive2 (own numpy code). "
+        "Mean = plain mean of the 12 base forecasts; StatsEnsemble = plain mean of ETS, ARIMA, "
+        "CES and DOTM (statsforecast's published ensemble); HoldoutBest = per series the "
+        "forecaster with the lowest error on that series' own last-h holdout; FFORMA = LightGBM "
+        "softmax weights trained on the dataset's temporal holdouts (32 numpy features), the "
+        "mean of 5 boosters with different seeds and validation splits; FFORMA-select "
+        "= its largest-weight forecaster. FFORMA+NBeats = FFORMA with NBeats-MAML as a 13th base forecaster (the neural model refitted on the holdout histories to get its holdout errors). NBeats-global = one small N-BEATS-style network per "
         "frequency trained on windows of the training histories; NBeats-MAML = the same after "
         "MAML meta-training and per-series inner-loop adaptation on the series' own windows. "
         "'zero-shot (X)' = meta-trained only on dataset X's series (for the neural model: "

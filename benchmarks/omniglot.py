@@ -7,6 +7,10 @@ accuracy, beside the published numbers.
 
 Each preset is a real `metaphi train` run (folders under benchmarks/_work/omniglot/); --steps
 caps the outer steps where the full protocol does not fit this machine (the table says so).
+A preset written PRESET+TAG is a variant with its own folder and its own overrides
+(--overrides PRESET+TAG:key=value), e.g. the protonet presets with 5-way meta-train episodes:
+    --presets omniglot-protonet-5w1s+5way --overrides \
+        omniglot-protonet-5w1s+5way:task.train_n_way=null omniglot-protonet-5w1s+5way:task.q_queries=15
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
@@ -41,6 +46,22 @@ def time_to(metrics: Path, threshold: float) -> tuple[int | None, float | None]:
     return None, None
 
 
+def check_same_run(out: Path, cfg) -> None:
+    """A run folder holds one configuration: reusing it for another would report its numbers
+    under the wrong protocol."""
+    if not (out / "config.yaml").exists():
+        return
+    # validated, so that fields added to the config since the run was made take their defaults
+    saved = validate_config(yaml.safe_load((out / "config.yaml").read_text())).model_dump(mode="json")
+    want = cfg.model_dump(mode="json")
+    saved.pop("steps", None)
+    want.pop("steps", None)
+    if saved != want:
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        raise SystemExit(f"{out} holds a run with another configuration (differs in {diff}); "
+                         "name this variant PRESET+TAG or pass --work to use another folder")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["omniglot-protonet-5w1s"])
@@ -55,14 +76,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows, runs = [], {}
-    for name in args.presets:
+    for entry in args.presets:
+        name, _, tag = entry.partition("+")
         caps = dict(a.split("=", 1) if "=" in a else ("*", a) for a in args.steps)
-        cap = caps.get(name, caps.get("*"))
+        cap = caps.get(entry, caps.get("*"))
         over = [o.split(":", 1)[-1] for o in args.overrides
-                if ":" not in o.split("=", 1)[0] or o.startswith(name + ":")]
+                if ":" not in o.split("=", 1)[0] or o.startswith(entry + ":")]
         over += [f"steps={cap}"] if cap else []
         cfg = validate_config(apply_overrides(get_preset(name), over))
-        out = Path(args.work) / name
+        out = Path(args.work) / entry
+        check_same_run(out, cfg)
         res = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
         if res is None or res["steps"] < cfg.steps:
             # resumes a killed run, or trains a finished one longer (same tasks, same schedule)
@@ -72,17 +95,19 @@ def main() -> None:
         full = get_preset(name)["steps"]
         step98, sec98 = time_to(out / "metrics.jsonl", 0.98)
         mt = res["meta_test"]
-        rows.append([learner, setting, f"{100 * mt['mean']:.2f} ± {100 * mt['ci95']:.2f}",
+        t = cfg.task
+        train = f"{t.train_n_way or t.n_way}-way, {t.q_queries} queries"
+        rows.append([learner + (f" [{tag}]" if tag else ""), setting, train, f"{100 * mt['mean']:.2f} ± {100 * mt['ci95']:.2f}",
                      pub if pub is not None else "–", f"{res['steps']} of {full}",
                      round(res["train_seconds"] / 60, 1),
                      f"step {step98}, {sec98 / 60:.1f} min" if step98 else "not reached",
                      mt["tasks"]])
-        runs[name] = res
+        runs[entry] = res
         print(name, rows[-1], flush=True)
     write_result(
         "omniglot", "Omniglot few-shot classification (Vinyals split, Conv-4)",
         [{"title": "Meta-test accuracy % ± 95% CI; best φ chosen on meta-validation",
-          "columns": ["learner", "setting", "accuracy %", "published %", "outer steps run",
+          "columns": ["learner", "setting", "meta-train episodes", "accuracy %", "published %", "outer steps run",
                       "train minutes", "time to 98% meta-val", "meta-test episodes"],
           "rows": rows,
           "notes": "Published: the papers' tables (see ../shared/reference/published_results.md). "

@@ -135,6 +135,16 @@ def test_fforma_learns_which_forecaster_to_trust():
     comb = model.combine(fc, feature_matrix(th, 1, h))
     plain = np.mean([fc[k] for k in methods], axis=0)
     assert smape(np.vstack(tt), comb).mean() < smape(np.vstack(tt), plain).mean()
+    # a bag of boosters averages their weights; each one is the single model of its seed
+    Xt = feature_matrix(test, 1, h)
+    bag = FFORMA(methods, seed=0, n_models=3).fit(feature_matrix(hold_hist, 1, h), E)
+    singles = [FFORMA(methods, seed=s).fit(feature_matrix(hold_hist, 1, h), E).weights(Xt)
+               for s in range(3)]
+    np.testing.assert_allclose(bag.weights(Xt), np.mean(singles, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(singles[0], W, rtol=1e-12)
+    assert not np.allclose(singles[0], singles[1])
+    with pytest.raises(ValueError, match="n_models"):
+        FFORMA(methods, n_models=0)
 
 
 def test_features_are_finite_and_scale_free():
@@ -251,3 +261,26 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert rc == 2
     assert "duplicate timestamps" in capsys.readouterr().err
     assert main(["forecast", "m5", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_base_cache_fits_only_the_methods_it_lacks(tmp_path, monkeypatch):
+    from metaphi.forecasting import base
+
+    rng = np.random.default_rng(0)
+    s = SeriesSet("toy", [f"s{i}" for i in range(4)],
+                  [10 + np.sin(np.arange(24) * np.pi / 2) + rng.normal(0, 0.1, 24) for _ in range(4)],
+                  4, 4)
+    first, sec1 = base.run_base(s, ["Naive", "SES"], cache_dir=tmp_path, progress=False)
+    fitted = []
+    real_fit = base._fit
+    monkeypatch.setattr(base, "_fit", lambda series, methods, *a: (fitted.append(methods),
+                                                                   real_fit(series, methods, *a))[1])
+    both, sec2 = base.run_base(s, ["SES", "Theta", "Naive"], cache_dir=tmp_path, progress=False)
+    assert fitted == [["Theta"]]
+    assert list(both) == ["SES", "Theta", "Naive"] and sec2 > sec1
+    np.testing.assert_array_equal(both["SES"], first["SES"])
+    again, sec3 = base.run_base(s, ["Theta", "Naive"], cache_dir=tmp_path, progress=False)
+    assert fitted == [["Theta"]] and sec3 == pytest.approx(sec2)
+    np.testing.assert_array_equal(again["Theta"], both["Theta"])
+    with pytest.raises(ValueError, match="choose from"):
+        base.run_base(s, ["Thetta"], cache_dir=tmp_path)

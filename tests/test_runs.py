@@ -32,6 +32,11 @@ def test_bad_field_names_field_and_allowed_values():
         validate_config({"meta_bach": 3})
     with pytest.raises(ConfigError, match="sinusoid regression needs one of"):
         validate_config({"learner": {"name": "protonet"}})
+    omni = {"task": {"source": "omniglot", "n_way": 5, "train_n_way": 60},
+            "model": {"name": "conv4"}}
+    with pytest.raises(ConfigError, match=r"task\.train_n_way: 'maml' has a 5-unit"):
+        validate_config(omni)
+    assert validate_config({**omni, "learner": {"name": "protonet"}}).task.train_n_way == 60
 
 
 def test_overrides_parse_yaml_values():

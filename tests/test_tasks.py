@@ -83,6 +83,17 @@ def test_splits_never_share_classes_and_cover_fractions():
         fewshot_splits((x, y), 3, 1, 2, splits=([0, 1, 2, 3], [3, 4, 5], [6, 7, 8]))
 
 
+def test_train_n_way_widens_only_meta_train_episodes():
+    x, y = toy_data(n_classes=20)
+    tr, va, te = fewshot_splits((x, y), 3, 1, 2, splits=(0.6, 0.2, 0.2), seed=1, train_n_way=8)
+    assert tr.sample(task_rng(0, "train", 0)).support_y.unique().numel() == 8
+    for src in (va, te):
+        assert src.sample(task_rng(0, "test", 0)).support_y.unique().numel() == 3
+    # 12 meta-train classes: 13 ways is named as the problem before any training
+    with pytest.raises(ValueError, match="13"):
+        fewshot_splits((x, y), 3, 1, 2, splits=(0.6, 0.2, 0.2), seed=1, train_n_way=13)
+
+
 def test_sampling_is_fast_after_indexing():
     x = torch.randn(20000, 1, 8, 8)
     y = torch.arange(1000).repeat_interleave(20)

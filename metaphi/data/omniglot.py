@@ -579,13 +579,14 @@ def read_split(split: str | Path, which: str, folder: Path | None = None) -> lis
 
 def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int = 1,
                      q_queries: int = 15, eval_q_queries: int | None = None,
-                     split: str | Path = "vinyals", *, images: OmniglotImages | None = None,
+                     split: str | Path = "vinyals", *, train_n_way: int | None = None, images: OmniglotImages | None = None,
                      cache_dir: str | Path | None = None, strict: bool = True,
                      download: bool = False) -> tuple[FewShotSource, FewShotSource, FewShotSource]:
     """Meta-train / meta-val / meta-test N-way K-shot task sources over Omniglot's rotated
     characters, from the ``train``, ``val`` and ``test`` lists of ``split``.
 
-    ``eval_q_queries`` (default ``q_queries``) sets the queries per class of meta-val/meta-test.
+    ``eval_q_queries`` (default ``q_queries``) sets the queries per class of meta-val/meta-test,
+    ``train_n_way`` (default ``n_way``) the ways of meta-train episodes.
     Pass ``images`` to reuse data already loaded by :func:`load_omniglot`.
     """
     if images is None:
@@ -597,4 +598,4 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
         ids.append(np.arange(start, start + len(names)))
         start += len(names)
     return fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,  # type: ignore[return-value]
-                          eval_q_queries=eval_q_queries)
+                          eval_q_queries=eval_q_queries, train_n_way=train_n_way)

@@ -16,7 +16,7 @@ import numpy as np
 from .base import DEFAULT_METHODS, check_methods, run_base
 from .data import SeriesSet
 from .features import feature_matrix
-from .fforma import FFORMA, holdout_best, mean_combination, relative_errors
+from .fforma import STATS_ENSEMBLE, FFORMA, holdout_best, mean_combination, relative_errors
 from .metrics import score_subset, weighted_average
 from .neural import NeuralConfig, fit_forecast
 
@@ -71,10 +71,11 @@ def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | N
     return out
 
 
-def _fit_fforma(prep: list[_Prepared], methods: list[str], seed: int) -> FFORMA:
+def _fit_fforma(prep: list[_Prepared], methods: list[str], seed: int,
+                n_models: int = 5) -> FFORMA:
     X = np.vstack([p.X_hold for p in prep])
     E = np.vstack([p.E_hold for p in prep])
-    return FFORMA(methods, seed=seed).fit(X, E)
+    return FFORMA(methods, seed=seed, n_models=n_models).fit(X, E)
 
 
 def _matching(sources: list[SeriesSet], target: SeriesSet) -> list[np.ndarray]:
@@ -117,10 +118,12 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     for p in prep:
         fc[p.s.name]["Mean"] = mean_combination(p.base_test, methods)
         fc[p.s.name]["HoldoutBest"] = holdout_best(p.base_test, p.E_hold, methods)
+        if set(STATS_ENSEMBLE) <= set(methods):
+            fc[p.s.name]["StatsEnsemble"] = mean_combination(p.base_test, list(STATS_ENSEMBLE))
     if "fforma" in meta:
         t0 = time.perf_counter()
         model = _fit_fforma(prep, methods, seed)
-        ev.logs["fforma_best_iteration"] = model.best_iteration
+        ev.logs["fforma_best_iterations"] = model.best_iterations
         ev.logs["fforma_mean_weights"] = {}
         for p in prep:
             fc[p.s.name]["FFORMA"] = model.combine(p.base_test, p.X_test)

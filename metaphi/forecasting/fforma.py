@@ -4,8 +4,11 @@ Meta-training: on each training series a temporal holdout (the last ``h`` histor
 every base forecaster, giving an error matrix ``E`` (series x forecasters). A LightGBM model maps
 series features to one score per forecaster; softmax turns the scores into combination weights
 ``w``, and the custom objective is FFORMA's: the expected error ``sum_k w_k E_k`` of the
-forecaster chosen with probabilities ``w``, minimised per series. Meta-test: features of the full
-history -> weights -> weighted average of the base forecasts.
+forecaster chosen with probabilities ``w``, minimised per series.
+
+``n_models`` boosters with different seeds (and validation splits) are averaged, which steadies
+the weights of a meta-learner trained on a few thousand noisy holdouts. Meta-test: features of
+the full history -> weights -> weighted average of the base forecasts.
 """
 from __future__ import annotations
 
@@ -60,7 +63,11 @@ class FFORMA:
     def __init__(self, methods: list[str], n_estimators: int = 400, learning_rate: float = 0.05,
                  num_leaves: int = 15, min_data_in_leaf: int = 20, feature_fraction: float = 0.8,
                  bagging_fraction: float = 0.8, valid_fraction: float = 0.1,
-                 early_stopping: int = 40, seed: int = 0, num_threads: int = 1) -> None:
+                 early_stopping: int = 40, seed: int = 0, num_threads: int = 1,
+                 n_models: int = 1) -> None:
+        if n_models < 1:
+            raise ValueError(f"n_models must be >= 1, got {n_models}")
+        self.n_models = int(n_models)
         self.methods = list(methods)
         self.params: dict[str, Any] = {
             "num_class": len(methods), "learning_rate": learning_rate, "num_leaves": num_leaves,
@@ -72,8 +79,8 @@ class FFORMA:
         self.valid_fraction = valid_fraction
         self.early_stopping = early_stopping
         self.seed = seed
-        self.booster = None
-        self.best_iteration: int | None = None
+        self.boosters: list[Any] = []
+        self.best_iterations: list[int] = []
 
     @staticmethod
     def _objective(errors: np.ndarray):
@@ -97,8 +104,6 @@ class FFORMA:
         return feval
 
     def fit(self, X: np.ndarray, errors: np.ndarray) -> "FFORMA":
-        import lightgbm as lgb
-
         X = np.asarray(X, dtype=float)
         E = np.asarray(errors, dtype=float)
         if E.shape != (X.shape[0], len(self.methods)):
@@ -106,7 +111,17 @@ class FFORMA:
                              f"{(X.shape[0], len(self.methods))}, got {E.shape}")
         if not np.isfinite(E).all():
             raise ValueError("holdout errors contain NaN or inf; check the base forecasts")
-        rng = np.random.default_rng(self.seed)
+        self.boosters, self.best_iterations = [], []
+        for i in range(self.n_models):
+            booster, best = self._fit_one(X, E, self.seed + i)
+            self.boosters.append(booster)
+            self.best_iterations.append(best)
+        return self
+
+    def _fit_one(self, X: np.ndarray, E: np.ndarray, seed: int) -> tuple[Any, int]:
+        import lightgbm as lgb
+
+        rng = np.random.default_rng(seed)
         n = X.shape[0]
         perm = rng.permutation(n)
         n_val = int(round(self.valid_fraction * n)) if n >= 50 else 0
@@ -116,6 +131,7 @@ class FFORMA:
                              "use more series or --meta none")
         # small meta-training sets: leaves must still be able to split
         params = dict(self.params, objective=self._objective(E[tr]), feature_pre_filter=False,
+                      seed=seed,
                       min_data_in_leaf=int(min(self.params["min_data_in_leaf"],
                                                max(2, len(tr) // 10))))
         dtrain = lgb.Dataset(X[tr], label=np.zeros(len(tr)), free_raw_data=False)
@@ -127,16 +143,16 @@ class FFORMA:
             kw = {"valid_sets": [dval], "valid_names": ["val"],
                   "feval": self._expected_error(E[val]),
                   "callbacks": [lgb.early_stopping(self.early_stopping, verbose=False)]}
-        self.booster = lgb.train(params, dtrain, num_boost_round=self.n_estimators, **kw)
-        self.best_iteration = self.booster.best_iteration or self.n_estimators
-        return self
+        booster = lgb.train(params, dtrain, num_boost_round=self.n_estimators, **kw)
+        return booster, booster.best_iteration or self.n_estimators
 
     def weights(self, X: np.ndarray) -> np.ndarray:
-        if self.booster is None:
+        """``(n, K)`` combination weights: the mean of the boosters' softmax weights."""
+        if not self.boosters:
             raise RuntimeError("call fit() before weights()")
-        raw = self.booster.predict(np.asarray(X, dtype=float), raw_score=True,
-                                   num_iteration=self.best_iteration)
-        return _softmax(raw.reshape(len(X), -1))
+        X = np.asarray(X, dtype=float)
+        return np.mean([_softmax(b.predict(X, raw_score=True, num_iteration=it).reshape(len(X), -1))
+                        for b, it in zip(self.boosters, self.best_iterations)], axis=0)
 
     def combine(self, forecasts: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
         """Weighted combination of the base forecasts (``{method: (n, h)}``)."""
@@ -157,6 +173,10 @@ def holdout_best(forecasts: dict[str, np.ndarray], holdout_errors: np.ndarray,
     k = holdout_errors.argmin(axis=1)
     F = np.stack([forecasts[m] for m in methods], axis=1)
     return F[np.arange(len(k)), k]
+
+
+# statsforecast's published M3/M4 baseline: the plain mean of these four automatic models.
+STATS_ENSEMBLE = ("ETS", "ARIMA", "CES", "DOTM")
 
 
 def mean_combination(forecasts: dict[str, np.ndarray], methods: list[str]) -> np.ndarray:

@@ -66,7 +66,8 @@ def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource, TaskSource]:
         from ..data.omniglot import omniglot_sources
 
         return tuple(omniglot_sources(data_dir(cfg), n_way=t.n_way, k_shot=t.k_shot,
-                                      q_queries=t.q_queries, eval_q_queries=eval_q))
+                                      q_queries=t.q_queries, eval_q_queries=eval_q,
+                                      train_n_way=t.train_n_way))
     if t.source == "folder":
         from ..tasks.fewshot import ImageFolderData, fewshot_splits
 
@@ -76,5 +77,5 @@ def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource, TaskSource]:
         size = cfg.model.image_size
         data = ImageFolderData(t.data_dir, size=(size, size), grayscale=cfg.model.in_channels == 1)
         return fewshot_splits(data, t.n_way, t.k_shot, t.q_queries, seed=t.split_seed,
-                              eval_q_queries=eval_q)
+                              eval_q_queries=eval_q, train_n_way=t.train_n_way)
     raise ValueError(f"task.source: unknown source {t.source!r}")

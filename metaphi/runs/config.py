@@ -26,6 +26,8 @@ class TaskConfig(_Strict):
     k_shot: int = Field(10, ge=1)
     q_queries: int = Field(10, ge=1, description="query examples per class (per task for regression)")
     eval_q_queries: int | None = Field(None, ge=1, description="queries at meta-val/test time")
+    train_n_way: int | None = Field(None, ge=2, description="ways of meta-train episodes "
+                                    "(default n_way; metric learners only)")
     data_dir: str | None = Field(None, description="dataset folder (default: $METAPHI_DATA)")
     split_seed: int = 0
 
@@ -89,6 +91,12 @@ class RunConfig(_Strict):
                              "regression needs one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile'")
         if self.task.source == "sinusoid" and self.model.name != "mlp":
             raise ValueError("model.name: sinusoid tasks take 1-d inputs; use 'mlp'")
+        t = self.task
+        if (t.train_n_way not in (None, t.n_way)
+                and self.learner.name not in ("protonet", "matchingnet", "r2d2")):
+            raise ValueError(f"task.train_n_way: {self.learner.name!r} has a {t.n_way}-unit "
+                             "output layer, so it meta-trains on n_way-way tasks; train_n_way "
+                             "is for 'protonet', 'matchingnet', 'r2d2' (or leave it unset)")
         if self.task.source != "sinusoid" and self.model.name != "conv4":
             raise ValueError(f"model.name: {self.task.source} tasks are images; use 'conv4'")
         return self

@@ -43,14 +43,19 @@ def _omniglot(learner: str, n_way: int, k_shot: int) -> Preset:
         inner.update(inner_lr=0.001 * 10, inner_steps=5, eval_inner_steps=50)
         optim = {"name": "sgd", "lr": 1.0, "schedule": "cosine"}
         steps = 100000
-    else:  # protonet, matchingnet, r2d2: episodes with more ways at meta-train help.
+    else:  # protonet, matchingnet, r2d2
         meta_batch = 1 if learner != "r2d2" else 8
         optim = {"name": "adam", "lr": 1e-3, "schedule": "step", "step_size": 2000, "gamma": 0.5}
         steps = 10000
+    task = {"source": "omniglot", "n_way": n_way, "k_shot": k_shot, "q_queries": 15,
+            "eval_q_queries": 15}
+    if learner == "protonet":
+        # Snell et al. (2017): 60-way episodes with 5 queries per class at meta-train, for
+        # every test setting; wider episodes than the test's generalise better.
+        task.update(train_n_way=60, q_queries=5)
     return {
         "name": f"omniglot-{learner}-{n_way}w{k_shot}s",
-        "task": {"source": "omniglot", "n_way": n_way, "k_shot": k_shot, "q_queries": 15,
-                 "eval_q_queries": 15},
+        "task": task,
         "model": {"name": "conv4", "width": 64, "depth": 4, "image_size": 28},
         "learner": inner,
         "optim": optim,

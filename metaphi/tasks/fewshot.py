@@ -236,10 +236,15 @@ def split_classes(n_classes: int, fractions: Sequence[float], seed: int = 0) -> 
 
 def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
                    splits: Sequence[Sequence[int]] | Sequence[float] = (0.6, 0.2, 0.2),
-                   seed: int = 0, eval_q_queries: int | None = None) -> tuple[FewShotSource, ...]:
+                   seed: int = 0, eval_q_queries: int | None = None,
+                   train_n_way: int | None = None) -> tuple[FewShotSource, ...]:
     """Meta-train / meta-val / meta-test sources over disjoint classes of one labelled dataset.
 
     ``splits`` is either fractions of the classes or explicit lists of class ids.
+    ``eval_q_queries`` sets the queries per class of meta-val/meta-test (default ``q_queries``);
+    ``train_n_way`` the ways of meta-train episodes (default ``n_way``): metric learners
+    trained on harder, wider episodes than they are tested on generalise better (Snell et al.
+    2017 train 60-way for 5- and 20-way tests).
     """
     data = as_labelled(data)
     index = ClassIndex(data.labels)
@@ -258,6 +263,7 @@ def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
     out = []
     for i, p in enumerate(parts):
         q = q_queries if (i == 0 or eval_q_queries is None) else eval_q_queries
-        out.append(FewShotSource(data, p, n_way, k_shot, q, index,
+        ways = train_n_way if (i == 0 and train_n_way is not None) else n_way
+        out.append(FewShotSource(data, p, ways, k_shot, q, index,
                                  name=names[i] if i < 3 else f"split {i}"))
     return tuple(out)
