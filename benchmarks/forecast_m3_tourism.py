@@ -1,7 +1,8 @@
 """M3 (3003 series) and Tourism (1311 series): every base forecaster and both meta-learners,
 in-dataset and zero-shot (meta-trained on the other dataset), beside the published numbers.
 
-Run (about an hour on 2 cores the first time; base forecasts are cached in benchmarks/_work/):
+Run (about two hours on 2 cores the first time, most of it AutoARIMA and AutoCES; base forecasts
+are cached in benchmarks/_work/ and a rerun takes about 10 minutes):
     nice -n 10 python benchmarks/forecast_m3_tourism.py
 Quick smoke run (not written to results/):  python benchmarks/forecast_m3_tourism.py --max-series 20
 """
