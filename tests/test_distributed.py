@@ -263,7 +263,8 @@ def _image_classes(root: Path, n_classes: int = 15, per_class: int = 4) -> Path:
 def test_distributed_protonet_equals_single_process(tmp_path):
     data = _image_classes(tmp_path / "images")
     args = ["omniglot-protonet-5w1s", "task.source=folder", f"task.data_dir={data}",
-            "task.n_way=3", "task.k_shot=1", "task.q_queries=2", "task.eval_q_queries=2",
+            "task.n_way=3", "task.train_n_way=null", "task.k_shot=1", "task.q_queries=2",
+            "task.eval_q_queries=2",
             "model.width=8", "model.depth=3", "steps=8", "meta_batch=4", "val_every=4",
             "val_tasks=6", "test_tasks=10", "checkpoint_every=4", "--no-progress",
             # Conv biases before BatchNorm have a zero meta-gradient, i.e. rounding noise that

@@ -28,7 +28,8 @@ def protonet_run(tmp_path_factory):
     data = make_folder(tmp / "data")
     out = tmp / "run"
     assert main(["train", "omniglot-protonet-5w1s", "--out", str(out), "--no-progress",
-                 "task.source=folder", f"task.data_dir={data}", "task.n_way=2", "task.k_shot=1",
+                 "task.source=folder", f"task.data_dir={data}", "task.n_way=2",
+                 "task.train_n_way=null", "task.k_shot=1",
                  "task.q_queries=3", "task.eval_q_queries=3", "task.split_seed=1",
                  "model.width=8", "model.image_size=16", "steps=20", "val_every=10",
                  "val_tasks=10", "test_tasks=20", "checkpoint_every=10", "meta_batch=2"]) == 0

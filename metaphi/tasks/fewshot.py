@@ -259,6 +259,10 @@ def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
             raise ValueError(f"class splits overlap on {sorted(overlap)[:5]}: meta-train, meta-val "
                              "and meta-test must not share classes")
         seen.update(int(c) for c in p)
+    if train_n_way is not None and train_n_way > len(parts[0]):
+        raise ValueError(f"meta-train: train_n_way={train_n_way} needs at least that many classes, "
+                         f"but the meta-train split has {len(parts[0])}; lower it "
+                         "(task.train_n_way in a run config; null gives n_way-way episodes)")
     names = ["meta-train", "meta-val", "meta-test"]
     out = []
     for i, p in enumerate(parts):
