@@ -103,7 +103,7 @@ def main() -> None:
                      f"step {step98}, {sec98 / 60:.1f} min" if step98 else "not reached",
                      mt["tasks"]])
         runs[entry] = res
-        print(name, rows[-1], flush=True)
+        print(entry, rows[-1], flush=True)
     write_result(
         "omniglot", "Omniglot few-shot classification (Vinyals split, Conv-4)",
         [{"title": "Meta-test accuracy % ± 95% CI; best φ chosen on meta-validation",
