@@ -194,15 +194,21 @@ def _toy_csv(path, n_series=24, n=48):
     pd.DataFrame(rows, columns=["unique_id", "ds", "y"]).to_csv(path, index=False)
 
 
-def test_cli_on_tiny_csv(tmp_path):
+def _forecast_toy_csv(tmp_path, out_name: str, methods: list[str], *extra: str):
+    """Write the toy CSV and run ``metaphi forecast`` on it with FFORMA; (csv, out, exit code)."""
     from metaphi.forecasting.cli import main
 
     csv = tmp_path / "toy.csv"
     _toy_csv(csv)
-    out = tmp_path / "out"
+    out = tmp_path / out_name
     rc = main(["forecast", str(csv), "--out", str(out), "--horizon", "4", "--freq", "Q",
-               "--methods", "Naive", "SeasonalNaive", "RWD", "SES", "--meta", "fforma",
-               "--no-progress", "--plot-series", "4"])
+               "--methods", *methods, "--meta", "fforma", "--no-progress", *extra])
+    return csv, out, rc
+
+
+def test_cli_on_tiny_csv(tmp_path):
+    _, out, rc = _forecast_toy_csv(tmp_path, "out", ["Naive", "SeasonalNaive", "RWD", "SES"],
+                                   "--plot-series", "4")
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     for k in ("Naive", "SeasonalNaive", "FFORMA", "Mean", "HoldoutBest"):
@@ -216,14 +222,8 @@ def test_cli_on_tiny_csv(tmp_path):
 
 
 def test_cli_forecasts_beyond_the_end_of_the_data(tmp_path):
-    from metaphi.forecasting.cli import main
-
-    csv = tmp_path / "toy.csv"
-    _toy_csv(csv)
-    out = tmp_path / "future"
-    rc = main(["forecast", str(csv), "--out", str(out), "--horizon", "4", "--freq", "Q",
-               "--methods", "Naive", "SeasonalNaive", "SES", "--meta", "fforma", "--future",
-               "--no-progress", "--plot-series", "2"])
+    csv, out, rc = _forecast_toy_csv(tmp_path, "future", ["Naive", "SeasonalNaive", "SES"],
+                                     "--future", "--plot-series", "2")
     assert rc == 0
     df = pd.read_csv(out / "forecasts.csv", parse_dates=["ds"])
     hist = pd.read_csv(csv, parse_dates=["ds"])
