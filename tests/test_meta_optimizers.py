@@ -64,6 +64,23 @@ def test_openai_es_on_a_space():
     assert es.center["x"] == pytest.approx(1.2, abs=0.05)
 
 
+def test_openai_es_cosine_schedule_and_raw_differences():
+    es = OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=20, seed=0, shaping="none",
+                  schedule="cosine", horizon=200, lr_final=0.01, sigma_final=0.01)
+    assert es.current_lr == pytest.approx(0.1) and es.current_sigma == pytest.approx(0.1)
+    run(es, sphere, 100)
+    assert es.current_lr == pytest.approx((0.1 + 0.001) / 2)
+    assert es.current_sigma == pytest.approx((0.1 + 0.01) / 2)
+    run(es, sphere, 100)
+    assert es.current_lr == pytest.approx(0.001) and es.current_sigma == pytest.approx(0.01)
+    # annealed steps settle far closer to the optimum than the constant-rate ranked search
+    constant = run(OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=20, seed=0), sphere, 200)
+    assert sphere(es.center) < 1e-4 < sphere(constant.center)
+    # the antithetic pair of candidates uses the generation's annealed sigma
+    c = es.ask()
+    np.testing.assert_allclose(np.abs(c[0] - es.mean).max(), np.abs(c[1] - es.mean).max())
+
+
 def test_cmaes_rosenbrock_within_budget():
     cma = run(CMAES(x0=np.zeros(2), sigma=0.5, seed=0), rosenbrock, 150)
     x, f = cma.best
@@ -110,6 +127,8 @@ def test_seed_makes_search_reproducible(make, fn):
 
 @pytest.mark.parametrize("make, fn", [
     (lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=3), sphere),
+    (lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=3, shaping="none",
+                      schedule="cosine", horizon=12, sigma_final=0.02), sphere),
     (lambda: CMAES(x0=np.zeros(2), sigma=0.5, seed=3), rosenbrock),
     (lambda: REINFORCE(MIXED, popsize=8, seed=3), mixed_fn),
 ])
@@ -148,6 +167,13 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="every candidate's fitness is NaN"):
         es = OpenAIES(x0=np.zeros(2), popsize=2)
         es.tell(es.ask(), [float("nan")] * 2)
+    with pytest.raises(ValueError, match="needs horizon"):
+        OpenAIES(x0=np.zeros(2), schedule="cosine")
+    with pytest.raises(ValueError, match="shaping must be"):
+        OpenAIES(x0=np.zeros(2), shaping="fitness")
+    with pytest.raises(ValueError, match="schedule"):
+        OpenAIES(x0=np.zeros(2), popsize=4).load_state_dict(
+            OpenAIES(x0=np.zeros(2), popsize=4, schedule="cosine", horizon=5).state_dict())
     with pytest.raises(ValueError, match="unknown meta_optimizer"):
         make_optimizer("pso")
 
@@ -234,6 +260,30 @@ def test_evaluate_population_equals_one_candidate_at_a_time(learner):
     assert len(set(together)) == 4
     with pytest.raises(ValueError, match="the learner needs"):
         evaluate_population([p[:-2] for p in phis], seeds, spec)
+
+
+@pytest.mark.parametrize("learner, hidden, closed_form", [
+    ("maml", [40, 40], True), ("fomaml", [16, 8, 12], True), ("anil", [40, 40], False)])
+def test_one_step_mlp_fitness_in_closed_form(monkeypatch, learner, hidden, closed_form):
+    """One inner SGD step of a ReLU MLP on MSE is scored without autograd (kernel form); the
+    numbers equal the autograd episodes, and other learners keep the autograd path."""
+    import metaphi.meta.fitness as fitness_mod
+
+    spec = FitnessSpec(learner={**SPEC.learner, "name": learner, "hidden": hidden})
+    base = phi_vector(build_learner(spec.learner, seed=0))
+    rng = np.random.default_rng(1)
+    phis = [base + 0.1 * rng.standard_normal(base.shape) for _ in range(5)]
+    phis[2][-1] = np.log(0.04)
+    seeds = fitness_task_seeds(0, 7, 9)
+    calls = []
+    real = fitness_mod._one_step_mlp_losses
+    monkeypatch.setattr(fitness_mod, "_one_step_mlp_losses",
+                        lambda *a: calls.append(1) or real(*a))
+    together = evaluate_population(phis, seeds, spec)
+    assert bool(calls) is closed_form
+    alone = [evaluate_fitness(p, seeds, spec) for p in phis]  # autograd episodes
+    np.testing.assert_allclose(together, alone, rtol=2e-5)
+    assert len(set(together)) == 5
 
 
 def test_population_evaluator_uses_the_batched_fitness_in_workers():

@@ -231,9 +231,11 @@ def population_from_config(cfg: dict[str, Any]) -> tuple[AskTell, Callable[[Any,
         x0 = phi_vector(build_learner(spec.learner, seed=spec.seed), spec.learn_inner_lr)
     elif spec.phi != "hyper":
         raise ValueError("a search space sets learner settings: use fitness.phi='hyper'")
+    opt_kw = dict(cfg.get("optimizer", {}))
+    if opt_kw.get("schedule") == "cosine" and "horizon" not in opt_kw:
+        opt_kw["horizon"] = int(cfg.get("generations", 20))  # anneal over the whole run
     try:
-        opt = make_optimizer(cfg["meta_optimizer"], space=space, x0=x0, seed=seed,
-                             **dict(cfg.get("optimizer", {})))
+        opt = make_optimizer(cfg["meta_optimizer"], space=space, x0=x0, seed=seed, **opt_kw)
     except TypeError as e:
         raise ValueError(f"bad optimizer settings for {cfg['meta_optimizer']!r}: {e}") from e
     return opt, TaskFitness(spec, n_tasks=n_tasks, seed=seed, resample=resample)

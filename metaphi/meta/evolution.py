@@ -166,6 +166,14 @@ class OpenAIES(_VectorOptimizer):
     search-gradient estimate ``g = Σ (u⁺ - u⁻) ε / (popsize σ)`` of the rank utilities ``u``
     feeds Adam (or SGD with momentum). The noise of generation ``t`` is a pure function of
     ``(seed, t)``, so a checkpoint holds only the mean and the optimizer moments.
+
+    ``shaping="none"`` uses the raw antithetic differences ``(f⁺ - f⁻) / 2σ`` instead of ranks:
+    with common random numbers they are directional derivatives, which keep the gradient's
+    magnitude information that ranks throw away (useful close to an optimum).
+    ``schedule="cosine"`` anneals the learning rate from ``lr`` to ``lr * lr_final`` and σ from
+    ``sigma`` to ``sigma_final`` (default: constant σ) over ``horizon`` generations; a
+    zeroth-order gradient in many dimensions is noisy, and a decaying step averages the noise
+    out the way a decaying SGD step does.
     """
 
     kind = "openai_es"
@@ -173,8 +181,24 @@ class OpenAIES(_VectorOptimizer):
     def __init__(self, x0: Any = None, sigma: float = 0.05, lr: float = 0.01, popsize: int = 50,
                  seed: int = 0, space: Space | None = None, optimizer: str = "adam",
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, shaping: str = "ranks", schedule: str = "constant",
+                 horizon: int | None = None, lr_final: float = 0.0,
+                 sigma_final: float | None = None) -> None:
         super().__init__(x0, space, seed)
+        if shaping not in ("ranks", "none"):
+            raise ValueError(f"shaping must be 'ranks' or 'none', got {shaping!r}")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if schedule == "cosine" and (horizon is None or int(horizon) < 1):
+            raise ValueError("schedule='cosine' needs horizon, the number of generations to anneal "
+                             f"over (>= 1), got {horizon!r}")
+        if not 0.0 <= lr_final <= 1.0:
+            raise ValueError(f"lr_final is a fraction of lr in [0, 1], got {lr_final}")
+        if sigma_final is not None and not sigma_final > 0:
+            raise ValueError(f"sigma_final must be > 0, got {sigma_final}")
+        self.shaping, self.schedule = shaping, schedule
+        self.horizon = None if horizon is None else int(horizon)
+        self.lr_final, self.sigma_final = float(lr_final), sigma_final
         if not sigma > 0 or not lr > 0:
             raise ValueError(f"sigma and lr must be > 0, got sigma={sigma}, lr={lr}")
         if popsize < 2 or popsize % 2:
@@ -190,15 +214,38 @@ class OpenAIES(_VectorOptimizer):
         self.m = np.zeros_like(self.mean)
         self.v = np.zeros_like(self.mean)
 
+    def _anneal(self, start: float, end: float) -> float:
+        """Cosine interpolation from ``start`` to ``end`` at this generation."""
+        if self.schedule == "constant":
+            return start
+        frac = min(self.track.generation / self.horizon, 1.0)  # type: ignore[operator]
+        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    @property
+    def current_sigma(self) -> float:
+        """σ of the next generation (annealed when ``schedule="cosine"`` and ``sigma_final``)."""
+        end = self.sigma if self.sigma_final is None else float(self.sigma_final)
+        return self._anneal(self.sigma, end)
+
+    @property
+    def current_lr(self) -> float:
+        """The learning rate of the next update."""
+        return self._anneal(self.lr, self.lr * self.lr_final)
+
     def _noise(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.track.generation])
-        return rng.standard_normal((self.popsize // 2, self.dim))
+        gen = self.track.generation
+        cached = getattr(self, "_noise_cache", None)
+        if cached is None or cached[0] != gen:  # ask() and tell() of a generation share it
+            rng = np.random.default_rng([self.seed, gen])
+            self._noise_cache = (gen, rng.standard_normal((self.popsize // 2, self.dim)))
+        return self._noise_cache[1]
 
     def _points(self) -> list[np.ndarray]:
         eps = self._noise()
         pts: list[np.ndarray] = []
+        sigma = self.current_sigma
         for e in eps:  # pairs are adjacent: candidate 2i = x + σε_i, 2i+1 = x - σε_i
-            pts += [self.mean + self.sigma * e, self.mean - self.sigma * e]
+            pts += [self.mean + sigma * e, self.mean - sigma * e]
         return pts
 
     def ask(self) -> list[Candidate]:
@@ -211,9 +258,13 @@ class OpenAIES(_VectorOptimizer):
             raise ValueError(f"tell() got {len(candidates)} candidates; ask() gave {self.popsize}")
         f = clean_fitnesses(fitnesses, self.popsize)
         pts = self._points()
-        u = centered_ranks(f)
+        sigma, lr = self.current_sigma, self.current_lr
         eps = self._noise()
-        g = ((u[0::2] - u[1::2])[:, None] * eps).sum(0) / (self.popsize * self.sigma)
+        if self.shaping == "ranks":
+            u = centered_ranks(f)
+            g = ((u[0::2] - u[1::2])[:, None] * eps).sum(0) / (self.popsize * sigma)
+        else:  # mean of the directional-derivative estimates (f⁺ - f⁻) / 2σ · ε
+            g = ((f[0::2] - f[1::2])[:, None] * eps).sum(0) / (self.popsize * sigma)
         if self.weight_decay:
             g = g + self.weight_decay * self.mean
         t = self.track.generation + 1
@@ -221,10 +272,10 @@ class OpenAIES(_VectorOptimizer):
             b1, b2 = self.betas
             self.m = b1 * self.m + (1 - b1) * g
             self.v = b2 * self.v + (1 - b2) * g * g
-            step = self.lr * (self.m / (1 - b1 ** t)) / (np.sqrt(self.v / (1 - b2 ** t)) + 1e-8)
+            step = lr * (self.m / (1 - b1 ** t)) / (np.sqrt(self.v / (1 - b2 ** t)) + 1e-8)
         else:
             self.m = self.momentum * self.m + g
-            step = self.lr * self.m
+            step = lr * self.m
         self.mean = self.mean - step
         if self.space is not None:  # the unit encoding lives in [0, 1]
             self.mean = np.clip(self.mean, 0.0, 1.0)
@@ -237,13 +288,15 @@ class OpenAIES(_VectorOptimizer):
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "seed": self.seed, "sigma": self.sigma,
-                "lr": self.lr, "popsize": self.popsize, "mean": to_plain(self.mean),
+                "lr": self.lr, "popsize": self.popsize, "shaping": self.shaping,
+                "schedule": self.schedule, "horizon": self.horizon, "lr_final": self.lr_final,
+                "sigma_final": self.sigma_final, "mean": to_plain(self.mean),
                 "m": to_plain(self.m), "v": to_plain(self.v), "track": self.track.state()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self._check_state(s)
-        for k in ("seed", "popsize"):
-            if int(s[k]) != getattr(self, k):
+        for k in ("seed", "popsize", "shaping", "schedule", "horizon", "lr_final", "sigma_final"):
+            if k in s and s[k] != getattr(self, k):  # older checkpoints lack the schedule keys
                 raise ValueError(f"state_dict has {k}={s[k]}, this optimizer {getattr(self, k)}; "
                                  "resume with the same settings")
         self.sigma, self.lr = float(s["sigma"]), float(s["lr"])

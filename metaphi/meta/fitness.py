@@ -19,6 +19,8 @@ Two kinds of φ:
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import pickle
@@ -29,10 +31,11 @@ from typing import Any, Callable, Sequence
 import multiprocessing as mp
 import numpy as np
 import torch
+from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ..learners import ANIL, FOMAML, MAML, Learner, MetaSGD, batched
-from ..models import mlp
+from ..models import Classifier, mlp
 from ..tasks import SinusoidFamily, TaskSource
 from ..tasks.sources import STREAMS, sample_tasks
 from ..tasks.task import Task, stack_tasks
@@ -207,6 +210,74 @@ def evaluate_fitness(phi: Any, task_seeds: Sequence[TaskSeed], spec: FitnessSpec
     return sum(float(learner.episode(t, params)[0]) for t in tasks) / len(tasks)
 
 
+def _relu_mlp_layers(learner: MAML) -> list[tuple[str, str]] | None:
+    """(weight, bias) names of the Linear layers when ``learner`` is MAML adapting every weight
+    of a Linear/ReLU MLP (:func:`metaphi.models.mlp`) with one SGD step on an MSE loss: the
+    case :func:`_one_step_mlp_losses` scores in closed form. None otherwise."""
+    model = learner.model
+    if (type(learner) not in (MAML, FOMAML) or learner.loss_kind != "mse"
+            or learner.eval_inner_steps != 1 or not isinstance(model, Classifier)
+            or not isinstance(model.features, torch.nn.Sequential)
+            or not isinstance(model.head, torch.nn.Linear)):
+        return None
+    mods = list(model.features)
+    if len(mods) % 2 or not all(isinstance(m, torch.nn.Linear if i % 2 == 0 else torch.nn.ReLU)
+                                for i, m in enumerate(mods)):
+        return None
+    names = [f"model.features.{i}" for i in range(0, len(mods), 2)] + ["model.head"]
+    if any(getattr(m, "bias", None) is None for m in mods[0::2] + [model.head]):
+        return None
+    return [(n + ".weight", n + ".bias") for n in names]
+
+
+def _one_step_mlp_losses(layers: list[tuple[Tensor, Tensor]], lr: Tensor, sx: Tensor, sy: Tensor,
+                         qx: Tensor, qy: Tensor) -> Tensor:
+    """Query MSE after one inner SGD step on the support MSE, for P candidate MLPs x T tasks.
+
+    ``layers``: per candidate (W (P, out, in), b (P, out)), ReLU between them; ``lr`` (P,);
+    ``sx``/``sy`` (T, K, ·) and ``qx``/``qy`` (T, Q, ·) are shared by the candidates. Returns (P, T).
+
+    The support gradient of a layer is ``δᵀa`` (K outer products), so the adapted layer applied
+    to query activations ``a'`` is ``a'Wᵀ + b - lr (a'aᵀ δ + Σδ)``: no per-task copy of any
+    weight matrix is made, and the per-task work is a K x Q kernel instead of in x out matmuls.
+    This is the same episode as the autograd path (equal up to float rounding; tested).
+    """
+    P, (T, K), Q = len(lr), sx.shape[:2], qx.shape[1]
+
+    def dense(a: Tensor, w: Tensor, b: Tensor) -> Tensor:  # a (P, T, n, in) -> (P, T, n, out)
+        return (a.flatten(1, 2) @ w.transpose(1, 2)).view(P, T, a.shape[2], -1) + b[:, None, None]
+
+    acts, zs = [sx.expand(P, T, K, sx.shape[-1])], []
+    for i, (w, b) in enumerate(layers):
+        zs.append(dense(acts[-1], w, b))
+        if i + 1 < len(layers):
+            acts.append(torch.relu(zs[-1]))
+    delta = 2.0 * (zs[-1] - sy) / (K * sy.shape[-1])  # d(mean squared error)/d(output)
+    deltas = [delta]
+    for i in range(len(layers) - 1, 0, -1):
+        w = layers[i][0]
+        delta = (delta.flatten(1, 2) @ w).view(P, T, K, -1) * (zs[i - 1] > 0)
+        deltas.insert(0, delta)
+    a = qx.expand(P, T, Q, qx.shape[-1])
+    step = lr.view(P, 1, 1, 1)
+    for i, (w, b) in enumerate(layers):
+        corr = (a @ acts[i].transpose(-1, -2)) @ deltas[i] + deltas[i].sum(2, keepdim=True)
+        z = dense(a, w, b) - step * corr
+        a = torch.relu(z) if i + 1 < len(layers) else z
+    return ((a - qy) ** 2).flatten(2).mean(2)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_learner(learner_json: str, seed: int) -> MAML:
+    return build_learner(json.loads(learner_json), seed=seed)
+
+
+def _template_learner(spec: FitnessSpec) -> MAML:
+    """The spec's learner, built once per process: :func:`evaluate_population` only reads its
+    structure and settings (the candidates' weights come from φ), so it can be shared."""
+    return _cached_learner(json.dumps(spec.learner, sort_keys=True), int(spec.seed))
+
+
 def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
                         spec: FitnessSpec) -> list[float]:
     """:func:`evaluate_fitness` of every φ in ``phis`` on the same tasks, as one pure function.
@@ -219,7 +290,7 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
     """
     if not task_seeds:
         raise ValueError("evaluate_population needs at least one task seed")
-    learner = build_learner(spec.learner, seed=spec.seed) if spec.phi == "vector" else None
+    learner = _template_learner(spec) if spec.phi == "vector" else None
     if not phis or learner is None or not batched.supports(learner.model):
         return [evaluate_fitness(phi, task_seeds, spec) for phi in phis]
     family = build_family(spec.family)
@@ -229,6 +300,19 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
     vecs = torch.as_tensor(np.stack([np.asarray(phi, dtype=np.float64).reshape(-1)
                                      for phi in phis]))
     n = _check_phi(vecs, list(meta.values()), spec.learn_inner_lr)
+    mlp_layers = _relu_mlp_layers(learner)
+    if mlp_layers is not None:
+        with torch.no_grad():
+            blocks, offset = {}, 0
+            for name, p in meta.items():
+                blocks[name] = vecs[:, offset:offset + p.numel()].float().reshape(P, *p.shape)
+                offset += p.numel()
+            lr = (vecs[:, n].exp() if spec.learn_inner_lr
+                  else torch.full((P,), learner.inner_lr, dtype=torch.float64)).float()
+            losses = _one_step_mlp_losses([(blocks[w], blocks[b]) for w, b in mlp_layers], lr,
+                                          tasks.support_x, tasks.support_y, tasks.query_x,
+                                          tasks.query_y)
+        return [float(v) for v in losses.mean(1)]
     params, offset = {}, 0
     for name, p in meta.items():
         block = vecs[:, offset:offset + p.numel()].float().reshape(P, *p.shape)
