@@ -346,6 +346,9 @@ def test_population_run_from_config(tmp_path):
     assert np.isfinite(res.best_fitness) and set(res.center) == {"inner_lr", "inner_steps"}
     es, _ = population_from_config({"meta_optimizer": "es", "optimizer": {"popsize": 4}})
     assert es.dim == 1762
+    es, _ = population_from_config({"meta_optimizer": "es", "generations": 7,
+                                    "optimizer": {"popsize": 4, "schedule": "cosine"}})
+    assert es.horizon == 7  # a cosine schedule anneals over the run's generations by default
     with pytest.raises(ValueError, match="unknown population config keys"):
         population_from_config({**cfg, "epochs": 3})
     with pytest.raises(ValueError, match="bad optimizer settings"):
