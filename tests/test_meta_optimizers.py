@@ -81,6 +81,19 @@ def test_openai_es_cosine_schedule_and_raw_differences():
     np.testing.assert_allclose(np.abs(c[0] - es.mean).max(), np.abs(c[1] - es.mean).max())
 
 
+def test_openai_es_anchor_stops_the_random_walk_of_unseen_coordinates():
+    def f(x):  # only the first two of 40 coordinates matter
+        return float((x[0] - 1.0) ** 2 + (x[1] + 0.5) ** 2)
+
+    flat = {}
+    for anchor in (0.0, 0.1):
+        es = run(OpenAIES(x0=np.zeros(40), sigma=0.1, lr=0.05, popsize=10, seed=0,
+                          shaping="none", anchor=anchor), f, 2000)
+        np.testing.assert_allclose(es.mean[:2], [1.0, -0.5], atol=0.01)
+        flat[anchor] = np.linalg.norm(es.mean[2:])
+    assert flat[0.1] < 0.5 * flat[0.0]  # without the anchor the noise walks them away from x0
+
+
 def test_cmaes_rosenbrock_within_budget():
     cma = run(CMAES(x0=np.zeros(2), sigma=0.5, seed=0), rosenbrock, 150)
     x, f = cma.best
@@ -169,6 +182,8 @@ def test_bad_arguments_are_clear_errors():
         es.tell(es.ask(), [float("nan")] * 2)
     with pytest.raises(ValueError, match="needs horizon"):
         OpenAIES(x0=np.zeros(2), schedule="cosine")
+    with pytest.raises(ValueError, match="anchor must be"):
+        OpenAIES(x0=np.zeros(2), anchor=-1.0)
     with pytest.raises(ValueError, match="shaping must be"):
         OpenAIES(x0=np.zeros(2), shaping="fitness")
     with pytest.raises(ValueError, match="schedule"):

@@ -174,6 +174,10 @@ class OpenAIES(_VectorOptimizer):
     ``sigma`` to ``sigma_final`` (default: constant σ) over ``horizon`` generations; a
     zeroth-order gradient in many dimensions is noisy, and a decaying step averages the noise
     out the way a decaying SGD step does.
+    ``anchor`` pulls the mean toward ``x0`` by ``lr * anchor * (mean - x0)`` after each step
+    (decoupled, like AdamW's weight decay but toward the start): in directions the fitness
+    barely sees, the noisy steps otherwise random-walk the mean far away (a network's weights
+    grow without bound) until those directions matter and the search falls off a cliff.
     """
 
     kind = "openai_es"
@@ -183,8 +187,11 @@ class OpenAIES(_VectorOptimizer):
                  momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, shaping: str = "ranks", schedule: str = "constant",
                  horizon: int | None = None, lr_final: float = 0.0,
-                 sigma_final: float | None = None) -> None:
+                 sigma_final: float | None = None, anchor: float = 0.0) -> None:
         super().__init__(x0, space, seed)
+        if anchor < 0:
+            raise ValueError(f"anchor must be >= 0, got {anchor}")
+        self.anchor = float(anchor)
         if shaping not in ("ranks", "none"):
             raise ValueError(f"shaping must be 'ranks' or 'none', got {shaping!r}")
         if schedule not in ("constant", "cosine"):
@@ -277,6 +284,8 @@ class OpenAIES(_VectorOptimizer):
             self.m = self.momentum * self.m + g
             step = lr * self.m
         self.mean = self.mean - step
+        if self.anchor:  # decoupled pull toward x0, scaled by the step like AdamW's decay
+            self.mean = self.mean - lr * self.anchor * (self.mean - self.x0)
         if self.space is not None:  # the unit encoding lives in [0, 1]
             self.mean = np.clip(self.mean, 0.0, 1.0)
         self.track.update(pts, f)
@@ -290,12 +299,14 @@ class OpenAIES(_VectorOptimizer):
         return {"kind": self.kind, "dim": self.dim, "seed": self.seed, "sigma": self.sigma,
                 "lr": self.lr, "popsize": self.popsize, "shaping": self.shaping,
                 "schedule": self.schedule, "horizon": self.horizon, "lr_final": self.lr_final,
-                "sigma_final": self.sigma_final, "mean": to_plain(self.mean),
+                "sigma_final": self.sigma_final, "anchor": self.anchor,
+                "mean": to_plain(self.mean),
                 "m": to_plain(self.m), "v": to_plain(self.v), "track": self.track.state()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self._check_state(s)
-        for k in ("seed", "popsize", "shaping", "schedule", "horizon", "lr_final", "sigma_final"):
+        for k in ("seed", "popsize", "shaping", "schedule", "horizon", "lr_final", "sigma_final",
+                  "anchor"):
             if k in s and s[k] != getattr(self, k):  # older checkpoints lack the schedule keys
                 raise ValueError(f"state_dict has {k}={s[k]}, this optimizer {getattr(self, k)}; "
                                  "resume with the same settings")
