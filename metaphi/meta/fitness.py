@@ -300,31 +300,26 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
     vecs = torch.as_tensor(np.stack([np.asarray(phi, dtype=np.float64).reshape(-1)
                                      for phi in phis]))
     n = _check_phi(vecs, list(meta.values()), spec.learn_inner_lr)
-    mlp_layers = _relu_mlp_layers(learner)
-    if mlp_layers is not None:
-        with torch.no_grad():
-            blocks, offset = {}, 0
-            for name, p in meta.items():
-                blocks[name] = vecs[:, offset:offset + p.numel()].float().reshape(P, *p.shape)
-                offset += p.numel()
-            lr = (vecs[:, n].exp() if spec.learn_inner_lr
-                  else torch.full((P,), learner.inner_lr, dtype=torch.float64)).float()
-            losses = _one_step_mlp_losses([(blocks[w], blocks[b]) for w, b in mlp_layers], lr,
-                                          tasks.support_x, tasks.support_y, tasks.query_x,
-                                          tasks.query_y)
-        return [float(v) for v in losses.mean(1)]
-    params, offset = {}, 0
+    blocks, offset = {}, 0  # candidate c's weights: blocks[name][c]
     for name, p in meta.items():
-        block = vecs[:, offset:offset + p.numel()].float().reshape(P, *p.shape)
-        params[name] = block.repeat_interleave(T, dim=0).requires_grad_(True)  # (P*T, ...)
+        blocks[name] = vecs[:, offset:offset + p.numel()].float().reshape(P, *p.shape)
         offset += p.numel()
     # Meta-SGD's learning rates are part of φ already (per candidate, like the weights); the
     # others take the candidate's scalar inner lr.
     lr = None
     if not isinstance(learner, MetaSGD):
         lr = (vecs[:, n].exp() if spec.learn_inner_lr
-              else torch.full((P,), learner.inner_lr, dtype=torch.float64))
-        lr = lr.float().repeat_interleave(T)
+              else torch.full((P,), learner.inner_lr, dtype=torch.float64)).float()
+    mlp_layers = _relu_mlp_layers(learner)
+    if mlp_layers is not None:
+        with torch.no_grad():
+            losses = _one_step_mlp_losses([(blocks[w], blocks[b]) for w, b in mlp_layers], lr,
+                                          tasks.support_x, tasks.support_y, tasks.query_x,
+                                          tasks.query_y)
+        return [float(v) for v in losses.mean(1)]
+    params = {name: b.repeat_interleave(T, dim=0).requires_grad_(True)  # (P*T, ...)
+              for name, b in blocks.items()}
+    lr = None if lr is None else lr.repeat_interleave(T)
     big = Task(*(t.repeat(P, *[1] * (t.dim() - 1)) for t in
                  (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)))
     losses, _ = learner.batched_episodes(big, params, create_graph=False,
