@@ -161,9 +161,9 @@ def main() -> None:
                  notes=("Both methods start from the same initial weights (seed "
                         f"{args.seed}); gradient MAML gets {maml_budget:.0f} s of wall time "
                         f"(ES took {res.seconds:.0f} s) on this 2-core CPU machine, run alone. "
-                        "ES scores a worker's share of "
-                        "the population as one batch (metaphi.meta.evaluate_population: "
-                        "candidates x tasks in one pass per layer)."),
+                        "ES scores each worker's share of the population in one call "
+                        "(metaphi.meta.evaluate_population; for this one-step ReLU MLP in closed "
+                        "form, without autograd or per-task weight copies)."),
                  es={"mse": es_mse, "ci95": es_ci, "evaluations": res.evaluations,
                      "generations": res.generations, "seconds": res.seconds,
                      "inner_lr": es_learner.inner_lr,

@@ -189,9 +189,6 @@ class OpenAIES(_VectorOptimizer):
                  horizon: int | None = None, lr_final: float = 0.0,
                  sigma_final: float | None = None, anchor: float = 0.0) -> None:
         super().__init__(x0, space, seed)
-        if anchor < 0:
-            raise ValueError(f"anchor must be >= 0, got {anchor}")
-        self.anchor = float(anchor)
         if shaping not in ("ranks", "none"):
             raise ValueError(f"shaping must be 'ranks' or 'none', got {shaping!r}")
         if schedule not in ("constant", "cosine"):
@@ -203,6 +200,9 @@ class OpenAIES(_VectorOptimizer):
             raise ValueError(f"lr_final is a fraction of lr in [0, 1], got {lr_final}")
         if sigma_final is not None and not sigma_final > 0:
             raise ValueError(f"sigma_final must be > 0, got {sigma_final}")
+        if anchor < 0:
+            raise ValueError(f"anchor must be >= 0, got {anchor}")
+        self.anchor = float(anchor)
         self.shaping, self.schedule = shaping, schedule
         self.horizon = None if horizon is None else int(horizon)
         self.lr_final, self.sigma_final = float(lr_final), sigma_final
@@ -220,6 +220,7 @@ class OpenAIES(_VectorOptimizer):
         self.mean = self.x0.copy()
         self.m = np.zeros_like(self.mean)
         self.v = np.zeros_like(self.mean)
+        self._noise_cache: tuple[int, np.ndarray] | None = None  # (generation, its noise)
 
     def _anneal(self, start: float, end: float) -> float:
         """Cosine interpolation from ``start`` to ``end`` at this generation."""
@@ -241,8 +242,7 @@ class OpenAIES(_VectorOptimizer):
 
     def _noise(self) -> np.ndarray:
         gen = self.track.generation
-        cached = getattr(self, "_noise_cache", None)
-        if cached is None or cached[0] != gen:  # ask() and tell() of a generation share it
+        if self._noise_cache is None or self._noise_cache[0] != gen:  # ask() and tell() share it
             rng = np.random.default_rng([self.seed, gen])
             self._noise_cache = (gen, rng.standard_normal((self.popsize // 2, self.dim)))
         return self._noise_cache[1]
