@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--overrides", nargs="*", default=[], metavar="[PRESET:]KEY=VALUE",
                     help="config overrides, for all presets or (PRESET:KEY=VALUE) for one")
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "omniglot"))
+    ap.add_argument("--name", default="omniglot",
+                    help="results/<name>.json (e.g. omniglot_gpu for the runs made on an accelerator)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -104,17 +106,21 @@ def main() -> None:
                      mt["tasks"]])
         runs[entry] = res
         print(entry, rows[-1], flush=True)
+    gpu = torch.cuda.is_available()
     write_result(
-        "omniglot", "Omniglot few-shot classification (Vinyals split, Conv-4)",
+        args.name, "Omniglot few-shot classification (Vinyals split, Conv-4)"
+        + (f", on {torch.cuda.get_device_name(0)}" if gpu else ""),
         [{"title": "Meta-test accuracy % ± 95% CI; best φ chosen on meta-validation",
           "columns": ["learner", "setting", "meta-train episodes", "accuracy %", "published %", "outer steps run",
                       "train minutes", "time to 98% meta-val", "meta-test episodes"],
           "rows": rows,
           "notes": "Published: the papers' tables (see ../shared/reference/published_results.md). "
                    "'outer steps run' below the preset's full budget means the run was cut to "
-                   "what this 2-core CPU allows; its learning curve is in benchmarks/figures/ "
+                   f"what {'the accelerator session' if gpu else 'this 2-core CPU'} allows; "
+                   "its learning curve is in benchmarks/figures/ "
                    "(<preset>-learning_curve.png)."}],
-        time.perf_counter() - t0, runs=runs, threads=args.threads, order=30)
+        time.perf_counter() - t0, runs=runs, threads=args.threads,
+        order=30 if args.name == "omniglot" else 31)
 
 
 if __name__ == "__main__":

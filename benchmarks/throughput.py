@@ -4,6 +4,7 @@ meta-batch 32, 1 and 5 inner steps; beside this machine's measured fp32 matmul a
 convolution peaks from the same run.
 
     python benchmarks/throughput.py [--reps 3] [--threads 2]
+    python benchmarks/throughput.py --device cuda --reps 5    # on a GPU: results/throughput_cuda.json
 
 Each configuration runs in its own process (clean peak-memory numbers). Paths:
 
@@ -15,7 +16,10 @@ Each configuration runs in its own process (clean peak-memory numbers). Paths:
   each with one intra-op thread (metaphi's CPU default, :mod:`metaphi.learners.parallel`);
 * "batched": metaphi's task-batched path.
 
-All paths give the same meta-gradient (checked in the tests).
+All paths give the same meta-gradient (checked in the tests). With ``--device cuda`` the
+"threads" path is left out (task threads are a CPU device), timings synchronise the GPU, peak
+memory is ``torch.cuda.max_memory_allocated`` and the peaks are the GPU's (fp32 matmul with
+PyTorch's default TF32 setting, and the 64-channel convolution through cuDNN).
 """
 from __future__ import annotations
 
@@ -67,8 +71,8 @@ class PlainMAML:
         self.params = dict(self.net.named_parameters())
         self.steps, self.torch = steps, torch
 
-    def to(self, memory_format):
-        self.net = self.net.to(memory_format=memory_format)
+    def to(self, *args, **kwargs):
+        self.net = self.net.to(*args, **kwargs)
         self.params = dict(self.net.named_parameters())
         return self
 
@@ -112,8 +116,15 @@ def to_channels_last(lrn, tasks):
     return lrn.to(memory_format=torch.channels_last)
 
 
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
-        channels_last: bool) -> dict:
+        channels_last: bool, device: str = "cpu") -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,7 +133,8 @@ def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
         lrn = PlainMAML(steps)
     else:
         lrn = build(learner, steps, path == "batched", None if path == "threads" else 1)
-    tasks = random_tasks(meta_batch)
+    tasks = [t.to(device) for t in random_tasks(meta_batch)]
+    lrn = lrn.to(device)
     if channels_last:
         lrn = to_channels_last(lrn, tasks)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -130,34 +142,44 @@ def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
     with FlopCounterMode(display=False) as fc:
         lrn.outer_grads(tasks)
     flops = fc.get_total_flops()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         lrn.outer_grads(tasks)
+    _sync(device)
     dt = (time.perf_counter() - t0) / reps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"tasks_per_s": meta_batch / dt, "seconds_per_step": dt, "gflop_per_step": flops / 1e9,
-            "gflops": flops / dt / 1e9, "peak_rss_gib": peak / 2**20,
-            "peak_rss_over_setup_gib": (peak - base_rss) / 2**20}
+    out = {"tasks_per_s": meta_batch / dt, "seconds_per_step": dt, "gflop_per_step": flops / 1e9,
+           "gflops": flops / dt / 1e9, "peak_rss_gib": peak / 2**20,
+           "peak_rss_over_setup_gib": (peak - base_rss) / 2**20}
+    if device.startswith("cuda"):
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
-def peaks(threads: int) -> dict:
+def _rate(fn, flop: float, device: str, reps: int = 5) -> float:
+    """GFLOP/s of ``fn`` (``flop`` per call), after one warm-up call."""
+    fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(device)
+    return reps * flop / (time.perf_counter() - t0) / 1e9
+
+
+def peaks(threads: int, device: str = "cpu") -> dict:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    mm = 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
-    x = torch.randn(160, 64, 28, 28).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(64, 64, 3, 3).contiguous(memory_format=torch.channels_last)
-    F.conv2d(x, w, padding=1)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        F.conv2d(x, w, padding=1)
-    conv = 5 * 2 * 160 * 64 * 64 * 9 * 28 * 28 / (time.perf_counter() - t0) / 1e9
+    n = 8192 if device.startswith("cuda") else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    mm = _rate(lambda: a @ b, 2 * n**3, device)
+    batch = 160 * (32 if device.startswith("cuda") else 1)
+    x = torch.randn(batch, 64, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    conv = _rate(lambda: F.conv2d(x, w, padding=1), 2 * batch * 64 * 64 * 9 * 28 * 28, device)
     return {"matmul_fp32_gflops": mm, "conv3x3_64ch_channels_last_gflops": conv}
 
 
@@ -171,19 +193,27 @@ def main() -> None:
                     help="rebuild the table from benchmarks/results/throughput.json's raw numbers")
     ap.add_argument("--one", nargs=4, metavar=("LEARNER", "STEPS", "PATH", "CHANNELS_LAST"))
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (writes throughput_cuda.json)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    gpu = args.device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        ap.error("--device cuda: PyTorch sees no CUDA GPU here")
     if args.one:
         l, s, b, cl = args.one
-        print(json.dumps(one(l, int(s), b, args.reps, args.meta_batch, cl == "1")))
+        print(json.dumps(one(l, int(s), b, args.reps, args.meta_batch, cl == "1", args.device)))
         return
+    if gpu:
+        if args.table_only:
+            ap.error("--table-only rebuilds the CPU table; run the GPU benchmark again instead")
+        args.paths = [p for p in args.paths if p != "threads"]
     from common import RESULTS_DIR, write_result
 
     t_start = time.perf_counter()
     stored = json.loads((RESULTS_DIR / "throughput.json").read_text()) if args.table_only else None
-    machine_peaks = stored["peaks"] if stored else peaks(args.threads)
+    machine_peaks = stored["peaks"] if stored else peaks(args.threads, args.device)
     print(machine_peaks, flush=True)
     rows, raw = [], dict(stored["raw"]) if stored else {}
     if stored:  # the settings of the run that measured the stored numbers
@@ -206,7 +236,7 @@ def main() -> None:
             break
         cmd = [sys.executable, __file__, "--one", learner, str(steps), path,
                "1" if cl else "0", "--reps", str(args.reps), "--threads", str(args.threads),
-               "--meta-batch", str(args.meta_batch)]
+               "--meta-batch", str(args.meta_batch), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
         if out.returncode != 0:
             r = {"error": out.stderr.strip().splitlines()[-1]}
@@ -231,18 +261,28 @@ def main() -> None:
         gflop = loop.get("gflop_per_step", r["gflop_per_step"])
         rows.append([learner, steps or "–", key.split("/", 2)[2], round(r["tasks_per_s"], 2),
                      round(speedup, 2), round(gflop / r["seconds_per_step"], 1), round(gflop, 1),
-                     round(r["peak_rss_gib"], 2)])
+                     round(r["peak_gpu_gib" if gpu else "peak_rss_gib"], 2)])
+    where = (f"GPU {torch.cuda.get_device_name(0)}" if gpu else f"{args.threads} CPU threads")
+    vs_plain = ""
+    for k in (1, 5):
+        plain, batched = raw.get(f"maml/{k}/plain", {}), raw.get(f"maml/{k}/batched", {})
+        if gpu and "tasks_per_s" in plain and "tasks_per_s" in batched:
+            vs_plain += (f" Second-order MAML, {k} inner step(s): batched / plain = "
+                         f"{batched['tasks_per_s'] / plain['tasks_per_s']:.2f}x.")
     write_result(
-        "throughput", "Meta-training throughput on Omniglot-shaped data (Conv-4, 5-way 1-shot)",
+        "throughput_cuda" if gpu else "throughput",
+        "Meta-training throughput on Omniglot-shaped data (Conv-4, 5-way 1-shot)"
+        + (", GPU" if gpu else ""),
         [{"title": f"Conv-4 64 filters, 1x28x28, 5-way 1-shot, 15 queries/class, meta-batch "
-                   f"{args.meta_batch}, {args.threads} CPU threads; mean of {args.reps} outer "
+                   f"{args.meta_batch}, {where}; mean of {args.reps} outer "
                    "steps after a warm-up",
           "columns": ["learner", "inner steps", "path", "tasks/s", "x loop", "achieved GFLOP/s",
-                      "GFLOP per outer step", "peak RSS GiB"],
+                      "GFLOP per outer step", "peak GPU memory GiB" if gpu else "peak RSS GiB"],
           "rows": rows,
-          "notes": f"Machine peaks measured in the same run: fp32 matmul 2048^3 "
+          "notes": f"Machine peaks measured in the same run: fp32 matmul "
+                   f"{8192 if gpu else 2048}^3 "
                    f"{machine_peaks['matmul_fp32_gflops']:.0f} GFLOP/s; 64-channel 3x3 "
-                   f"convolution (batch 160, 28x28, channels_last) "
+                   f"convolution (batch {160 * (32 if gpu else 1)}, 28x28, channels_last) "
                    f"{machine_peaks['conv3x3_64ch_channels_last_gflops']:.0f} GFLOP/s. "
                    "FLOPs counted with torch.utils.flop_counter on the per-task loop (forward, "
                    "backward and double-backward matmuls/convolutions) and credited to every path "
@@ -252,9 +292,9 @@ def main() -> None:
                    "without metaphi in the benchmark; 'threads' = the per-task loop with "
                    f"the tasks on {args.threads} threads side by side, one intra-op thread each "
                    "(metaphi's CPU default); 'batched' = metaphi's task-batched path; rows "
-                   "marked channels_last run model and data in channels_last layout."}],
+                   "marked channels_last run model and data in channels_last layout." + vs_plain}],
         stored["wall_seconds"] if stored else time.perf_counter() - t_start, peaks=machine_peaks,
-        raw=raw, order=20,
+        raw=raw, order=21 if gpu else 20,
         **({"command": stored["command"], "machine": stored["machine"], "date": stored["date"],
             "table_rebuilt_by": "python benchmarks/throughput.py --table-only"} if stored else {}))
 

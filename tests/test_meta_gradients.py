@@ -4,8 +4,10 @@ The network includes BatchNorm (transductive batch statistics). MAML, Meta-SGD a
 checked against central finite differences of the meta-objective; first-order MAML and Reptile,
 whose updates are not gradients of the meta-objective, against an unrolled computation written
 here independently of the library's inner loop. Both the per-task loop and the task-batched
-path are covered.
+path are covered. ``METAPHI_TEST_DEVICE=cuda`` runs the same checks on a GPU (float64 there too).
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from metaphi.models import Classifier
 from metaphi.tasks import TensorData, FewShotSource, sample_tasks
 
 DT = torch.float64
+DEV = torch.device(os.environ.get("METAPHI_TEST_DEVICE", "cpu"))
 
 
 def small_net(n_way=3):
@@ -32,7 +35,7 @@ def tasks(n=3, n_way=3, k=2, q=2):
     x = torch.randn(12 * 6, 1, 6, 6, generator=g, dtype=DT)
     y = torch.arange(12).repeat_interleave(6)
     src = FewShotSource(TensorData(x, y), range(12), n_way, k, q)
-    return sample_tasks(src, 0, "train", 0, n)
+    return [t.to(DEV) for t in sample_tasks(src, 0, "train", 0, n)]
 
 
 def directional_fd_check(f, params, grads, eps=1e-6, n_random=3, seed=0):
@@ -43,9 +46,10 @@ def directional_fd_check(f, params, grads, eps=1e-6, n_random=3, seed=0):
     names = list(params)
     directions = []
     for n in names:
-        directions.append({n: torch.randn(params[n].shape, generator=g, dtype=DT)})
+        directions.append({n: torch.randn(params[n].shape, generator=g, dtype=DT).to(DEV)})
     for _ in range(n_random):
-        directions.append({n: torch.randn(params[n].shape, generator=g, dtype=DT) for n in names})
+        directions.append({n: torch.randn(params[n].shape, generator=g, dtype=DT).to(DEV)
+                           for n in names})
     worst = 0.0
     for v in directions:
         with torch.no_grad():
@@ -74,7 +78,7 @@ def rel_err(a, b):
 
 
 def make(cls, **kw):
-    return cls(small_net(), loss="ce", **kw).to(DT)
+    return cls(small_net(), loss="ce", **kw).to(DEV, DT)
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -157,12 +161,18 @@ def test_batched_and_loop_paths_agree_in_float32_on_conv4():
     torch.manual_seed(0)
     x = torch.randn(40 * 4, 1, 28, 28)
     y = torch.arange(40).repeat_interleave(4)
-    ts = sample_tasks(FewShotSource(TensorData(x, y), range(40), 5, 1, 3), 0, "train", 0, 4)
-    learner = MAML(conv4(5, hidden=8), inner_lr=0.4, inner_steps=2)
-    learner.batched = False
-    g_loop, s_loop = learner.outer_grads(ts)
-    learner.batched = True
-    g_bat, s_bat = learner.outer_grads(ts)
+    ts = [t.to(DEV) for t in
+          sample_tasks(FewShotSource(TensorData(x, y), range(40), 5, 1, 3), 0, "train", 0, 4)]
+    learner = MAML(conv4(5, hidden=8), inner_lr=0.4, inner_steps=2).to(DEV)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # on a GPU: compare float32 with float32, not TF32
+    try:
+        learner.batched = False
+        g_loop, s_loop = learner.outer_grads(ts)
+        learner.batched = True
+        g_bat, s_bat = learner.outer_grads(ts)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     assert abs(s_loop["loss"] - s_bat["loss"]) < 1e-5
     assert rel_err(g_bat, g_loop) < 1e-4
 
