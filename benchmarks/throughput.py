@@ -17,7 +17,7 @@ Each configuration runs in its own process (clean peak-memory numbers). Paths:
 * "batched": metaphi's task-batched path.
 
 All paths give the same meta-gradient (checked in the tests). With ``--device cuda`` the
-"threads" path is left out (task threads are a CPU device), timings synchronise the GPU, peak
+"threads" path is left out (task threads are for CPUs), timings synchronise the GPU, peak
 memory is ``torch.cuda.max_memory_allocated`` and the peaks are the GPU's (fp32 matmul with
 PyTorch's default TF32 setting, and the 64-channel convolution through cuDNN).
 """
