@@ -116,10 +116,14 @@ def to_channels_last(lrn, tasks):
     return lrn.to(memory_format=torch.channels_last)
 
 
+def _is_gpu(device: str) -> bool:
+    return device.startswith("cuda")
+
+
 def _sync(device: str) -> None:
     import torch
 
-    if device.startswith("cuda"):
+    if _is_gpu(device):
         torch.cuda.synchronize()
 
 
@@ -152,7 +156,7 @@ def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
     out = {"tasks_per_s": meta_batch / dt, "seconds_per_step": dt, "gflop_per_step": flops / 1e9,
            "gflops": flops / dt / 1e9, "peak_rss_gib": peak / 2**20,
            "peak_rss_over_setup_gib": (peak - base_rss) / 2**20}
-    if device.startswith("cuda"):
+    if _is_gpu(device):
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
@@ -173,14 +177,14 @@ def peaks(threads: int, device: str = "cpu") -> dict:
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    n = 8192 if device.startswith("cuda") else 2048
+    n, batch = (8192, 160 * 32) if _is_gpu(device) else (2048, 160)  # big enough to saturate
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     mm = _rate(lambda: a @ b, 2 * n**3, device)
-    batch = 160 * (32 if device.startswith("cuda") else 1)
     x = torch.randn(batch, 64, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     w = torch.randn(64, 64, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
     conv = _rate(lambda: F.conv2d(x, w, padding=1), 2 * batch * 64 * 64 * 9 * 28 * 28, device)
-    return {"matmul_fp32_gflops": mm, "conv3x3_64ch_channels_last_gflops": conv}
+    return {"matmul_fp32_gflops": mm, "conv3x3_64ch_channels_last_gflops": conv,
+            "matmul_n": n, "conv_batch": batch}
 
 
 def main() -> None:
@@ -198,7 +202,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    gpu = args.device.startswith("cuda")
+    gpu = _is_gpu(args.device)
     if gpu and not torch.cuda.is_available():
         ap.error("--device cuda: PyTorch sees no CUDA GPU here")
     if args.one:
@@ -280,9 +284,10 @@ def main() -> None:
                       "GFLOP per outer step", "peak GPU memory GiB" if gpu else "peak RSS GiB"],
           "rows": rows,
           "notes": f"Machine peaks measured in the same run: fp32 matmul "
-                   f"{8192 if gpu else 2048}^3 "
+                   f"{machine_peaks.get('matmul_n', 2048)}^3 "
                    f"{machine_peaks['matmul_fp32_gflops']:.0f} GFLOP/s; 64-channel 3x3 "
-                   f"convolution (batch {160 * (32 if gpu else 1)}, 28x28, channels_last) "
+                   f"convolution (batch {machine_peaks.get('conv_batch', 160)}, 28x28, "
+                   "channels_last) "
                    f"{machine_peaks['conv3x3_64ch_channels_last_gflops']:.0f} GFLOP/s. "
                    "FLOPs counted with torch.utils.flop_counter on the per-task loop (forward, "
                    "backward and double-backward matmuls/convolutions) and credited to every path "
