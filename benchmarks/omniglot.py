@@ -114,7 +114,9 @@ def main() -> None:
           "columns": ["learner", "setting", "meta-train episodes", "accuracy %", "published %", "outer steps run",
                       "train minutes", "time to 98% meta-val", "meta-test episodes"],
           "rows": rows,
-          "notes": "Published: the papers' tables (see ../shared/reference/published_results.md). "
+          "notes": "Published: the papers' tables (see ../shared/reference/published_results.md; "
+                   "– where it has no row). A [tag] row is a variant of the preset, with the "
+                   "overrides given for PRESET+tag in the command. "
                    "'outer steps run' below the preset's full budget means the run was cut to "
                    f"what {'the accelerator session' if gpu else 'this 2-core CPU'} allows; "
                    "its learning curve is in benchmarks/figures/ "

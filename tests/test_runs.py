@@ -39,6 +39,26 @@ def test_bad_field_names_field_and_allowed_values():
     assert validate_config({**omni, "learner": {"name": "protonet"}}).task.train_n_way == 60
 
 
+def test_learner_options_reach_the_learner_and_are_refused_where_they_do_not_apply():
+    from metaphi.runs.build import build_learner
+
+    omni = {"task": {"source": "omniglot", "n_way": 5}, "model": {"name": "conv4", "width": 4}}
+    cfg = validate_config({**omni, "learner": {"name": "matchingnet", "scale": 10, "learn_scale": True}})
+    mn = build_learner(cfg)
+    assert mn.learn_scale and dict(mn.named_parameters())["scale"].item() == 10  # meta-learned
+    cfg = validate_config({**omni, "learner": {"name": "protonet", "distance": "cosine"}})
+    assert build_learner(cfg).distance == "cosine"
+    cfg = validate_config({**omni, "learner": {"name": "r2d2", "lam": 0.5, "learn_scale": False}})
+    r2 = build_learner(cfg)
+    assert abs(r2.log_lam.exp().item() - 0.5) < 1e-6 and not r2.learn_scale
+    with pytest.raises(ConfigError, match=r"learner\.lam: 'protonet' has no lam option; it is for 'r2d2'"):
+        validate_config({**omni, "learner": {"name": "protonet", "lam": 0.5}})
+    with pytest.raises(ConfigError, match=r"learner\.distance: 'maml' has no distance option"):
+        validate_config({**omni, "learner": {"name": "maml", "distance": "cosine"}})
+    with pytest.raises(ConfigError, match=r"learner\.scale: Input should be greater than 0"):
+        validate_config({**omni, "learner": {"name": "matchingnet", "scale": 0}})
+
+
 def test_overrides_parse_yaml_values():
     d = apply_overrides({"learner": {"inner_lr": 0.01}}, ["learner.inner_lr=0.5", "steps=7",
                                                             "model.hidden=[8, 8]"])
@@ -156,19 +176,54 @@ def test_resume_refuses_a_different_config(tmp_path):
         train_run(cfg, out, resume=True, progress=False)
 
 
+def _assert_same_run(a_dir: Path, b_dir: Path, steps: int) -> None:
+    a = json.loads((a_dir / "results.json").read_text())
+    b = json.loads((b_dir / "results.json").read_text())
+    assert b["steps"] == steps and a["meta_test"] == b["meta_test"]
+    assert (_metrics_without_time(a_dir / "metrics.jsonl")
+            == _metrics_without_time(b_dir / "metrics.jsonl"))
+
+
 def test_resume_with_more_steps_trains_a_run_longer(tmp_path):
     args = ["sinusoid-fomaml-5shot", "val_every=20", "val_tasks=20", "test_tasks=50",
             "checkpoint_every=10", "meta_batch=4", "--no-progress"]
     main(["train", *args, "steps=60", "--out", str(tmp_path / "straight")])
     main(["train", *args, "steps=40", "--out", str(tmp_path / "longer")])
     assert main(["train", *args, "steps=60", "--out", str(tmp_path / "longer"), "--resume"]) == 0
-    a = json.loads((tmp_path / "straight" / "results.json").read_text())
-    b = json.loads((tmp_path / "longer" / "results.json").read_text())
-    assert b["steps"] == 60 and a["meta_test"] == b["meta_test"]
-    assert (_metrics_without_time(tmp_path / "straight" / "metrics.jsonl")
-            == _metrics_without_time(tmp_path / "longer" / "metrics.jsonl"))
-    # fewer steps, or a cosine schedule that depends on the total, are refused
+    _assert_same_run(tmp_path / "straight", tmp_path / "longer", steps=60)
+    # fewer steps than the checkpoint holds, or a cosine schedule that depends on the total,
+    # are refused
     assert main(["train", *args, "steps=30", "--out", str(tmp_path / "longer"), "--resume"]) == 2
+
+
+def test_resume_with_fewer_steps_finishes_a_stopped_run_early(tmp_path, monkeypatch):
+    import metaphi.runs.run as run_mod
+
+    args = ["sinusoid-fomaml-5shot", "val_every=20", "val_tasks=20", "test_tasks=50",
+            "checkpoint_every=10", "meta_batch=4", "--no-progress"]
+    main(["train", *args, "steps=40", "--out", str(tmp_path / "straight")])
+
+    def stop_at_45(*a, **kw):  # a 60-step run stopped after its checkpoint at step 40
+        def on_step(step, record):
+            if step == 45:
+                raise KeyboardInterrupt
+        return meta_train(*a, **kw, on_step=on_step)
+
+    meta_train = run_mod.meta_train
+    monkeypatch.setattr(run_mod, "meta_train", stop_at_45)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *args, "steps=60", "--out", str(tmp_path / "early")])
+    monkeypatch.setattr(run_mod, "meta_train", meta_train)
+    # below the checkpoint's 40 steps is refused, naming the checkpoint's step
+    with pytest.raises(ConfigError, match=r"last checkpoint's step \(40\)"):
+        from metaphi.runs import train_run
+        from metaphi.runs.presets import get_preset
+
+        over = [a for a in args if "=" in a] + ["steps=30"]
+        train_run(validate_config(apply_overrides(get_preset(args[0]), over)), tmp_path / "early",
+                  resume=True, progress=False)
+    assert main(["train", *args, "steps=40", "--out", str(tmp_path / "early"), "--resume"]) == 0
+    _assert_same_run(tmp_path / "straight", tmp_path / "early", steps=40)
 
 
 class _Evil:

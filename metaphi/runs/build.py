@@ -10,7 +10,7 @@ from ..learners.base import Learner
 from ..models import conv4, conv4_features, mlp
 from ..tasks.sinusoid import SinusoidFamily
 from ..tasks.sources import TaskSource, task_rng
-from .config import RunConfig
+from .config import EMBEDDING_LEARNERS, RunConfig
 
 GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 
@@ -28,7 +28,7 @@ def build_model(cfg: RunConfig) -> nn.Module:
     m = cfg.model
     if m.name == "mlp":
         return mlp(1, tuple(m.hidden), 1)
-    if cfg.learner.name in ("protonet", "matchingnet", "r2d2"):
+    if cfg.learner.name in EMBEDDING_LEARNERS:
         return conv4_features(m.in_channels, m.width, m.depth)
     return conv4(cfg.task.n_way, m.in_channels, m.width, m.image_size, m.depth)
 
@@ -47,7 +47,7 @@ def build_learner(cfg: RunConfig) -> Learner:
                   eval_inner_steps=lc.eval_inner_steps)
         return cls(model, **kw)
     cls = {"protonet": "ProtoNet", "matchingnet": "MatchingNet", "r2d2": "R2D2"}[lc.name]
-    return getattr(L, cls)(model)
+    return getattr(L, cls)(model, **lc.options())
 
 
 def data_dir(cfg: RunConfig) -> str | None:

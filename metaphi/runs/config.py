@@ -12,6 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "matchingnet", "r2d2")
+EMBEDDING_LEARNERS = ("protonet", "matchingnet", "r2d2")
+# options of the metric / closed-form learners, and the learners that take each
+LEARNER_OPTIONS = {"distance": ("protonet",), "scale": EMBEDDING_LEARNERS,
+                   "learn_scale": EMBEDDING_LEARNERS, "lam": ("r2d2",)}
 
 
 class _Strict(BaseModel):
@@ -50,6 +54,26 @@ class LearnerConfig(_Strict):
     inner_lr: float = Field(0.01, gt=0)
     inner_steps: int = Field(1, ge=1)
     eval_inner_steps: int | None = Field(None, ge=1)
+    # None keeps the learner's own default (see its class docstring)
+    distance: Literal["sqeuclidean", "cosine"] | None = Field(
+        None, description="protonet: distance to the prototypes")
+    scale: float | None = Field(
+        None, gt=0, description="protonet/matchingnet/r2d2: initial scale of the logits")
+    learn_scale: bool | None = Field(
+        None, description="protonet/matchingnet/r2d2: meta-learn the logit scale")
+    lam: float | None = Field(None, gt=0, description="r2d2: initial ridge penalty λ")
+
+    @model_validator(mode="after")
+    def _options_apply(self) -> "LearnerConfig":
+        for field, takers in LEARNER_OPTIONS.items():
+            if getattr(self, field) is not None and self.name not in takers:
+                raise ValueError(f"learner.{field}: {self.name!r} has no {field} option; it is "
+                                 f"for {', '.join(map(repr, takers))} (or leave it unset)")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The options set for this learner, as keyword arguments of its class."""
+        return {f: getattr(self, f) for f in LEARNER_OPTIONS if getattr(self, f) is not None}
 
 
 class OptimConfig(_Strict):
@@ -86,14 +110,14 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
-        if self.task.source == "sinusoid" and self.learner.name in ("protonet", "matchingnet", "r2d2"):
+        if self.task.source == "sinusoid" and self.learner.name in EMBEDDING_LEARNERS:
             raise ValueError(f"learner.name: {self.learner.name!r} is a classifier; sinusoid "
                              "regression needs one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile'")
         if self.task.source == "sinusoid" and self.model.name != "mlp":
             raise ValueError("model.name: sinusoid tasks take 1-d inputs; use 'mlp'")
         t = self.task
         if (t.train_n_way not in (None, t.n_way)
-                and self.learner.name not in ("protonet", "matchingnet", "r2d2")):
+                and self.learner.name not in EMBEDDING_LEARNERS):
             raise ValueError(f"task.train_n_way: {self.learner.name!r} has a {t.n_way}-unit "
                              "output layer, so it meta-trains on n_way-way tasks; train_n_way "
                              "is for 'protonet', 'matchingnet', 'r2d2' (or leave it unset)")

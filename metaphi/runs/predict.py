@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..tasks.fewshot import IMAGE_SUFFIXES, ImageFolderData, load_image
 from ..tasks.task import Task
-from .config import RunConfig
+from .config import EMBEDDING_LEARNERS, RunConfig
 
 
 def _image_loader(cfg: RunConfig):
@@ -58,7 +58,7 @@ def predict_folder(run_dir: str | Path, support_dir: str | Path, query_dir: str 
     load = _image_loader(cfg)
     support = ImageFolderData(support_dir, size=None)
     n_way = len(support.class_names)
-    if cfg.learner.name not in ("protonet", "matchingnet", "r2d2") and n_way != cfg.task.n_way:
+    if cfg.learner.name not in EMBEDDING_LEARNERS and n_way != cfg.task.n_way:
         raise ValueError(f"this run was meta-trained for {cfg.task.n_way}-way tasks (its output "
                          f"layer has {cfg.task.n_way} units), but {support_dir} has {n_way} "
                          "classes; give it that many class folders, or use a ProtoNet run, "

@@ -46,21 +46,31 @@ def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
         if a == b:
             return
         changed = sorted(k for k in a if a[k] != b[k])
-        if changed == ["steps"] and cfg.steps > saved.steps and cfg.optim.schedule != "cosine":
-            # Training a run longer: tasks and schedule depend on the step only, so going on
-            # from the checkpoint equals a run started with the larger budget (when the old
-            # budget is a multiple of val_every, as the validations then coincide).
+        done = _checkpoint_step(out)
+        if (changed == ["steps"] and cfg.optim.schedule != "cosine"
+                and (cfg.steps > saved.steps or done <= cfg.steps)):
+            # A new budget: tasks and schedule depend on the step only, so going on from the
+            # checkpoint equals a run started with that budget (when the checkpoint's step is a
+            # multiple of val_every, as the validations then coincide). A smaller budget, down
+            # to the checkpoint, finishes a long run early.
             atomic_write_text(cfg_path, dump_config(cfg))
             return
         raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path} "
                           f"(in {', '.join(changed)}); resume with the same preset, seed and "
-                          "overrides (only `steps` may grow, to train a run longer, and not "
-                          "with a cosine schedule, which depends on the total)")
+                          "overrides (only `steps` may change: up, to train a run longer, or "
+                          f"down to the last checkpoint's step ({done}), to finish it early; "
+                          "and not with a cosine schedule, which depends on the total)")
     if (out / "checkpoint.pt").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose "
                           "another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, dump_config(cfg))
+
+
+def _checkpoint_step(out: Path) -> int:
+    """Outer steps done at the last checkpoint (0 if there is none)."""
+    ck = out / "checkpoint.pt"
+    return int(load_checkpoint(ck, map_location="cpu")["step"]) if ck.exists() else 0
 
 
 def meta_test(learner: Learner, cfg: RunConfig, seed: int, n_tasks: int, device: torch.device,
