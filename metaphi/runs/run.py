@@ -46,8 +46,8 @@ def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
         if a == b:
             return
         changed = sorted(k for k in a if a[k] != b[k])
-        done = _checkpoint_step(out) if changed == ["steps"] else None
-        if done is not None and done <= cfg.steps and cfg.optim.schedule != "cosine":
+        done = _checkpoint_step(out)  # only on this path: an unchanged config never reads it
+        if changed == ["steps"] and done <= cfg.steps and cfg.optim.schedule != "cosine":
             # A new budget: tasks and schedule depend on the step only, so going on from the
             # checkpoint equals a run started with that budget (when the checkpoint's step is a
             # multiple of val_every, as the validations then coincide). A smaller budget, down
@@ -57,8 +57,7 @@ def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
         raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path} "
                           f"(in {', '.join(changed)}); resume with the same preset, seed and "
                           "overrides (only `steps` may change: up, to train a run longer, or "
-                          f"down to the last checkpoint's step ({_checkpoint_step(out)}), to "
-                          "finish it early; "
+                          f"down to the last checkpoint's step ({done}), to finish it early; "
                           "and not with a cosine schedule, which depends on the total)")
     if (out / "checkpoint.pt").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose "
