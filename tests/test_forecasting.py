@@ -181,6 +181,73 @@ def test_neural_global_forecaster_learns_seasonality():
         assert smape(truth, f).mean() < 0.5 * smape(truth, naive).mean()
 
 
+def test_window_losses_by_hand():
+    import torch
+
+    from metaphi.forecasting.neural import window_loss
+
+    x = torch.tensor([[1.0, 2.0, 1.0, 2.0]])  # lag-1 diffs 1,1,1 -> scale 1; lag-2 diffs 0,0 -> 0.01
+    y = torch.tensor([[2.0, 4.0]])
+    p = torch.tensor([[1.0, 5.0]])
+    assert float(window_loss("mae", p, y, x, 1)) == pytest.approx(1.0)
+    assert float(window_loss("smape", p, y, x, 1)) == pytest.approx((2 / 3 + 2 / 9) / 2)
+    assert float(window_loss("mape", p, y, x, 1)) == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert float(window_loss("mase", p, y, x, 1)) == pytest.approx(1.0)
+    assert float(window_loss("mase", p, y, x, 2)) == pytest.approx(100.0)  # flat: scale floor
+    assert float(window_loss("mase", p, y, x, 12)) == pytest.approx(1.0)  # too short: lag 1
+
+
+def _toy_sets(n=12, length=40, h=4):
+    rng = np.random.default_rng(1)
+    t = np.arange(length)
+    ys = [50 + 5 * np.sin(2 * np.pi * (t + i) / 4) + rng.normal(0, 1, length) for i in range(n)]
+    return SeriesSet("toy", [f"s{i}" for i in range(n)], ys, h, 4)
+
+
+def test_neural_ensemble_is_the_median_of_its_members():
+    from dataclasses import replace
+
+    from metaphi.forecasting.neural import NeuralConfig, fit_forecast
+
+    s = _toy_sets()
+    cfg = NeuralConfig(width=16, blocks=2, pretrain_steps=20, batch_size=32, meta_steps=2,
+                       meta_batch=2, lookbacks=(2, 3), losses=("smape", "mase"), seed=5)
+    members = cfg.members()
+    assert [(c.lookback, c.loss, c.seed) for c in members] == [
+        (2, "smape", 5), (2, "mase", 6), (3, "smape", 7), (3, "mase", 8)]
+    fc, log = fit_forecast(s, s, cfg, progress=False)
+    singles = [fit_forecast(s, s, c, progress=False)[0] for c in members]
+    for k in ("NBeats-global", "NBeats-MAML"):
+        np.testing.assert_allclose(fc[k], np.median([f[k] for f in singles], axis=0))
+    assert [m["loss"] for m in log["members"]] == ["smape", "mase", "smape", "mase"]
+    # two worker processes give the same numbers as one
+    fc2, _ = fit_forecast(s, s, replace(cfg, workers=2), progress=False)
+    np.testing.assert_allclose(fc2["NBeats-MAML"], fc["NBeats-MAML"])
+
+
+def test_neural_fit_skips_maml_when_no_series_has_a_support_window():
+    from metaphi.forecasting.neural import NeuralConfig, NeuralForecaster
+
+    h = 6  # series of 12 values: windows to pretrain on, but none before a held-out query
+    hist = [np.arange(12.0) + i for i in range(5)]
+    model = NeuralForecaster(h, NeuralConfig(width=8, blocks=1, pretrain_steps=3, meta_steps=5))
+    model.fit(hist, progress=False)
+    assert model.log["meta_train_series"] == 0 and "meta_loss_first" not in model.log
+    assert np.isfinite(model.forecast(hist)).all()
+
+
+@pytest.mark.parametrize("change, needle", [({"losses": ("rmse",)}, "loss must be one of"),
+                                            ({"lookbacks": (0,)}, "lookback must be >= 1"),
+                                            ({"losses": ("mae", "mase"), "workers": 0},
+                                             "workers must be >= 1")])
+def test_neural_ensemble_config_errors(change, needle):
+    from metaphi.forecasting.neural import NeuralConfig, fit_forecast
+
+    s = _toy_sets()
+    with pytest.raises(ValueError, match=needle):
+        fit_forecast(s, s, NeuralConfig(pretrain_steps=1, **change), progress=False)
+
+
 # CLI ---------------------------------------------------------------------------------------------
 
 def _toy_csv(path, n_series=24, n=48):
@@ -219,6 +286,18 @@ def test_cli_on_tiny_csv(tmp_path):
     df = pd.read_csv(out / "forecasts.csv")
     assert len(df) == 24 * 4 and {"unique_id", "ds", "step", "y", "FFORMA"} <= set(df.columns)
     assert (out / "forecasts_toy.png").stat().st_size > 1000
+
+
+def test_cli_neural_ensemble(tmp_path):
+    _, out, rc = _forecast_toy_csv(tmp_path, "ens", ["Naive", "SeasonalNaive"], "--meta",
+                                   "fforma", "neural", "--ensemble", "--neural-steps", "3")
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    members = res["logs"]["neural toy"]["members"]
+    assert len(members) == 18 and {m["loss"] for m in members} == {"smape", "mape", "mase"}
+    assert {m["lookback"] for m in members} == {2, 3, 4, 5, 6, 7}
+    for k in ("NBeats-global", "NBeats-MAML", "FFORMA & NBeats-MAML mean"):
+        assert np.isfinite(res["metrics"][k]["Average"]["sMAPE"])
 
 
 def test_cli_forecasts_beyond_the_end_of_the_data(tmp_path):

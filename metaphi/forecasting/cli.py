@@ -44,6 +44,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--plot-series", type=int, default=6, help="series per PNG (default: 6)")
     p.add_argument("--neural-steps", type=int, default=None,
                    help="pretraining steps of the neural forecaster (default: its config)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="neural forecaster as an N-BEATS-style ensemble: one member per lookback "
+                        "(2..7 horizons) and loss (sMAPE, MAPE, MASE), median forecast, members "
+                        "trained on all cores (18x the cost of one model)")
     p.add_argument("--cache-dir", default=None, help="cache base forecasts here for reruns")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
             sets = [one]
         meta = tuple(m for m in args.meta if m != "none")
         cfg = NeuralConfig(seed=args.seed)
+        if args.ensemble:
+            cfg = NeuralConfig.nbeats_ensemble(seed=args.seed)
         if args.neural_steps is not None:
             cfg.pretrain_steps = args.neural_steps
             cfg.meta_steps = max(1, args.neural_steps // 10)

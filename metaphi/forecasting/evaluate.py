@@ -140,6 +140,11 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
             fc[p.s.name].update(out)
             ev.logs[f"neural {p.s.name}"] = log
         ev.timings["neural meta-train + forecast"] = time.perf_counter() - t0
+    if "fforma" in meta and "neural" in meta:
+        # The simplest statistical + neural combination (equal weights, fixed in advance).
+        for p in prep:
+            fc[p.s.name]["FFORMA & NBeats-MAML mean"] = 0.5 * (fc[p.s.name]["FFORMA"]
+                                                               + fc[p.s.name]["NBeats-MAML"])
     if "fforma" in meta and "neural" in meta and stack_neural:
         # FFORMA over the base forecasters plus the neural one: the neural model is refitted on
         # the histories without their last h values so that it, too, gets holdout errors.

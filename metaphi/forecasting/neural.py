@@ -13,8 +13,12 @@ series is adapted with the inner loop on its support windows before forecasting.
 """
 from __future__ import annotations
 
+import itertools
+import multiprocessing as mp
+import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -94,6 +98,7 @@ class NeuralConfig:
     pretrain_steps: int = 1000
     batch_size: int = 256
     lr: float = 1e-3
+    loss: str = "mae"            # pretraining loss: "mae", "smape", "mape" or "mase"
     recent: int = 10             # pretraining windows end within the last `recent * h` points
     max_epochs: float = 4.0      # cap pretraining at this many passes over the distinct windows
     meta_steps: int = 100
@@ -105,14 +110,66 @@ class NeuralConfig:
     eval_inner_steps: int = 3
     choose_steps: bool = True    # pick the meta-test inner steps on training tasks
     seed: int = 0
+    # Ensemble (the N-BEATS recipe): members per (lookback, loss) pair, forecasts combined by
+    # their median; empty tuples and bags=1 = a single model with `lookback` and `loss`.
+    lookbacks: tuple[int, ...] = ()
+    losses: tuple[str, ...] = ()
+    bags: int = 1                # members per (lookback, loss) pair, with different seeds
+    workers: int = 1             # processes that train ensemble members side by side
+
+    @classmethod
+    def nbeats_ensemble(cls, losses: tuple[str, ...] = ("smape", "mape", "mase"), bags: int = 1,
+                        workers: int | None = None, **kw) -> "NeuralConfig":
+        """The N-BEATS paper's ensemble recipe, one model per setting: lookbacks of 2..7
+        horizons x ``losses`` (sMAPE, MAPE and MASE: 18 members) x ``bags`` seeds, trained on
+        all cores by default."""
+        return cls(lookbacks=(2, 3, 4, 5, 6, 7), losses=tuple(losses), bags=bags,
+                   workers=workers or os.cpu_count() or 1, **kw)
+
+    def members(self) -> list["NeuralConfig"]:
+        """The single-model configs of the ensemble's members (just this one if no ensemble)."""
+        if not self.lookbacks and not self.losses and self.bags == 1:
+            return [self]
+        if self.bags < 1:
+            raise ValueError(f"NeuralConfig.bags must be >= 1, got {self.bags}")
+        grid = itertools.product(self.lookbacks or (self.lookback,), self.losses or (self.loss,),
+                                 range(self.bags))
+        return [replace(self, lookback=int(L), loss=loss, lookbacks=(), losses=(), bags=1,
+                        seed=self.seed + j) for j, (L, loss, _) in enumerate(grid)]
+
+
+LOSSES = ("mae", "smape", "mape", "mase")
+
+
+def window_loss(kind: str, pred: Tensor, y: Tensor, x: Tensor, m: int) -> Tensor:
+    """Mean training loss of scaled windows: MAE, sMAPE or MAPE (as fractions), or MASE, whose
+    scale is the input window's mean absolute lag-``m`` difference (lag 1 where the window is
+    too short)."""
+    err = (pred - y).abs()
+    if kind == "mae":
+        return err.mean()
+    if kind == "smape":
+        return (2 * err / (pred.abs() + y.abs()).clamp_min(1e-6)).mean()
+    if kind == "mape":
+        return (err / y.abs().clamp_min(1e-2)).mean()
+    lag = m if x.shape[-1] > m else 1
+    # inputs are scaled to mean 1, so 0.01 bounds the weight of an almost flat window
+    scale = (x[..., lag:] - x[..., :-lag]).abs().mean(-1, keepdim=True).clamp_min(1e-2)
+    return (err / scale).mean()
 
 
 class NeuralForecaster:
-    """Global network + MAML inner loop for one horizon ``h`` (one frequency subset)."""
+    """Global network + MAML inner loop for one horizon ``h`` (one frequency subset);
+    ``m`` is the season length (used by the MASE loss)."""
 
-    def __init__(self, h: int, config: NeuralConfig | None = None) -> None:
+    def __init__(self, h: int, config: NeuralConfig | None = None, m: int = 1) -> None:
         self.cfg = config or NeuralConfig()
-        self.h = h
+        if self.cfg.lookbacks or self.cfg.losses or self.cfg.bags != 1:
+            raise ValueError("NeuralForecaster is one model; fit an ensemble config "
+                             "(lookbacks/losses) with fit_forecast, or use config.members()")
+        if self.cfg.loss not in LOSSES:
+            raise ValueError(f"NeuralConfig.loss must be one of {LOSSES}, got {self.cfg.loss!r}")
+        self.h, self.m = h, int(m)
         self.L = self.cfg.lookback * h
         torch.manual_seed(self.cfg.seed)
         self.net = NBeats(self.L, h, self.cfg.width, self.cfg.blocks)
@@ -173,7 +230,7 @@ class NeuralForecaster:
             xs, ys = zip(*[window(usable[i], int(e), self.L, self.h)[:2] for i, e in zip(idx, ends)])
             x = torch.tensor(np.stack(xs), dtype=torch.float32)
             yt = torch.tensor(np.stack(ys), dtype=torch.float32)
-            loss = (self.net(x) - yt).abs().mean()
+            loss = window_loss(cfg.loss, self.net(x), yt, x, self.m)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -184,11 +241,15 @@ class NeuralForecaster:
         t1 = time.perf_counter()
         meta_opt = torch.optim.Adam(self.learner.parameters(), lr=cfg.meta_lr)
         losses = []
-        for step in tqdm(range(cfg.meta_steps), desc=f"MAML h={self.h}", disable=not progress,
+        # a meta-train task needs a support window before its query: 2h + 1 values at least
+        taskable = [y for y in usable if len(y) >= 2 * self.h + 1]
+        meta_steps = cfg.meta_steps if taskable else 0
+        self.log["meta_train_series"] = len(taskable)
+        for step in tqdm(range(meta_steps), desc=f"MAML h={self.h}", disable=not progress,
                          mininterval=2):
             tasks = []
             while len(tasks) < cfg.meta_batch:
-                t = self.train_task(usable[int(rng.integers(len(usable)))], rng)
+                t = self.train_task(taskable[int(rng.integers(len(taskable)))], rng)
                 if t is not None:
                     tasks.append(t)
             grads, stats = self.learner.outer_grads(tasks)
@@ -276,17 +337,54 @@ class NeuralForecaster:
         return out
 
 
-def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | None = None,
-                 progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Meta-train on ``train``'s histories (windows of ``target.h``) and forecast ``target``.
-
-    Returns ``({"NBeats-global": ..., "NBeats-MAML": ...}, log)``: the global network without
-    and with per-series adaptation.
-    """
-    model = NeuralForecaster(target.h, config).fit(train.y, progress=progress)
+def _fit_member(job: tuple) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    cfg, h, m, train_y, target_y, progress = job
+    model = NeuralForecaster(h, cfg, m=m).fit(train_y, progress=progress)
     t0 = time.perf_counter()
-    fc = {"NBeats-global": model.forecast(target.y, adapt=False),
-          "NBeats-MAML": model.forecast(target.y, adapt=True, progress=progress)}
+    fc = {"NBeats-global": model.forecast(target_y, adapt=False),
+          "NBeats-MAML": model.forecast(target_y, adapt=True, progress=progress)}
     model.log["forecast_seconds"] = time.perf_counter() - t0
     model.log["adaptations_rejected"] = model.guarded
     return fc, model.log
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # the worker processes already fill the cores
+
+
+def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | None = None,
+                 progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Meta-train on ``train``'s histories (windows of ``target.h``) and forecast ``target``.
+
+    Returns ``({"NBeats-global": ..., "NBeats-MAML": ...}, log)``: the global network without
+    and with per-series adaptation. With an ensemble config (``lookbacks`` / ``losses``) each
+    member is trained and adapted on its own (in ``workers`` processes) and every forecast is
+    the median over the members.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or NeuralConfig()
+    members = cfg.members()
+    for c in members:
+        if c.loss not in LOSSES:
+            raise ValueError(f"NeuralConfig loss must be one of {LOSSES}, got {c.loss!r}")
+        if c.lookback < 1:
+            raise ValueError(f"NeuralConfig lookback must be >= 1 (a multiple of h), got {c.lookback}")
+    if len(members) == 1:
+        return _fit_member((members[0], target.h, target.m, train.y, target.y, progress))
+    if cfg.workers < 1:
+        raise ValueError(f"NeuralConfig.workers must be >= 1, got {cfg.workers}")
+    t0 = time.perf_counter()
+    jobs = [(c, target.h, target.m, train.y, target.y, False) for c in members]
+    bar = dict(total=len(jobs), desc=f"neural ensemble h={target.h}", disable=not progress)
+    if cfg.workers == 1:
+        results = [_fit_member(j) for j in tqdm(jobs, **bar)]
+    else:
+        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            results = list(tqdm(pool.map(_fit_member, jobs), **bar))
+    fc = {k: np.median(np.stack([r[0][k] for r in results]), axis=0) for k in results[0][0]}
+    log = {"members": [{"lookback": c.lookback, "loss": c.loss, "seed": c.seed, **r[1]}
+                       for c, r in zip(members, results)],
+           "seconds": time.perf_counter() - t0}
+    return fc, log
