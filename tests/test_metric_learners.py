@@ -113,7 +113,7 @@ def test_batched_path_equals_per_task_loop(kind: str, net: str) -> None:
 
     assert info_b["loss"] == pytest.approx(info_t["loss"], rel=1e-10)
     assert info_b["metric"] == pytest.approx(info_t["metric"], abs=1e-6)
-    assert float(loss_b) == pytest.approx(float(loss_t), rel=1e-10)
+    assert float(loss_b.detach()) == pytest.approx(float(loss_t.detach()), rel=1e-10)
     assert float(acc_b) == pytest.approx(float(acc_t), abs=1e-6)
     gb, gt = flat(g_b, names), flat(g_t, names)
     assert float((gb - gt).norm() / gt.norm()) < 1e-10
