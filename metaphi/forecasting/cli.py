@@ -74,9 +74,8 @@ def run(args: argparse.Namespace) -> int:
                 one = one.subset(range(min(args.max_series, len(one))))
             sets = [one]
         meta = tuple(m for m in args.meta if m != "none")
-        cfg = NeuralConfig(seed=args.seed)
-        if args.ensemble:
-            cfg = NeuralConfig.nbeats_ensemble(seed=args.seed)
+        cfg = (NeuralConfig.nbeats_ensemble(seed=args.seed) if args.ensemble
+               else NeuralConfig(seed=args.seed))
         if args.neural_steps is not None:
             cfg.pretrain_steps = args.neural_steps
             cfg.meta_steps = max(1, args.neural_steps // 10)

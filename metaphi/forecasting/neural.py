@@ -117,6 +117,19 @@ class NeuralConfig:
     bags: int = 1                # members per (lookback, loss) pair, with different seeds
     workers: int = 1             # processes that train ensemble members side by side
 
+    def __post_init__(self) -> None:
+        # one place for the checks, so a bad config fails before any member starts training
+        for loss in self.losses or (self.loss,):
+            if loss not in LOSSES:
+                raise ValueError(f"NeuralConfig loss must be one of {LOSSES}, got {loss!r}")
+        for L in self.lookbacks or (self.lookback,):
+            if L < 1:
+                raise ValueError(f"NeuralConfig lookback must be >= 1 (a multiple of h), got {L}")
+        if self.bags < 1:
+            raise ValueError(f"NeuralConfig.bags must be >= 1, got {self.bags}")
+        if self.workers < 1:
+            raise ValueError(f"NeuralConfig.workers must be >= 1, got {self.workers}")
+
     @classmethod
     def nbeats_ensemble(cls, losses: tuple[str, ...] = ("smape", "mape", "mase"), bags: int = 1,
                         workers: int | None = None, **kw) -> "NeuralConfig":
@@ -130,8 +143,6 @@ class NeuralConfig:
         """The single-model configs of the ensemble's members (just this one if no ensemble)."""
         if not self.lookbacks and not self.losses and self.bags == 1:
             return [self]
-        if self.bags < 1:
-            raise ValueError(f"NeuralConfig.bags must be >= 1, got {self.bags}")
         grid = itertools.product(self.lookbacks or (self.lookback,), self.losses or (self.loss,),
                                  range(self.bags))
         return [replace(self, lookback=int(L), loss=loss, lookbacks=(), losses=(), bags=1,
@@ -167,8 +178,6 @@ class NeuralForecaster:
         if self.cfg.lookbacks or self.cfg.losses or self.cfg.bags != 1:
             raise ValueError("NeuralForecaster is one model; fit an ensemble config "
                              "(lookbacks/losses) with fit_forecast, or use config.members()")
-        if self.cfg.loss not in LOSSES:
-            raise ValueError(f"NeuralConfig.loss must be one of {LOSSES}, got {self.cfg.loss!r}")
         self.h, self.m = h, int(m)
         self.L = self.cfg.lookback * h
         torch.manual_seed(self.cfg.seed)
@@ -365,15 +374,8 @@ def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | Non
 
     cfg = config or NeuralConfig()
     members = cfg.members()
-    for c in members:
-        if c.loss not in LOSSES:
-            raise ValueError(f"NeuralConfig loss must be one of {LOSSES}, got {c.loss!r}")
-        if c.lookback < 1:
-            raise ValueError(f"NeuralConfig lookback must be >= 1 (a multiple of h), got {c.lookback}")
     if len(members) == 1:
         return _fit_member((members[0], target.h, target.m, train.y, target.y, progress))
-    if cfg.workers < 1:
-        raise ValueError(f"NeuralConfig.workers must be >= 1, got {cfg.workers}")
     t0 = time.perf_counter()
     jobs = [(c, target.h, target.m, train.y, target.y, False) for c in members]
     bar = dict(total=len(jobs), desc=f"neural ensemble h={target.h}", disable=not progress)
