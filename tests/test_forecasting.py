@@ -239,7 +239,8 @@ def test_neural_fit_skips_maml_when_no_series_has_a_support_window():
 @pytest.mark.parametrize("change, needle", [({"losses": ("rmse",)}, "loss must be one of"),
                                             ({"lookbacks": (0,)}, "lookback must be >= 1"),
                                             ({"losses": ("mae", "mase"), "workers": 0},
-                                             "workers must be >= 1")])
+                                             "workers must be >= 1"),
+                                            ({"meta_loss": "huber"}, "meta_loss must be")])
 def test_neural_ensemble_config_errors(change, needle):
     from metaphi.forecasting.neural import NeuralConfig, fit_forecast
 

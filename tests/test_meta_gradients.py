@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from metaphi.learners import ANIL, FOMAML, MAML, MetaSGD, Reptile
 from metaphi.models import Classifier
-from metaphi.tasks import TensorData, FewShotSource, sample_tasks
+from metaphi.tasks import FewShotSource, Task, TensorData, sample_tasks
 
 DT = torch.float64
 DEV = torch.device(os.environ.get("METAPHI_TEST_DEVICE", "cpu"))
@@ -227,3 +227,27 @@ def test_reptile_batched_equals_loop():
     gb, sb = b.outer_grads(ts)
     assert b.use_batched(ts) and rel_err(gb, ga) < 1e-10
     assert abs(sa["loss"] - sb["loss"]) < 1e-10
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_mae_regression_meta_gradient_matches_finite_differences(batched):
+    # the forecaster meta-trains with an absolute-error loss: its meta-gradient is checked too
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+    learner = MAML(net, loss="mae", inner_lr=0.2, inner_steps=2, batched=batched).to(DEV, DT)
+    g = torch.Generator().manual_seed(2)
+    ts = [Task(*(torch.randn(s, generator=g, dtype=DT).to(DEV) for s in ((6, 4), (6, 3), (5, 4), (5, 3))))
+          for _ in range(3)]
+    params = learner.meta_params()
+    grads, stats = learner.outer_grads(ts)
+    loss, _ = learner.meta_loss(ts)
+    # the reported loss is the mean absolute error, not a squared one
+    assert abs(stats["loss"] - float(loss.detach())) < 1e-10
+    fast = learner.adapt(ts[0].support_x, ts[0].support_y)
+    q = learner.predict(fast, ts[0].query_x).detach()
+    assert float(learner.loss_fn(q, ts[0].query_y)) == pytest.approx(
+        float((q - ts[0].query_y).abs().mean()))
+    assert directional_fd_check(lambda: float(learner.meta_loss(ts)[0].detach()), params,
+                                grads) < 1e-5
+    if batched:
+        assert learner.use_batched(ts), "the batched path must actually run"

@@ -7,8 +7,10 @@ divided by the mean absolute value of its input, so one network serves series of
 
 Training has two phases, both across many series: (1) plain minibatch training of the global
 network on windows (the N-BEATS recipe; cheap and batched), then (2) MAML meta-training with the
-core's :class:`metaphi.learners.MAML` (``loss="mse"``) via ``learner.outer_grads(tasks)`` and
-Adam, so that a few SGD steps on a series' own windows improve its forecast. At meta-test each
+core's :class:`metaphi.learners.MAML` (``loss="mae"``) via ``learner.outer_grads(tasks)`` and
+Adam, so that a few SGD steps on a series' own windows improve its forecast. The MAML phase
+uses an absolute error, like pretraining: with a squared error it pulled the network toward
+mean forecasts and cost 0.6 sMAPE on M3 monthly (benchmarks/RESULTS.md, issue 4 notes). At meta-test each
 series is adapted with the inner loop on its support windows before forecasting.
 """
 from __future__ import annotations
@@ -103,7 +105,8 @@ class NeuralConfig:
     max_epochs: float = 4.0      # cap pretraining at this many passes over the distinct windows
     meta_steps: int = 100
     meta_batch: int = 8
-    meta_lr: float = 3e-4
+    meta_lr: float = 1e-4        # 3e-4 moved the pretrained network too far (M3 monthly)
+    meta_loss: str = "mae"       # inner and outer loss of the MAML phase: "mae" or "mse"
     support: int = 8             # support windows per task
     inner_lr: float = 0.01
     inner_steps: int = 1
@@ -125,6 +128,8 @@ class NeuralConfig:
         for L in self.lookbacks or (self.lookback,):
             if L < 1:
                 raise ValueError(f"NeuralConfig lookback must be >= 1 (a multiple of h), got {L}")
+        if self.meta_loss not in ("mae", "mse"):
+            raise ValueError(f"NeuralConfig.meta_loss must be 'mae' or 'mse', got {self.meta_loss!r}")
         if self.bags < 1:
             raise ValueError(f"NeuralConfig.bags must be >= 1, got {self.bags}")
         if self.workers < 1:
@@ -182,7 +187,7 @@ class NeuralForecaster:
         self.L = self.cfg.lookback * h
         torch.manual_seed(self.cfg.seed)
         self.net = NBeats(self.L, h, self.cfg.width, self.cfg.blocks)
-        self.learner = MAML(self.net, loss="mse", inner_lr=self.cfg.inner_lr,
+        self.learner = MAML(self.net, loss=self.cfg.meta_loss, inner_lr=self.cfg.inner_lr,
                             inner_steps=self.cfg.inner_steps,
                             eval_inner_steps=self.cfg.eval_inner_steps)
         self.log: dict[str, float] = {}

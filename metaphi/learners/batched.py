@@ -98,7 +98,8 @@ def per_task_loss(loss_kind: str, out: Tensor, y: Tensor) -> Tensor:
     if loss_kind == "ce":
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
                                reduction="none").reshape(y.shape).mean(1)
-    return ((out - y) ** 2).reshape(out.shape[0], -1).mean(1)
+    err = (out - y).abs() if loss_kind == "mae" else (out - y) ** 2
+    return err.reshape(out.shape[0], -1).mean(1)
 
 
 def per_task_metric(loss_kind: str, out: Tensor, y: Tensor) -> Tensor:

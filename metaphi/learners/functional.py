@@ -64,9 +64,12 @@ def transductive_batchnorm(model: nn.Module) -> nn.Module:
 
 def loss_and_metric(kind: str) -> tuple[Callable[[Tensor, Tensor], Tensor],
                                          Callable[[Tensor, Tensor], Tensor], str, bool]:
-    """(loss, metric, metric name, higher is better) for ``'ce'`` or ``'mse'``."""
+    """(loss, metric, metric name, higher is better) for ``'ce'``, ``'mse'`` or ``'mae'``."""
     if kind == "ce":
         return F.cross_entropy, lambda out, y: (out.argmax(-1) == y).float().mean(), "accuracy", True
     if kind == "mse":
         return F.mse_loss, F.mse_loss, "mse", False
-    raise ValueError(f"loss must be 'ce' (classification) or 'mse' (regression), got {kind!r}")
+    if kind == "mae":
+        return F.l1_loss, F.l1_loss, "mae", False
+    raise ValueError(f"loss must be 'ce' (classification), 'mse' or 'mae' (regression), "
+                     f"got {kind!r}")

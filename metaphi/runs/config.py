@@ -98,7 +98,7 @@ class RunConfig(_Strict):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     meta_optimizer: Literal["gradient"] = "gradient"
-    loss: Literal["auto", "mse", "ce"] = "auto"
+    loss: Literal["auto", "mse", "mae", "ce"] = "auto"
     steps: int = Field(1000, ge=1, description="outer-loop steps (meta-batches)")
     meta_batch: int = Field(25, ge=1)
     val_every: int = Field(500, ge=1)
