@@ -100,6 +100,20 @@ def test_cmaes_rosenbrock_within_budget():
     assert f < 1e-6 and np.allclose(x, [1.0, 1.0], atol=1e-3)
 
 
+def test_sep_cmaes_learns_per_coordinate_scales():
+    # separable ellipsoid, condition 1e4: the diagonal covariance is all there is to learn, so
+    # sep-CMA-ES gets there in fewer generations than the full covariance
+    def ellipsoid(x):
+        x = np.asarray(x)
+        return float(np.sum(10 ** (4 * np.arange(len(x)) / (len(x) - 1)) * (x - 1) ** 2))
+
+    sep = run(CMAES(x0=np.zeros(30), sigma=0.5, seed=0, diagonal=True), ellipsoid, 600)
+    full = run(CMAES(x0=np.zeros(30), sigma=0.5, seed=0), ellipsoid, 600)
+    assert type(sep._cma).__name__ == "SepCMA"
+    assert sep.best[1] < 1e-7 < full.best[1]
+    np.testing.assert_allclose(sep.best[0], np.ones(30), atol=1e-3)
+
+
 def test_cmaes_bounded_space():
     space = Space({"lr": Float(1e-4, 1.0, log=True), "w": Int(8, 256)})
     fn = lambda p: (np.log10(p["lr"]) + 2.5) ** 2 + ((p["w"] - 100) / 50) ** 2  # noqa: E731
@@ -143,6 +157,7 @@ def test_seed_makes_search_reproducible(make, fn):
     (lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=3, shaping="none",
                       schedule="cosine", horizon=12, sigma_final=0.02), sphere),
     (lambda: CMAES(x0=np.zeros(2), sigma=0.5, seed=3), rosenbrock),
+    (lambda: CMAES(x0=np.zeros(5), sigma=0.5, seed=3, diagonal=True), sphere),
     (lambda: REINFORCE(MIXED, popsize=8, seed=3), mixed_fn),
 ])
 def test_state_dict_checkpoint_resume_is_exact(tmp_path, make, fn):
@@ -165,6 +180,9 @@ def test_load_state_dict_refuses_other_settings():
     with pytest.raises(ValueError, match="cmaes"):
         OpenAIES(x0=np.zeros(3), popsize=4, seed=0).load_state_dict(
             CMAES(x0=np.zeros(3), seed=0).state_dict())
+    with pytest.raises(ValueError, match="diagonal"):
+        CMAES(x0=np.zeros(3), seed=0).load_state_dict(
+            CMAES(x0=np.zeros(3), seed=0, diagonal=True).state_dict())
 
 
 def test_bad_arguments_are_clear_errors():
