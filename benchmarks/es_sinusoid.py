@@ -168,7 +168,8 @@ def main() -> None:
              "rows": rows,
              "notes": (f"ES/MAML MSE ratio = {ratio:.2f}; the target (ES within 10% of gradient "
                        f"MAML, ratio <= 1.10) is {'met' if met else 'NOT met'}. "
-                       + opt_desc + f"{args.fitness_tasks} fitness tasks per generation (shared by the "
+                       + opt_desc
+                       + f"{args.fitness_tasks} fitness tasks per generation (shared by the "
                        f"generation), {args.workers} worker process(es), {args.threads} torch "
                        "thread(s)." + preset_note)}
     write_result(args.name, "ES meta-learns MAML's initialisation and inner lr (sinusoid)",

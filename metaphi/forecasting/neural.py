@@ -9,9 +9,9 @@ Training has two phases, both across many series: (1) plain minibatch training o
 network on windows (the N-BEATS recipe; cheap and batched), then (2) MAML meta-training with the
 core's :class:`metaphi.learners.MAML` (``loss="mae"``) via ``learner.outer_grads(tasks)`` and
 Adam, so that a few SGD steps on a series' own windows improve its forecast. The MAML phase
-uses an absolute error, like pretraining: with a squared error it pulled the network toward
-mean forecasts and cost 0.6 sMAPE on M3 monthly (benchmarks/RESULTS.md, issue 4 notes). At meta-test each
-series is adapted with the inner loop on its support windows before forecasting.
+uses an absolute error, like pretraining: a squared error pulled the network toward mean
+forecasts and cost 0.6 sMAPE on M3 monthly. At meta-test each series is adapted with the inner
+loop on its support windows before forecasting.
 """
 from __future__ import annotations
 
