@@ -131,6 +131,18 @@ def main() -> None:
                       "benchmarks/_work/ was filled (same machine, same code); on a rerun they "
                       f"are read from disk. Sum of cached fitting times incl. source data: "
                       f"{cached:.0f} s.")})
+    if args.ensemble:
+        neural_desc = ("Neural ensemble (--ensemble): per dataset " + "; ".join(
+            f"{name}: {len(c.members())} members, lookbacks {c.lookbacks} (x h) x losses "
+            f"{c.losses} x {c.bags} seed(s)" for name, c in neural.items())
+            + ", each member a NeuralForecaster meta-trained and adapted on its own, the "
+            "forecast the median over the members (the N-BEATS papers ensemble 180 models). ")
+        # the settings the members share (their lookback, loss and seed vary)
+        per_member = ("lookback", "loss", "lookbacks", "losses", "bags")
+        shared = {k: v for k, v in neural["M3"].__dict__.items() if k not in per_member}
+    else:
+        neural_desc = "Single model, single seed; N-BEATS papers ensemble 180 models. "
+        shared = cfg.__dict__
     notes = (
         "Base forecasters: statsforecast 2.1.1 (Naive, SeasonalNaive, RWD, SES, Holt, Damped, "
         "AutoETS = ETS, Theta, DynamicOptimizedTheta = DOTM, AutoCES = CES, AutoARIMA = ARIMA) "
@@ -140,19 +152,15 @@ def main() -> None:
         "forecaster with the lowest error on that series' own last-h holdout; FFORMA = LightGBM "
         "softmax weights trained on the dataset's temporal holdouts (32 numpy features), the "
         "mean of 5 boosters with different seeds and validation splits; FFORMA-select "
-        "= its largest-weight forecaster. FFORMA+NBeats = FFORMA with NBeats-MAML as a 13th base forecaster (the neural model refitted on the holdout histories to get its holdout errors); FFORMA & NBeats-MAML mean = the equal-weight mean of the two forecasts, a rule fixed in advance. NBeats-global = one small N-BEATS-style network per "
+        "= its largest-weight forecaster. FFORMA+NBeats = FFORMA with NBeats-MAML as a 13th "
+        "base forecaster (the neural model refitted on the holdout histories to get its holdout "
+        "errors); FFORMA & NBeats-MAML mean = the equal-weight mean of the two forecasts, a rule "
+        "fixed in advance. NBeats-global = one small N-BEATS-style network per "
         "frequency trained on windows of the training histories; NBeats-MAML = the same after "
         "MAML meta-training and per-series inner-loop adaptation on the series' own windows. "
         "'zero-shot (X)' = meta-trained only on dataset X's series (for the neural model: "
         "X's series of the same season length, cut into windows of the target's horizon). "
-        + ("Neural ensemble (--ensemble): per dataset " + "; ".join(
-            f"{name}: {len(c.members())} members, lookbacks {c.lookbacks} (x h) x losses "
-            f"{c.losses} x {c.bags} seed(s)" for name, c in neural.items())
-           + ", each member a NeuralForecaster meta-trained and adapted on its own, the "
-           "forecast the median over the members (the N-BEATS papers ensemble 180 models). "
-           if args.ensemble else "Single model, single seed; N-BEATS papers ensemble 180 "
-           "models. ")
-        + f"Neural config: {({k: v for k, v in neural['M3'].__dict__.items() if k not in ('lookback', 'loss', 'lookbacks', 'losses', 'bags')} if args.ensemble else cfg.__dict__)}.")
+        + neural_desc + f"Neural config: {shared}.")
     if args.max_series:
         print(f"smoke run with --max-series {args.max_series}: not written to results/")
         for tb in tables:

@@ -327,8 +327,9 @@ class CMAES(_VectorOptimizer):
 
     ``diagonal=True`` runs sep-CMA-ES (Ros & Hansen, 2008; the library's ``SepCMA``): a
     diagonal covariance, i.e. one adapted step size per coordinate, at O(n) cost per sample
-    instead of O(n^2). Use it when φ is a network's weights (thousands of coordinates), where
-    the full covariance is too large to learn from a population.
+    instead of O(n^2) (so is a resume's replay). Use it when φ is a network's weights
+    (thousands of coordinates), where the full covariance is too large to learn from a
+    population.
     """
 
     kind = "cmaes"
