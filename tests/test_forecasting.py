@@ -236,6 +236,26 @@ def test_neural_fit_skips_maml_when_no_series_has_a_support_window():
     assert np.isfinite(model.forecast(hist)).all()
 
 
+def test_zero_shot_meta_learners_and_their_mean():
+    from metaphi.forecasting.evaluate import evaluate
+    from metaphi.forecasting.neural import NeuralConfig
+
+    target, source = _toy_sets(n=12).holdout(), _toy_sets(n=12, length=36)
+    cfg = NeuralConfig(width=8, blocks=1, pretrain_steps=5, batch_size=16, meta_steps=2,
+                       meta_batch=2)
+    ev = evaluate([target], methods=["Naive", "SeasonalNaive"], meta=("fforma",),
+                  zero_shot=("fforma", "neural"), sources={"src": [source]}, neural_config=cfg,
+                  progress=False)
+    fc = ev.forecasts[target.name]
+    assert "NBeats-MAML" not in fc  # no in-dataset neural fit: only "fforma" is in meta
+    np.testing.assert_allclose(fc["FFORMA & NBeats-MAML mean zero-shot (src)"],
+                               0.5 * (fc["FFORMA zero-shot (src)"] + fc["NBeats-MAML zero-shot (src)"]))
+    assert "FFORMA & NBeats-MAML mean zero-shot (src)" in ev.metrics
+    with pytest.raises(ValueError, match="unknown meta-learner"):
+        evaluate([target], methods=["Naive"], meta=("fforma",), zero_shot=("nbeats",),
+                 sources={"src": [source]}, progress=False)
+
+
 @pytest.mark.parametrize("change, needle", [({"losses": ("rmse",)}, "loss must be one of"),
                                             ({"lookbacks": (0,)}, "lookback must be >= 1"),
                                             ({"losses": ("mae", "mase"), "workers": 0},

@@ -88,20 +88,22 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
              neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
              seed: int = 0, progress: bool = True, stack_neural: bool = False,
-             truth: bool = True) -> Evaluation:
+             truth: bool = True, zero_shot: tuple[str, ...] | None = None) -> Evaluation:
     """Forecast and score ``sets`` (subsets that carry ``test`` values).
 
     With ``truth=False`` the next ``h`` values after each series' end are forecast and nothing
     is scored (``metrics`` stays empty): the meta-learners still train on the series' own
     temporal holdouts.
 
-    ``sources`` maps a name to other datasets' subsets for zero-shot transfer: FFORMA and the
-    neural forecaster are then also meta-trained on them alone and applied to ``sets``.
+    ``sources`` maps a name to other datasets' subsets for zero-shot transfer: the meta-learners
+    named in ``zero_shot`` (default: those in ``meta``) are then also meta-trained on each source
+    alone and applied to ``sets``; with both, their equal-weight mean is one more forecast.
     ``stack_neural`` adds ``FFORMA+NBeats``: FFORMA with the neural forecaster as one more
     base forecaster (costs one more neural fit per subset).
     """
     methods = check_methods(list(methods or DEFAULT_METHODS))
-    bad = [m for m in meta if m not in META_CHOICES]
+    zero_shot = meta if zero_shot is None else zero_shot
+    bad = [m for m in (*meta, *zero_shot) if m not in META_CHOICES]
     if bad:
         raise ValueError(f"unknown meta-learner(s) {bad}; choose from {META_CHOICES}")
     for s in sets:
@@ -141,10 +143,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
             ev.logs[f"neural {p.s.name}"] = log
         ev.timings["neural meta-train + forecast"] = time.perf_counter() - t0
     if "fforma" in meta and "neural" in meta:
-        # The simplest statistical + neural combination (equal weights, fixed in advance).
-        for p in prep:
-            fc[p.s.name]["FFORMA & NBeats-MAML mean"] = 0.5 * (fc[p.s.name]["FFORMA"]
-                                                               + fc[p.s.name]["NBeats-MAML"])
+        _mean_of_meta(prep, fc)
     if "fforma" in meta and "neural" in meta and stack_neural:
         # FFORMA over the base forecasters plus the neural one: the neural model is refitted on
         # the histories without their last h values so that it, too, gets holdout errors.
@@ -167,7 +166,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
             p.E_hold = p.E_hold[:, :len(methods)]
         ev.timings["FFORMA+NBeats (neural refit on holdout + meta-train)"] = time.perf_counter() - t0
     for src_name, src_sets in (sources or {}).items():
-        if "fforma" in meta:
+        if "fforma" in zero_shot:
             src_prep = prepare(src_sets, run_methods, cache_dir, progress, ev.timings,
                                tag="source ")
             for sp in src_prep:
@@ -177,7 +176,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
             for p in prep:
                 fc[p.s.name][f"FFORMA zero-shot ({src_name})"] = model.combine(p.base_test, p.X_test)
             ev.timings[f"FFORMA zero-shot from {src_name}"] = time.perf_counter() - t0
-        if "neural" in meta:
+        if "neural" in zero_shot:
             t0 = time.perf_counter()
             for i, p in enumerate(prep):
                 cfg = neural_config or NeuralConfig()
@@ -190,10 +189,22 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
                     fc[p.s.name][f"{k} zero-shot ({src_name})"] = v
                 ev.logs[f"neural zero-shot {src_name}->{p.s.name}"] = log
             ev.timings[f"neural zero-shot from {src_name}"] = time.perf_counter() - t0
+        if "fforma" in zero_shot and "neural" in zero_shot:
+            _mean_of_meta(prep, fc, f" zero-shot ({src_name})")
     ev.forecasts = fc
     ev.metrics = score(prep, fc) if truth else {}
     ev.timings["total"] = time.perf_counter() - t_all
     return ev
+
+
+def _mean_of_meta(prep: list[_Prepared], fc: dict[str, dict[str, np.ndarray]],
+                  suffix: str = "") -> None:
+    """The simplest statistical + neural combination: equal weights, fixed in advance (so that
+    no choice is fitted on the scored values)."""
+    for p in prep:
+        f = fc[p.s.name]
+        f[f"FFORMA & NBeats-MAML mean{suffix}"] = 0.5 * (f[f"FFORMA{suffix}"]
+                                                         + f[f"NBeats-MAML{suffix}"])
 
 
 def score(prep: list[_Prepared], fc: dict[str, dict[str, np.ndarray]]) -> dict[str, dict]:
