@@ -84,6 +84,9 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.02)
     ap.add_argument("--es-lr", type=float, default=0.02)
     ap.add_argument("--fitness-tasks", type=int, default=25)
+    ap.add_argument("--more-tasks", action="append", default=[], metavar="GEN:N",
+                    help="from generation GEN on, score on N tasks (repeatable): more tasks "
+                         "lower the noise floor the search settles at late in a run")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of this process (with --workers 1 the whole population "
@@ -118,7 +121,11 @@ def main() -> None:
                       seed=args.seed, shaping=args.shaping, schedule=args.schedule,
                       horizon=args.generations, lr_final=args.lr_final,
                       sigma_final=args.sigma_final)
-    fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed)
+    try:
+        more = tuple(tuple(int(v) for v in item.split(":")) for item in args.more_tasks)
+        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed, more_tasks=more)
+    except ValueError as e:
+        ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
     with tempfile.TemporaryDirectory() as d:
         res = population_train(es, fitness, generations=args.generations or 10**7, out_dir=d,
                                workers=args.workers, progress=args.generations is not None,
@@ -139,11 +146,12 @@ def main() -> None:
     preset_note = ("" if preset is None else
                    f" Against the sinusoid-maml-10shot preset's own meta-test MSE in the sinusoid "
                    f"table ({preset:.3f}, 30000 outer steps) the ratio is {es_mse / preset:.2f}.")
+    episodes = args.popsize * sum(fitness.tasks_at(g) for g in range(res.generations))
     rows = [
         ["initial weights (no meta-training)", "-", "-", "-", 0.01, f"{init_mse:.3f} ± {init_ci:.3f}"],
         [("sep-CMA-ES" if args.optimizer == "sepcma" else "OpenAI-ES") + " (init + inner lr)",
          f"{res.evaluations} fitness evals ({res.generations} gens)",
-         res.evaluations * args.fitness_tasks, round(res.seconds, 1),
+         episodes, round(res.seconds, 1),
          round(es_learner.inner_lr, 4), f"{es_mse:.3f} ± {es_ci:.3f}"],
         ["gradient MAML (2nd order)", f"{steps} outer steps", steps * 25, round(maml_s, 1), 0.01,
          f"{maml_mse:.3f} ± {maml_ci:.3f}"],
@@ -170,7 +178,9 @@ def main() -> None:
                        f"MAML, ratio <= 1.10) is {'met' if met else 'NOT met'}. "
                        + opt_desc
                        + f"{args.fitness_tasks} fitness tasks per generation (shared by the "
-                       f"generation), {args.workers} worker process(es), {args.threads} torch "
+                       "generation)" + "".join(f", {n} from generation {g} on"
+                                               for g, n in fitness.more_tasks)
+                       + f", {args.workers} worker process(es), {args.threads} torch "
                        "thread(s)." + preset_note)}
     write_result(args.name, "ES meta-learns MAML's initialisation and inner lr (sinusoid)",
                  [table], time.perf_counter() - t_all,

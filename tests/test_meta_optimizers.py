@@ -331,6 +331,19 @@ def test_population_evaluator_uses_the_batched_fitness_in_workers():
     np.testing.assert_allclose(a, [fitness(p, 2) for p in phis], rtol=2e-5)
 
 
+def test_task_fitness_more_tasks_later():
+    fit = TaskFitness(SPEC, n_tasks=2, seed=0, more_tasks=((3, 5), (6, 9)))
+    assert [fit.tasks_at(g) for g in (0, 2, 3, 5, 6, 100)] == [2, 2, 5, 5, 9, 9]
+    assert len(fit.task_seeds(4)) == 5
+    phi = phi_vector(build_learner(SPEC.learner, seed=0))
+    # generation 4 is scored on its 5 tasks: the mean of their per-task fitnesses
+    per_task = [evaluate_fitness(phi, [s], SPEC) for s in fit.task_seeds(4)]
+    assert fit(phi, 4) == pytest.approx(np.mean(per_task), rel=1e-5)
+    for bad in (((3, 5), (3, 9)), ((5, 5), (3, 9)), ((-1, 5),), ((3, 0),)):
+        with pytest.raises(ValueError, match="more_tasks|task counts"):
+            TaskFitness(SPEC, n_tasks=2, more_tasks=bad)
+
+
 def test_hyper_fitness_trains_the_configuration():
     spec = FitnessSpec(phi="hyper", train_steps=3, train_meta_batch=2)
     seeds = fitness_task_seeds(0, 0, 3)

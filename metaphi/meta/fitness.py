@@ -335,6 +335,11 @@ class TaskFitness:
     With ``resample=True`` every generation draws fresh tasks (shared by all its candidates:
     common random numbers), which keeps a population search from over-fitting one task set;
     with ``resample=False`` every generation uses the tasks of generation 0.
+
+    ``more_tasks``: ``(generation, n)`` pairs; from that generation on, score on ``n`` tasks.
+    Late in a search the candidates differ by less than the task sampling moves their
+    fitness, and more tasks per generation lower that noise floor (at a proportional cost).
+    The count stays a function of the generation, so a resumed search is still exact.
     """
 
     spec: FitnessSpec
@@ -342,10 +347,29 @@ class TaskFitness:
     seed: int = 0
     resample: bool = True
     stream: str = "fitness"
+    more_tasks: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.more_tasks = tuple((int(g), int(n)) for g, n in self.more_tasks)
+        gens = [g for g, _ in self.more_tasks]
+        if any(g < 0 for g in gens) or gens != sorted(set(gens)):
+            raise ValueError("more_tasks needs (generation, n_tasks) pairs with distinct "
+                             f"generations >= 0 in increasing order, got {self.more_tasks}")
+        if any(n < 1 for _, n in self.more_tasks) or self.n_tasks < 1:
+            raise ValueError(f"task counts must be >= 1, got n_tasks={self.n_tasks}, "
+                             f"more_tasks={self.more_tasks}")
+
+    def tasks_at(self, generation: int) -> int:
+        """How many tasks generation ``generation`` is scored on."""
+        n = self.n_tasks
+        for g, k in self.more_tasks:
+            if generation >= g:
+                n = k
+        return n
 
     def task_seeds(self, generation: int) -> list[list[int]]:
-        return fitness_task_seeds(self.seed, generation if self.resample else 0, self.n_tasks,
-                                  self.stream)
+        return fitness_task_seeds(self.seed, generation if self.resample else 0,
+                                  self.tasks_at(generation), self.stream)
 
     def __call__(self, phi: Any, generation: int) -> float:
         return evaluate_fitness(phi, self.task_seeds(generation), self.spec)
