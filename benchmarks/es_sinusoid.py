@@ -108,6 +108,11 @@ def main() -> None:
     t_all = time.perf_counter()
 
     spec = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1, inner lr 0.01, 1 step
+    try:
+        more = tuple(tuple(int(v) for v in item.split(":")) for item in args.more_tasks)
+        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed, more_tasks=more)
+    except ValueError as e:
+        ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
     family = build_family(spec.family)
     base = build_learner(spec.learner, seed=args.seed)
     init_mse, init_ci = meta_test(base, family, args.seed, args.test_tasks)
@@ -121,11 +126,6 @@ def main() -> None:
                       seed=args.seed, shaping=args.shaping, schedule=args.schedule,
                       horizon=args.generations, lr_final=args.lr_final,
                       sigma_final=args.sigma_final)
-    try:
-        more = tuple(tuple(int(v) for v in item.split(":")) for item in args.more_tasks)
-        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed, more_tasks=more)
-    except ValueError as e:
-        ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
     with tempfile.TemporaryDirectory() as d:
         res = population_train(es, fitness, generations=args.generations or 10**7, out_dir=d,
                                workers=args.workers, progress=args.generations is not None,

@@ -56,7 +56,7 @@ def main() -> None:
         if args.neural and target == "M3":
             cfg = NeuralConfig.nbeats_ensemble(seed=0, workers=2)
             cfg.pretrain_steps, cfg.meta_steps = args.pretrain_steps, args.meta_steps
-            ev_n = evaluate(data[target], methods=ALL_METHODS, meta=("fforma",),
+            ev_n = evaluate(data[target], methods=ALL_METHODS, meta=(),  # in-dataset: above
                             zero_shot=("fforma", "neural"), sources={"M1": data["M1"]},
                             neural_config=cfg, cache_dir=WORK, seed=0, progress=True)
             ev.metrics.update({k: v for k, v in ev_n.metrics.items() if "NBeats" in k})
