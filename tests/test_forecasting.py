@@ -249,7 +249,8 @@ def test_zero_shot_meta_learners_and_their_mean():
     fc = ev.forecasts[target.name]
     assert "NBeats-MAML" not in fc  # no in-dataset neural fit: only "fforma" is in meta
     np.testing.assert_allclose(fc["FFORMA & NBeats-MAML mean zero-shot (src)"],
-                               0.5 * (fc["FFORMA zero-shot (src)"] + fc["NBeats-MAML zero-shot (src)"]))
+                               0.5 * (fc["FFORMA zero-shot (src)"]
+                                      + fc["NBeats-MAML zero-shot (src)"]))
     assert "FFORMA & NBeats-MAML mean zero-shot (src)" in ev.metrics
     with pytest.raises(ValueError, match="unknown meta-learner"):
         evaluate([target], methods=["Naive"], meta=("fforma",), zero_shot=("nbeats",),
