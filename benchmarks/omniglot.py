@@ -74,6 +74,10 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "omniglot"))
     ap.add_argument("--name", default="omniglot",
                     help="results/<name>.json (e.g. omniglot_gpu for the runs made on an accelerator)")
+    ap.add_argument("--trained-on", default=None, metavar="MACHINE",
+                    help="the run folders were meta-trained on MACHINE (e.g. an accelerator "
+                         "session whose time ran out before the meta-test) and are finished "
+                         "here: the table says so and its train minutes are MACHINE's")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -106,10 +110,14 @@ def main() -> None:
                      mt["tasks"]])
         runs[entry] = res
         print(entry, rows[-1], flush=True)
-    gpu = torch.cuda.is_available()
+    where = args.trained_on or (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                else None)
+    finished_here = (f" Meta-trained (with its meta-validation) on {args.trained_on}; the "
+                     "meta-test of the best φ ran afterwards from the run's checkpoint on the "
+                     "machine above." if args.trained_on else "")
     write_result(
         args.name, "Omniglot few-shot classification (Vinyals split, Conv-4)"
-        + (f", on {torch.cuda.get_device_name(0)}" if gpu else ""),
+        + (f", on {where}" if where else ""),
         [{"title": "Meta-test accuracy % ± 95% CI; best φ chosen on meta-validation",
           "columns": ["learner", "setting", "meta-train episodes", "accuracy %", "published %", "outer steps run",
                       "train minutes", "time to 98% meta-val", "meta-test episodes"],
@@ -118,10 +126,10 @@ def main() -> None:
                    "– where it has no row). A [tag] row is a variant of the preset, with the "
                    "overrides given for PRESET+tag in the command. "
                    "'outer steps run' below the preset's full budget means the run was cut to "
-                   f"what {'the accelerator session' if gpu else 'this 2-core CPU'} allows; "
+                   f"what {'the accelerator session' if where else 'this 2-core CPU'} allows; "
                    "its learning curve is in benchmarks/figures/ "
-                   "(<preset>-learning_curve.png)."}],
-        time.perf_counter() - t0, runs=runs, threads=args.threads,
+                   "(<preset>-learning_curve.png)." + finished_here}],
+        time.perf_counter() - t0, runs=runs, threads=args.threads, trained_on=where,
         order=30 if args.name == "omniglot" else 31)
 
 

@@ -6,7 +6,8 @@ convolution peaks from the same run.
     python benchmarks/throughput.py [--reps 3] [--threads 2]
     python benchmarks/throughput.py --device cuda --reps 5    # on a GPU: results/throughput_cuda.json
 
-Each configuration runs in its own process (clean peak-memory numbers). Paths:
+Each configuration runs in its own process (clean peak-RSS numbers); on a GPU they run in one
+process, with the peak-memory counter reset between them. Paths:
 
 * "loop": metaphi's per-task loop, one task at a time (functional_call + autograd.grad per task,
   what learn2learn/higher do), ``task_threads=1``;
@@ -161,6 +162,24 @@ def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
     return out
 
 
+def one_on_gpu(learner: str, steps: int, path: str, reps: int, meta_batch: int,
+               channels_last: bool, device: str) -> dict:
+    """:func:`one` in this process: on a GPU the peak memory is reset per configuration
+    (``torch.cuda.reset_peak_memory_stats``), so a fresh process per configuration (which a
+    clean peak RSS needs on the CPU) would only add a CUDA start-up each time."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        return one(learner, steps, path, reps, meta_batch, channels_last, device)
+    except Exception as e:  # an out-of-memory path is a row of the table, not the end of the run
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0][:200]}
+
+
 def _rate(fn, flop: float, device: str, reps: int = 5) -> float:
     """GFLOP/s of ``fn`` (``flop`` per call), after one warm-up call."""
     fn()
@@ -238,14 +257,17 @@ def main() -> None:
     for learner, steps, path, cl in configs:
         if stored:
             break
-        cmd = [sys.executable, __file__, "--one", learner, str(steps), path,
-               "1" if cl else "0", "--reps", str(args.reps), "--threads", str(args.threads),
-               "--meta-batch", str(args.meta_batch), "--device", args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-        if out.returncode != 0:
-            r = {"error": out.stderr.strip().splitlines()[-1]}
+        if gpu:
+            r = one_on_gpu(learner, steps, path, args.reps, args.meta_batch, cl, args.device)
         else:
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            cmd = [sys.executable, __file__, "--one", learner, str(steps), path,
+                   "1" if cl else "0", "--reps", str(args.reps), "--threads", str(args.threads),
+                   "--meta-batch", str(args.meta_batch), "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            if out.returncode != 0:
+                r = {"error": out.stderr.strip().splitlines()[-1]}
+            else:
+                r = json.loads(out.stdout.strip().splitlines()[-1])
         key = f"{learner}/{steps}/{path}{'/channels_last' if cl else ''}"
         raw[key] = r
         print(key, r, flush=True)
@@ -294,10 +316,15 @@ def main() -> None:
                    "of the same learner, because the counter over-counts grouped-convolution "
                    "backward passes. 'loop' = metaphi's per-task loop, one task at a time "
                    "(functional_call + autograd.grad per task); 'plain' = the same loop written "
-                   "without metaphi in the benchmark; 'threads' = the per-task loop with "
-                   f"the tasks on {args.threads} threads side by side, one intra-op thread each "
-                   "(metaphi's CPU default); 'batched' = metaphi's task-batched path; rows "
-                   "marked channels_last run model and data in channels_last layout." + vs_plain}],
+                   "without metaphi in the benchmark; "
+                   + ("" if gpu else "'threads' = the per-task loop with "
+                      f"the tasks on {args.threads} threads side by side, one intra-op thread "
+                      "each (metaphi's CPU default); ")
+                   + "'batched' = metaphi's task-batched path; rows "
+                   "marked channels_last run model and data in channels_last layout."
+                   + (" On the GPU, PyTorch's defaults run cuDNN convolutions in TF32 and "
+                      "matmuls in full fp32, hence a convolution peak above the matmul peak."
+                      if gpu else "") + vs_plain}],
         stored["wall_seconds"] if stored else time.perf_counter() - t_start, peaks=machine_peaks,
         raw=raw, order=21 if gpu else 20,
         **({"command": stored["command"], "machine": stored["machine"], "date": stored["date"],
