@@ -74,6 +74,53 @@ def test_validate_ok_and_holdout():
     assert s.ids == ["s0", "s1", "s2"] and len(s.y[0]) == 16 and s.test[0].tolist() == [26, 27, 28, 29]
 
 
+def test_holdouts_at_several_origins():
+    lengths = [20, 14, 11]  # h = 3: first-holdout histories 17, 11, 8 (the shortest: 8)
+    s = SeriesSet("x", ["a", "b", "c"], [np.arange(n, dtype=float) for n in lengths], 3, 1)
+    first, second, third = s.holdouts(3)
+    assert first.y[0].tolist() == list(range(17)) and first.test[0].tolist() == [17, 18, 19]
+    # origin 2 cuts 6 values: only series keeping >= 8 of history stay (a: 14, b: 8; not c: 5)
+    assert second.ids == ["a", "b"]
+    assert second.y[1].tolist() == list(range(8)) and second.test[1].tolist() == [8, 9, 10]
+    assert second.test[0].tolist() == [14, 15, 16]
+    assert third.ids == ["a"] and third.y[0].tolist() == list(range(11))
+    assert len(s.holdouts(10)) == 4  # origin 5 would leave a with 5 < 8 values: the list ends
+    with pytest.raises(ValueError, match="origins must be >= 1"):
+        s.holdouts(0)
+
+
+def test_fforma_trains_on_holdouts_at_several_origins(monkeypatch):
+    from metaphi.forecasting import evaluate as E
+
+    fitted = []
+    real_fit = E.FFORMA.fit
+    monkeypatch.setattr(E.FFORMA, "fit", lambda self, X, err: fitted.append(len(X)) or
+                        real_fit(self, X, err))
+    mixed = SeriesSet("mix", [f"s{i}" for i in range(6)],
+                      [_toy_sets(n=1, length=n).y[0] for n in (20, 20, 28, 28, 36, 36)], 4, 4,
+                      [np.zeros(4)] * 6)
+    ev = E.evaluate([mixed], methods=["Naive", "SeasonalNaive"], meta=("fforma",),
+                    holdout_origins=3, progress=False)
+    # h = 4, shortest first-holdout history 16: origins 2 and 3 cut 8 and 12 values and keep
+    # the series with at least 16 left, the 28s and 36s
+    assert fitted == [6 + 4 + 4]
+    assert "HoldoutBest" in ev.forecasts["mix"]
+    fitted.clear()
+    source = SeriesSet("src", [f"a{i}" for i in range(10)],
+                       [_toy_sets(n=1, length=n).y[0] for n in (20,) * 5 + (28,) * 5], 4, 4)
+    ev = E.evaluate([mixed], methods=["Naive", "SeasonalNaive"], meta=(), zero_shot=("fforma",),
+                    sources={"src": [source]}, holdout_origins=2, progress=False)
+    assert fitted == [10 + 5]  # the zero-shot source's holdouts at 2 origins; no target fit
+    assert "FFORMA zero-shot (src)" in ev.metrics
+    ev = E.evaluate([mixed], methods=["Naive", "SeasonalNaive"], meta=(), progress=False)
+    assert "HoldoutBest" not in ev.forecasts["mix"] and "Mean" in ev.forecasts["mix"]
+    with pytest.raises(ValueError, match="holdout_origins must be an integer >= 1"):
+        E.evaluate([mixed], methods=["Naive"], holdout_origins=0, progress=False)
+    with pytest.raises(ValueError, match="stack_neural"):
+        E.evaluate([mixed], methods=["Naive"], meta=("fforma", "neural"), stack_neural=True,
+                   holdout_origins=2, progress=False)
+
+
 @pytest.mark.parametrize("mutate, needle", [
     (lambda d: d.assign(y=d["y"].where(~((d.unique_id == "s1") & (d.ds == 5)))), "s1"),
     (lambda d: d.assign(y=d["y"].astype(object).where(
@@ -308,6 +355,20 @@ def test_cli_on_tiny_csv(tmp_path):
     df = pd.read_csv(out / "forecasts.csv")
     assert len(df) == 24 * 4 and {"unique_id", "ds", "step", "y", "FFORMA"} <= set(df.columns)
     assert (out / "forecasts_toy.png").stat().st_size > 1000
+
+
+def test_cli_holdout_origins(tmp_path, capsys):
+    # equal-length series: a second origin would make every task shorter than the real ones,
+    # so it keeps none and FFORMA is the one-origin model (the augmentation itself is tested
+    # on series of mixed lengths above)
+    _, out2, rc = _forecast_toy_csv(tmp_path, "out2", ["Naive", "SeasonalNaive"],
+                                    "--holdout-origins", "2")
+    _, out1, _ = _forecast_toy_csv(tmp_path, "out1", ["Naive", "SeasonalNaive"])
+    assert rc == 0
+    assert (pd.read_csv(out2 / "forecasts.csv")["FFORMA"].tolist()
+            == pd.read_csv(out1 / "forecasts.csv")["FFORMA"].tolist())
+    _, _, rc = _forecast_toy_csv(tmp_path, "bad", ["Naive"], "--holdout-origins", "0")
+    assert rc == 2 and "holdout_origins must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_cli_neural_ensemble(tmp_path):

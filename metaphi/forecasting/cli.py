@@ -39,6 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="forecast the next --horizon values after the end of a file's series "
                         "(nothing is held out or scored; the meta-learners still train on each "
                         "series' own temporal holdout)")
+    p.add_argument("--holdout-origins", type=int, default=1, metavar="N",
+                   help="task augmentation for FFORMA: a temporal holdout at N origins, h apart, "
+                        "per series (one more round of base-forecaster fits per origin; "
+                        "default: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-series", type=int, help="first N series of each subset (quick runs)")
     p.add_argument("--plot-series", type=int, default=6, help="series per PNG (default: 6)")
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
             cfg.meta_steps = max(1, args.neural_steps // 10)
         ev = evaluate(sets, list(args.methods), meta=meta, neural_config=cfg,
                       cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress,
-                      stack_neural=args.stack, truth=not args.future)
+                      stack_neural=args.stack, truth=not args.future,
+                      holdout_origins=args.holdout_origins)
     except (ValueError, FileNotFoundError) as e:
         print(f"metaphi forecast: error: {e}", file=sys.stderr)
         return 2

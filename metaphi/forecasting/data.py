@@ -48,6 +48,28 @@ class SeriesSet:
         return SeriesSet(self.name, list(self.ids), [s[:-self.h] for s in self.y], self.h, self.m,
                          [s[-self.h:] for s in self.y], list(self.starts))
 
+    def holdouts(self, origins: int = 1) -> list["SeriesSet"]:
+        """Temporal holdouts at ``origins`` forecast origins, ``h`` apart (task augmentation:
+        more meta-training tasks from the same series). The j-th cuts the last ``j*h`` values
+        and takes the ``h`` after the cut as its query set. From the second origin on, only
+        series whose cut history is at least as long as the shortest history of the first are
+        kept, so that no augmented task is shorter than a real one; an origin that keeps no
+        series ends the list."""
+        if origins < 1:
+            raise ValueError(f"holdout origins must be >= 1, got {origins}")
+        first = self.holdout()
+        out = [first]
+        shortest = min(len(s) for s in first.y)
+        for j in range(2, origins + 1):
+            keep = [i for i, s in enumerate(self.y) if len(s) - j * self.h >= shortest]
+            if not keep:
+                break
+            cut = self.subset(keep)
+            end = (j - 1) * self.h
+            out.append(SeriesSet(self.name, cut.ids, [s[:-end] for s in cut.y], self.h, self.m,
+                                 starts=cut.starts).holdout())
+        return out
+
     def subset(self, idx: np.ndarray | list[int]) -> "SeriesSet":
         idx = list(idx)
         return SeriesSet(self.name, [self.ids[i] for i in idx], [self.y[i] for i in idx],

@@ -42,39 +42,63 @@ class Evaluation:
 
 @dataclass
 class _Prepared:
-    """A subset with its base forecasts (test and holdout), features and holdout errors."""
+    """A subset with its base forecasts, features and temporal-holdout errors.
+
+    ``hold``/``base_hold``/``X_hold``/``E_hold`` are the first holdout (one row per series);
+    ``X_meta``/``E_meta`` stack the holdouts of every origin, FFORMA's meta-training rows.
+    ``base_test``/``X_test`` are None for a zero-shot source (only its holdouts are used), and
+    the holdout fields are None for a target that no meta-learner trains on."""
 
     s: SeriesSet
-    hold: SeriesSet
-    base_test: dict[str, np.ndarray]
-    base_hold: dict[str, np.ndarray]
-    X_test: np.ndarray
-    X_hold: np.ndarray
-    E_hold: np.ndarray
+    hold: SeriesSet | None
+    base_test: dict[str, np.ndarray] | None
+    base_hold: dict[str, np.ndarray] | None
+    X_test: np.ndarray | None
+    X_hold: np.ndarray | None
+    E_hold: np.ndarray | None
+    X_meta: np.ndarray | None = None
+    E_meta: np.ndarray | None = None
 
 
 def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | None,
-            progress: bool, timings: dict[str, float], tag: str = "") -> list[_Prepared]:
+            progress: bool, timings: dict[str, float], tag: str = "",
+            error_methods: list[str] | None = None, origins: int = 1, test: bool = True,
+            holdouts: bool = True) -> list[_Prepared]:
+    """Base forecasts of ``methods`` on each set's future (``test``) and on its temporal holdouts
+    at ``origins`` origins (``holdouts``), the features of both and the holdout errors of
+    ``error_methods`` (default: ``methods``)."""
+    error_methods = error_methods or methods
     out = []
     for s in sets:
-        hold = s.holdout()
-        bt, sec_t = run_base(s, methods, cache_dir=cache_dir, progress=progress)
-        bh, sec_h = run_base(hold, methods, cache_dir=cache_dir, progress=progress)
-        timings[f"base forecasters {tag}{s.name} (test)"] = sec_t
-        timings[f"base forecasters {tag}{s.name} (holdout)"] = sec_h
-        t0 = time.perf_counter()
-        X_t = feature_matrix(s.y, s.m, s.h)
-        X_h = feature_matrix(hold.y, hold.m, hold.h)
-        E_h = relative_errors(hold.test, bh, hold.y, s.m, methods)  # columns follow `methods`
-        timings[f"features {tag}{s.name}"] = time.perf_counter() - t0
-        out.append(_Prepared(s, hold, bt, bh, X_t, X_h, E_h))
+        bt = X_t = hold = bh = X_h = E_h = X_m = E_m = None
+        if test:
+            bt, sec = run_base(s, methods, cache_dir=cache_dir, progress=progress)
+            timings[f"base forecasters {tag}{s.name} (test)"] = sec
+            t0 = time.perf_counter()
+            X_t = feature_matrix(s.y, s.m, s.h)
+            timings[f"features {tag}{s.name}"] = time.perf_counter() - t0
+        if holdouts:
+            Xs, Es = [], []
+            for j, hj in enumerate(s.holdouts(origins), start=1):
+                bj, sec = run_base(hj, methods, cache_dir=cache_dir, progress=progress)
+                timings[f"base forecasters {tag}{s.name} (holdout{f' {j}' if j > 1 else ''})"] = sec
+                t0 = time.perf_counter()
+                Xs.append(feature_matrix(hj.y, hj.m, hj.h))
+                # columns follow `error_methods`
+                Es.append(relative_errors(hj.test, bj, hj.y, s.m, error_methods))
+                key = f"features {tag}{s.name} (holdouts)"
+                timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+                if j == 1:
+                    hold, bh, X_h, E_h = hj, bj, Xs[0], Es[0]
+            X_m, E_m = np.vstack(Xs), np.vstack(Es)
+        out.append(_Prepared(s, hold, bt, bh, X_t, X_h, E_h, X_m, E_m))
     return out
 
 
 def _fit_fforma(prep: list[_Prepared], methods: list[str], seed: int,
                 n_models: int = 5) -> FFORMA:
-    X = np.vstack([p.X_hold for p in prep])
-    E = np.vstack([p.E_hold for p in prep])
+    X = np.vstack([p.X_meta for p in prep])
+    E = np.vstack([p.E_meta for p in prep])
     return FFORMA(methods, seed=seed, n_models=n_models).fit(X, E)
 
 
@@ -88,7 +112,8 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
              neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
              seed: int = 0, progress: bool = True, stack_neural: bool = False,
-             truth: bool = True, zero_shot: tuple[str, ...] | None = None) -> Evaluation:
+             truth: bool = True, zero_shot: tuple[str, ...] | None = None,
+             holdout_origins: int = 1) -> Evaluation:
     """Forecast and score ``sets`` (subsets that carry ``test`` values).
 
     With ``truth=False`` the next ``h`` values after each series' end are forecast and nothing
@@ -100,12 +125,23 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     alone and applied to ``sets``; with both, their equal-weight mean is one more forecast.
     ``stack_neural`` adds ``FFORMA+NBeats``: FFORMA with the neural forecaster as one more
     base forecaster (costs one more neural fit per subset).
+
+    ``holdout_origins`` > 1 is task augmentation for FFORMA (in-dataset and zero-shot): each
+    training series gives a temporal holdout at that many origins, ``h`` apart (see
+    :meth:`SeriesSet.holdouts`), at the cost of one more round of base-forecaster fits per
+    origin. The targets' holdouts (FFORMA's training rows, and ``HoldoutBest``) are fitted only
+    when ``meta`` has ``"fforma"``.
     """
     methods = check_methods(list(methods or DEFAULT_METHODS))
     zero_shot = meta if zero_shot is None else zero_shot
     bad = [m for m in (*meta, *zero_shot) if m not in META_CHOICES]
     if bad:
         raise ValueError(f"unknown meta-learner(s) {bad}; choose from {META_CHOICES}")
+    if not isinstance(holdout_origins, int) or holdout_origins < 1:
+        raise ValueError(f"holdout_origins must be an integer >= 1, got {holdout_origins!r}")
+    if stack_neural and holdout_origins > 1:
+        raise ValueError("stack_neural refits the neural forecaster on the first holdout only; "
+                         "use holdout_origins=1 with it")
     for s in sets:
         if truth and s.test is None:
             raise ValueError(f"{s.name} has no held-out truth to score forecasts on")
@@ -113,13 +149,13 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     t_all = time.perf_counter()
     # Naive2 is always forecast: OWA is defined relative to it.
     run_methods = methods if "Naive2" in methods else methods + ["Naive2"]
-    prep = prepare(sets, run_methods, cache_dir, progress, ev.timings)
-    for p in prep:
-        p.E_hold = p.E_hold[:, [run_methods.index(k) for k in methods]]
+    prep = prepare(sets, run_methods, cache_dir, progress, ev.timings, error_methods=methods,
+                   origins=holdout_origins, holdouts="fforma" in meta)
     fc: dict[str, dict[str, np.ndarray]] = {p.s.name: dict(p.base_test) for p in prep}
     for p in prep:
         fc[p.s.name]["Mean"] = mean_combination(p.base_test, methods)
-        fc[p.s.name]["HoldoutBest"] = holdout_best(p.base_test, p.E_hold, methods)
+        if p.E_hold is not None:
+            fc[p.s.name]["HoldoutBest"] = holdout_best(p.base_test, p.E_hold, methods)
         if set(STATS_ENSEMBLE) <= set(methods):
             fc[p.s.name]["StatsEnsemble"] = mean_combination(p.base_test, list(STATS_ENSEMBLE))
     if "fforma" in meta:
@@ -156,21 +192,20 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
                                   progress=progress)
             p.base_hold = {**p.base_hold, "NBeats-MAML": out["NBeats-MAML"]}
             p.base_test = {**p.base_test, "NBeats-MAML": fc[p.s.name]["NBeats-MAML"]}
-            p.E_hold = np.column_stack([p.E_hold, relative_errors(
+            p.E_hold = p.E_meta = np.column_stack([p.E_hold, relative_errors(
                 p.hold.test, p.base_hold, p.hold.y, p.s.m, ["NBeats-MAML"])])
         model = _fit_fforma(prep, ext, seed)
         for p in prep:
             fc[p.s.name]["FFORMA+NBeats"] = model.combine(p.base_test, p.X_test)
             ev.logs.setdefault("fforma+nbeats_mean_weights", {})[p.s.name] = dict(
                 zip(ext, np.round(model.weights(p.X_test).mean(axis=0), 4).tolist()))
-            p.E_hold = p.E_hold[:, :len(methods)]
+            p.E_hold = p.E_meta = p.E_hold[:, :len(methods)]
         ev.timings["FFORMA+NBeats (neural refit on holdout + meta-train)"] = time.perf_counter() - t0
     for src_name, src_sets in (sources or {}).items():
         if "fforma" in zero_shot:
             src_prep = prepare(src_sets, run_methods, cache_dir, progress, ev.timings,
-                               tag="source ")
-            for sp in src_prep:
-                sp.E_hold = sp.E_hold[:, [run_methods.index(k) for k in methods]]
+                               tag="source ", error_methods=methods, origins=holdout_origins,
+                               test=False)
             t0 = time.perf_counter()
             model = _fit_fforma(src_prep, methods, seed)
             for p in prep:

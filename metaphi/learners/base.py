@@ -63,6 +63,15 @@ class Learner(nn.Module):
         out = self.predict(adapted, task.query_x)
         return self.loss_fn(out, task.query_y), self.metric_fn(out, task.query_y).detach()
 
+    def eval_episodes(self, tasks: list[Task]) -> tuple[Tensor, Tensor]:
+        """Per-task query losses and metrics ``(T,)`` with φ fixed (cross-task testing), for
+        tasks already on the learner's device. Here one task at a time; learners with a
+        task-batched path run equally shaped tasks together where that path is the faster one
+        (see :meth:`use_batched`)."""
+        pairs = [self.episode(t) for t in tasks]
+        return (torch.stack([loss.detach() for loss, _ in pairs]),
+                torch.stack([metric for _, metric in pairs]))
+
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
         """The meta-objective: mean query loss over tasks (and the mean metric)."""
         losses, metrics = zip(*(self.episode(t, params, create_graph=True) for t in tasks))

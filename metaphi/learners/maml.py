@@ -98,6 +98,14 @@ class MAML(Learner):
         return (self.grads_of(losses.sum() / n, params),
                 {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())})
 
+    def eval_episodes(self, tasks: list[Task]) -> tuple[Tensor, Tensor]:
+        if not self.use_batched(tasks):
+            return super().eval_episodes(tasks)
+        # the evaluation's adaptation: eval_inner_steps, no second-order graph (as in adapt)
+        losses, metrics = self.batched_episodes(stack_tasks(tasks), self.meta_params(),
+                                                create_graph=False, steps=self.eval_inner_steps)
+        return losses.detach(), metrics
+
     def batched_adapt(self, x: Tensor, y: Tensor, params: Params, steps: int,
                       second_order: bool, task_lr: Tensor | None = None) -> Params:
         """Inner loop for T tasks at once: ``x`` is (T, B, ...). Adapted parameters come back

@@ -198,6 +198,13 @@ class EmbeddingLearner(Learner):
         acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
         return losses.view(len(tasks), -1).mean(1), acc.detach()
 
+    def eval_episodes(self, tasks: list[Task]) -> tuple[Tensor, Tensor]:
+        n_way = self._batchable(tasks)
+        if n_way is None:
+            return super().eval_episodes(tasks)
+        with torch.no_grad():
+            return self.batched_episodes(tasks, self.meta_params(), n_way)
+
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
         n_way = self._batchable(tasks)
         if n_way is None:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from itertools import islice
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -21,21 +22,39 @@ def mean_ci95(values: Iterable[float]) -> dict[str, float]:
             "tasks": int(v.size)}
 
 
-def evaluate(learner: Learner, tasks: Iterable[Task], device: torch.device | str = "cpu",
-             progress: bool = False, desc: str = "meta-test") -> dict[str, float]:
-    """Adapt on each task's support set, score its query set; summarise the metric and loss."""
-    tasks = list(tasks) if progress else tasks
-    it = tasks
+def task_scores(learner: Learner, tasks: Iterable[Task], device: torch.device | str = "cpu",
+                progress: bool = False, desc: str = "meta-test",
+                chunk: int = 32) -> list[tuple[float, float]]:
+    """``(metric, loss)`` of each task, in task order: adapted on its support set with φ fixed,
+    scored on its query set. Tasks go to the learner ``chunk`` at a time, so that a task-batched
+    path can score equally shaped tasks together (:meth:`Learner.eval_episodes`)."""
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(tasks, desc=desc, unit="task", leave=False)
-    metrics, losses = [], []
-    for task in it:
-        loss, metric = learner.episode(task.to(device))
-        metrics.append(float(metric))
-        losses.append(float(loss.detach()))
-    out = mean_ci95(metrics)
-    out["loss"] = float(np.mean(losses))
+        bar = tqdm(total=len(tasks) if hasattr(tasks, "__len__") else None, desc=desc,
+                   unit="task", leave=False)
+    out: list[tuple[float, float]] = []
+    it = iter(tasks)
+    while block := [t.to(device) for t in islice(it, chunk)]:
+        losses, metrics = learner.eval_episodes(block)
+        out += zip(metrics.tolist(), losses.tolist())
+        if bar is not None:
+            bar.update(len(block))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def summarise(learner: Learner, scores: list[tuple[float, float]]) -> dict[str, float]:
+    """Mean metric with its 95% CI, mean loss and the metric's name."""
+    out: dict[str, Any] = mean_ci95(m for m, _ in scores)
+    out["loss"] = float(np.mean([loss for _, loss in scores]))
     out["metric"] = learner.metric_name
     return out
+
+
+def evaluate(learner: Learner, tasks: Iterable[Task], device: torch.device | str = "cpu",
+             progress: bool = False, desc: str = "meta-test") -> dict[str, float]:
+    """Adapt on each task's support set, score its query set; summarise the metric and loss."""
+    return summarise(learner, task_scores(learner, tasks, device, progress, desc))
