@@ -23,16 +23,17 @@ def mean_ci95(values: Iterable[float]) -> dict[str, float]:
 
 
 def task_scores(learner: Learner, tasks: Iterable[Task], device: torch.device | str = "cpu",
-                progress: bool = False, desc: str = "meta-test",
-                chunk: int = 32) -> list[tuple[float, float]]:
+                progress: bool = False, desc: str = "meta-test", chunk: int = 32,
+                total: int | None = None) -> list[tuple[float, float]]:
     """``(metric, loss)`` of each task, in task order: adapted on its support set with φ fixed,
     scored on its query set. Tasks go to the learner ``chunk`` at a time, so that a task-batched
-    path can score equally shaped tasks together (:meth:`Learner.eval_episodes`)."""
+    path can score equally shaped tasks together (:meth:`Learner.eval_episodes`); a generator
+    is consumed chunk by chunk (``total``: its length, for the progress bar's ETA)."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tasks) if hasattr(tasks, "__len__") else None, desc=desc,
+        bar = tqdm(total=len(tasks) if hasattr(tasks, "__len__") else total, desc=desc,
                    unit="task", leave=False)
     out: list[tuple[float, float]] = []
     it = iter(tasks)
@@ -55,6 +56,7 @@ def summarise(learner: Learner, scores: list[tuple[float, float]]) -> dict[str, 
 
 
 def evaluate(learner: Learner, tasks: Iterable[Task], device: torch.device | str = "cpu",
-             progress: bool = False, desc: str = "meta-test") -> dict[str, float]:
+             progress: bool = False, desc: str = "meta-test",
+             total: int | None = None) -> dict[str, float]:
     """Adapt on each task's support set, score its query set; summarise the metric and loss."""
-    return summarise(learner, task_scores(learner, tasks, device, progress, desc))
+    return summarise(learner, task_scores(learner, tasks, device, progress, desc, total=total))

@@ -81,7 +81,7 @@ def meta_test(learner: Learner, cfg: RunConfig, seed: int, n_tasks: int, device:
         return D.evaluate_gathered(learner, D.fixed_task_block(test_source, seed, "test", n_tasks,
                                                                dist), dist, device, progress)
     return evaluate(learner, fixed_tasks(test_source, seed, "test", n_tasks), device,
-                    progress=progress)
+                    progress=progress, total=n_tasks)
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
