@@ -36,7 +36,7 @@ def close(a, b):
                                atol=1e-9)
 
 
-GRADIENT = {
+LEARNERS = {
     "maml": lambda b: MAML(conv_bn(), inner_lr=0.3, inner_steps=1, eval_inner_steps=3,
                            batched=b),
     "fomaml": lambda b: FOMAML(conv_bn(), inner_lr=0.3, eval_inner_steps=2, batched=b),
@@ -49,10 +49,10 @@ GRADIENT = {
 }
 
 
-@pytest.mark.parametrize("name", list(GRADIENT))
+@pytest.mark.parametrize("name", list(LEARNERS))
 def test_batched_evaluation_equals_the_per_task_loop(name):
     ts = few_shot_tasks()
-    loop, batched = GRADIENT[name](False).to(dtype=DT), GRADIENT[name](True).to(dtype=DT)
+    loop, batched = LEARNERS[name](False).to(dtype=DT), LEARNERS[name](True).to(dtype=DT)
     batched.load_state_dict(loop.state_dict())
     if name == "metasgd":  # distinct per-entry rates, so that they matter
         with torch.no_grad():
@@ -65,7 +65,7 @@ def test_batched_evaluation_equals_the_per_task_loop(name):
     close(b, a)
     # adapting with more steps than training's changes the scores: eval_inner_steps is used
     if name in ("maml", "reptile"):
-        one_step = GRADIENT[name](True).to(dtype=DT)
+        one_step = LEARNERS[name](True).to(dtype=DT)
         one_step.load_state_dict(loop.state_dict())
         one_step.eval_inner_steps = 1
         assert task_scores(one_step, ts)[0][1] != pytest.approx(b[0][1])
@@ -75,7 +75,7 @@ def test_batched_evaluation_equals_the_per_task_loop(name):
 
 
 def test_tasks_of_unequal_shapes_fall_back_to_the_loop():
-    learner = GRADIENT["maml"](True).to(dtype=DT)
+    learner = LEARNERS["maml"](True).to(dtype=DT)
     three, two = few_shot_tasks(3, n_way=3), few_shot_tasks(2, n_way=2)
     mixed = task_scores(learner, three + two)
     close(mixed, task_scores(learner, three) + task_scores(learner, two))

@@ -44,7 +44,7 @@ class Evaluation:
 class _Prepared:
     """A subset with its base forecasts, features and temporal-holdout errors.
 
-    ``hold``/``base_hold``/``X_hold``/``E_hold`` are the first holdout (one row per series);
+    ``hold``/``base_hold``/``E_hold`` are the first holdout (one row per series);
     ``X_meta``/``E_meta`` stack the holdouts of every origin, FFORMA's meta-training rows.
     ``base_test``/``X_test`` are None for a zero-shot source (only its holdouts are used), and
     the holdout fields are None for a target that no meta-learner trains on."""
@@ -54,7 +54,6 @@ class _Prepared:
     base_test: dict[str, np.ndarray] | None
     base_hold: dict[str, np.ndarray] | None
     X_test: np.ndarray | None
-    X_hold: np.ndarray | None
     E_hold: np.ndarray | None
     X_meta: np.ndarray | None = None
     E_meta: np.ndarray | None = None
@@ -70,7 +69,7 @@ def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | N
     error_methods = error_methods or methods
     out = []
     for s in sets:
-        bt = X_t = hold = bh = X_h = E_h = X_m = E_m = None
+        bt = X_t = hold = bh = E_h = X_m = E_m = None
         if test:
             bt, sec = run_base(s, methods, cache_dir=cache_dir, progress=progress)
             timings[f"base forecasters {tag}{s.name} (test)"] = sec
@@ -89,9 +88,9 @@ def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | N
                 key = f"features {tag}{s.name} (holdouts)"
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
                 if j == 1:
-                    hold, bh, X_h, E_h = hj, bj, Xs[0], Es[0]
+                    hold, bh, E_h = hj, bj, Es[0]
             X_m, E_m = np.vstack(Xs), np.vstack(Es)
-        out.append(_Prepared(s, hold, bt, bh, X_t, X_h, E_h, X_m, E_m))
+        out.append(_Prepared(s, hold, bt, bh, X_t, E_h, X_m, E_m))
     return out
 
 
