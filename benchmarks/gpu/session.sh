@@ -54,7 +54,7 @@ except Exception:
 print(max(250, min(30000, int(0.45 * $left * r / 32) // 250 * 250)))")
 fi
 # MAML_WORK: a run folder carried from here (benchmarks/_work/omniglot_gpu) is trained on from
-# its checkpoint, so budget runs add up over sessions (MAML_STEPS is then the new total).
+# its checkpoint, so budget runs add up over device calls (MAML_STEPS is then the new total).
 WORK=${MAML_WORK:-/tmp/metaphi_gpu_runs}
 stamp "3. Omniglot MAML 5w1s, $MAML_STEPS steps (${left} s left for it)"
 timeout "$(( left > 60 ? left + 45 : 105 ))" python3 benchmarks/omniglot.py --name omniglot_gpu \
