@@ -77,18 +77,19 @@ def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | N
             X_t = feature_matrix(s.y, s.m, s.h)
             timings[f"features {tag}{s.name}"] = time.perf_counter() - t0
         if holdouts:
-            Xs, Es = [], []
-            for j, hj in enumerate(s.holdouts(origins), start=1):
+            holds, bases, Xs, Es = s.holdouts(origins), [], [], []
+            t_feat = 0.0
+            for j, hj in enumerate(holds, start=1):
                 bj, sec = run_base(hj, methods, cache_dir=cache_dir, progress=progress)
                 timings[f"base forecasters {tag}{s.name} (holdout{f' {j}' if j > 1 else ''})"] = sec
                 t0 = time.perf_counter()
+                bases.append(bj)
                 Xs.append(feature_matrix(hj.y, hj.m, hj.h))
                 # columns follow `error_methods`
                 Es.append(relative_errors(hj.test, bj, hj.y, s.m, error_methods))
-                key = f"features {tag}{s.name} (holdouts)"
-                timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-                if j == 1:
-                    hold, bh, E_h = hj, bj, Es[0]
+                t_feat += time.perf_counter() - t0
+            timings[f"features {tag}{s.name} (holdouts)"] = t_feat
+            hold, bh, E_h = holds[0], bases[0], Es[0]
             X_m, E_m = np.vstack(Xs), np.vstack(Es)
         out.append(_Prepared(s, hold, bt, bh, X_t, E_h, X_m, E_m))
     return out
