@@ -239,6 +239,9 @@ def test_window_losses_by_hand():
     assert float(window_loss("mae", p, y, x, 1)) == pytest.approx(1.0)
     assert float(window_loss("smape", p, y, x, 1)) == pytest.approx((2 / 3 + 2 / 9) / 2)
     assert float(window_loss("mape", p, y, x, 1)) == pytest.approx((1 / 2 + 1 / 4) / 2)
+    # a zero target has no percentage error: it adds nothing (not a huge clamped weight)
+    y0 = torch.tensor([[0.0, 4.0]])
+    assert float(window_loss("mape", p, y0, x, 1)) == pytest.approx((0 + 1 / 4) / 2)
     assert float(window_loss("mase", p, y, x, 1)) == pytest.approx(1.0)
     assert float(window_loss("mase", p, y, x, 2)) == pytest.approx(100.0)  # flat: scale floor
     assert float(window_loss("mase", p, y, x, 12)) == pytest.approx(1.0)  # too short: lag 1
@@ -381,6 +384,20 @@ def test_cli_neural_ensemble(tmp_path):
     assert {m["lookback"] for m in members} == {2, 3, 4, 5, 6, 7}
     for k in ("NBeats-global", "NBeats-MAML", "FFORMA & NBeats-MAML mean"):
         assert np.isfinite(res["metrics"][k]["Average"]["sMAPE"])
+
+
+def test_cli_neural_loss(tmp_path, capsys):
+    _, out, rc = _forecast_toy_csv(tmp_path, "mae", ["Naive"], "--meta", "neural", "--ensemble",
+                                   "--neural-steps", "2", "--neural-loss", "mae", "mase")
+    assert rc == 0
+    members = json.loads((out / "results.json").read_text())["logs"]["neural toy"]["members"]
+    assert len(members) == 12 and {m["loss"] for m in members} == {"mae", "mase"}
+    _, _, rc = _forecast_toy_csv(tmp_path, "two", ["Naive"], "--meta", "neural",
+                                 "--neural-loss", "mae", "mase")
+    assert rc == 2 and "add --ensemble or give one loss" in capsys.readouterr().err
+    _, _, rc = _forecast_toy_csv(tmp_path, "bad", ["Naive"], "--meta", "neural",
+                                 "--neural-loss", "rmse")
+    assert rc == 2 and "loss must be one of" in capsys.readouterr().err
 
 
 def test_cli_forecasts_beyond_the_end_of_the_data(tmp_path):

@@ -52,6 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="neural forecaster as an N-BEATS-style ensemble: one member per lookback "
                         "(2..7 horizons) and loss (sMAPE, MAPE, MASE), median forecast, members "
                         "trained on all cores (18x the cost of one model)")
+    p.add_argument("--neural-loss", nargs="+", default=None, metavar="LOSS",
+                   help="training loss of the neural forecaster: mae, smape, mape or mase; with "
+                        "--ensemble one member per lookback and loss (default: mae for one "
+                        "model; smape mape mase for the ensemble, N-BEATS' M3 recipe). On "
+                        "Tourism's temporal holdout mae beat mape (benchmarks/RESULTS.md)")
     p.add_argument("--cache-dir", default=None, help="cache base forecasts here for reruns")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -78,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
                 one = one.subset(range(min(args.max_series, len(one))))
             sets = [one]
         meta = tuple(m for m in args.meta if m != "none")
-        cfg = (NeuralConfig.nbeats_ensemble(seed=args.seed) if args.ensemble
-               else NeuralConfig(seed=args.seed))
+        losses = tuple(args.neural_loss or ())
+        if args.ensemble:
+            cfg = NeuralConfig.nbeats_ensemble(seed=args.seed, **({"losses": losses} if losses
+                                                                  else {}))
+        elif len(losses) > 1:
+            raise ValueError(f"--neural-loss got {len(losses)} losses: several losses make an "
+                             "ensemble (one member each), so add --ensemble or give one loss")
+        else:
+            cfg = NeuralConfig(seed=args.seed, **({"loss": losses[0]} if losses else {}))
         if args.neural_steps is not None:
             cfg.pretrain_steps = args.neural_steps
             cfg.meta_steps = max(1, args.neural_steps // 10)
