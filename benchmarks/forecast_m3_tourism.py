@@ -88,6 +88,11 @@ def main() -> None:
                     help="training losses of Tourism's neural ensemble, comma-separated (default: "
                          "N-BEATS' mape). mae won on Tourism's temporal holdout "
                          "(forecast_neural_validation.py) but lost on the test MAPE, 22.33 vs 21.34")
+    ap.add_argument("--m3-bags", type=int, default=1,
+                    help="seeds per (lookback, loss) pair of M3's neural ensemble (default 1: "
+                         "18 members; N-BEATS used 10)")
+    ap.add_argument("--no-neural-zero-shot", action="store_true",
+                    help="zero-shot rows for FFORMA only (skips the neural fits on the source)")
     ap.add_argument("--name", default="forecast_m3_tourism", help="results/<name>.json")
     args = ap.parse_args()
     # one thread: the networks are small and the 2 cores are shared with the other jobs
@@ -95,7 +100,7 @@ def main() -> None:
     cfg = NeuralConfig(seed=args.seed)
     # N-BEATS trained its M3 ensemble on sMAPE, MAPE and MASE, its Tourism one on MAPE, the
     # dataset's metric: the same here, with 3 seeds per pair for Tourism to keep 18 members.
-    ens = {"M3": NeuralConfig.nbeats_ensemble(seed=args.seed, workers=2),
+    ens = {"M3": NeuralConfig.nbeats_ensemble(bags=args.m3_bags, seed=args.seed, workers=2),
            "Tourism": NeuralConfig.nbeats_ensemble(losses=tuple(args.tourism_losses.split(",")),
                                                    bags=3, seed=args.seed, workers=2)}
     for c in (cfg, *ens.values()):
@@ -115,7 +120,8 @@ def main() -> None:
         t = time.perf_counter()
         ev = evaluate(sets, methods=ALL_METHODS, meta=("fforma", "neural"), sources={src_name: src},
                       neural_config=neural[name], cache_dir=WORK, seed=args.seed, progress=True,
-                      stack_neural=not args.no_stack)
+                      stack_neural=not args.no_stack,
+                      zero_shot=("fforma",) if args.no_neural_zero_shot else None)
         runs[name] = (ev, time.perf_counter() - t)
         print(f"{name} done in {runs[name][1]:.0f} s", flush=True)
     wall = time.perf_counter() - t0

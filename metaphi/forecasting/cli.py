@@ -55,8 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--neural-loss", nargs="+", default=None, metavar="LOSS",
                    help="training loss of the neural forecaster: mae, smape, mape or mase; with "
                         "--ensemble one member per lookback and loss (default: mae for one "
-                        "model; smape mape mase for the ensemble, N-BEATS' M3 recipe). On "
-                        "Tourism's temporal holdout mae beat mape (benchmarks/RESULTS.md)")
+                        "model; smape mape mase for the ensemble, N-BEATS' M3 recipe)")
     p.add_argument("--cache-dir", default=None, help="cache base forecasts here for reruns")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
