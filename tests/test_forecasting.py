@@ -164,6 +164,21 @@ def _simple_forecasts(hist: list[np.ndarray], h: int) -> dict[str, np.ndarray]:
     return {"Naive": naive, "Drift": drift, "Mean": mean, "Naive2": naive}
 
 
+def test_relative_errors_by_hand():
+    truth = [np.array([2.0, 4.0]), np.array([0.0, 10.0])]
+    hist = [np.array([1.0, 2.0, 3.0]), np.array([5.0, 6.0, 7.0])]
+    fc = {"Naive2": np.array([[1.0, 1.0], [5.0, 5.0]]), "A": np.array([[2.0, 2.0], [1.0, 9.0]])}
+    # MAPE skips the zero truth: Naive2 (50 + 75) / 2 = 62.5 and 50; A 25 and 10
+    ref = (62.5 + 50) / 2
+    assert np.allclose(relative_errors(truth, fc, hist, 1, ["A", "Naive2"], error="mape"),
+                       [[25 / ref, 62.5 / ref], [10 / ref, 50 / ref]])
+    s_ref = np.mean(smape(np.vstack(truth), fc["Naive2"]))
+    assert np.allclose(relative_errors(truth, fc, hist, 1, ["A"], error="smape")[:, 0],
+                       smape(np.vstack(truth), fc["A"]) / s_ref)
+    with pytest.raises(ValueError, match="FFORMA error must be one of"):
+        relative_errors(truth, fc, hist, 1, ["A"], error="rmse")
+
+
 def test_fforma_learns_which_forecaster_to_trust():
     rng = np.random.default_rng(0)
     h, methods = 6, ["Naive", "Drift", "Mean"]
@@ -370,6 +385,9 @@ def test_cli_holdout_origins(tmp_path, capsys):
     assert rc == 0
     assert (pd.read_csv(out2 / "forecasts.csv")["FFORMA"].tolist()
             == pd.read_csv(out1 / "forecasts.csv")["FFORMA"].tolist())
+    _, outm, rc = _forecast_toy_csv(tmp_path, "outm", ["Naive", "SeasonalNaive"],
+                                    "--fforma-error", "mape")
+    assert rc == 0 and json.loads((outm / "results.json").read_text())["metrics"]["FFORMA"]
     _, _, rc = _forecast_toy_csv(tmp_path, "bad", ["Naive"], "--holdout-origins", "0")
     assert rc == 2 and "holdout_origins must be an integer >= 1" in capsys.readouterr().err
 

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="neural forecaster as an N-BEATS-style ensemble: one member per lookback "
                         "(2..7 horizons) and loss (sMAPE, MAPE, MASE), median forecast, members "
                         "trained on all cores (18x the cost of one model)")
+    p.add_argument("--fforma-error", choices=("owa", "smape", "mape"), default="owa",
+                   help="holdout error FFORMA minimises: owa (the paper's, default), or smape / "
+                        "mape for data scored by that metric alone")
     p.add_argument("--neural-loss", nargs="+", default=None, metavar="LOSS",
                    help="training loss of the neural forecaster: mae, smape, mape or mase; with "
                         "--ensemble one member per lookback and loss (default: mae for one "
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(sets, list(args.methods), meta=meta, neural_config=cfg,
                       cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress,
                       stack_neural=args.stack, truth=not args.future,
-                      holdout_origins=args.holdout_origins)
+                      holdout_origins=args.holdout_origins, fforma_error=args.fforma_error)
     except (ValueError, FileNotFoundError) as e:
         print(f"metaphi forecast: error: {e}", file=sys.stderr)
         return 2

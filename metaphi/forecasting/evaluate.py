@@ -16,7 +16,8 @@ import numpy as np
 from .base import DEFAULT_METHODS, check_methods, run_base
 from .data import SeriesSet
 from .features import feature_matrix
-from .fforma import STATS_ENSEMBLE, FFORMA, holdout_best, mean_combination, relative_errors
+from .fforma import (ERRORS, STATS_ENSEMBLE, FFORMA, holdout_best, mean_combination,
+                     relative_errors)
 from .metrics import score_subset, weighted_average
 from .neural import NeuralConfig, fit_forecast
 
@@ -62,10 +63,10 @@ class _Prepared:
 def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | None,
             progress: bool, timings: dict[str, float], tag: str = "",
             error_methods: list[str] | None = None, origins: int = 1, test: bool = True,
-            holdouts: bool = True) -> list[_Prepared]:
+            holdouts: bool = True, error: str = "owa") -> list[_Prepared]:
     """Base forecasts of ``methods`` on each set's future (``test``) and on its temporal holdouts
     at ``origins`` origins (``holdouts``), the features of both and the holdout errors of
-    ``error_methods`` (default: ``methods``)."""
+    ``error_methods`` (default: ``methods``), measured by ``error`` (see relative_errors)."""
     error_methods = error_methods or methods
     out = []
     for s in sets:
@@ -86,7 +87,7 @@ def prepare(sets: list[SeriesSet], methods: list[str], cache_dir: str | Path | N
                 bases.append(bj)
                 Xs.append(feature_matrix(hj.y, hj.m, hj.h))
                 # columns follow `error_methods`
-                Es.append(relative_errors(hj.test, bj, hj.y, s.m, error_methods))
+                Es.append(relative_errors(hj.test, bj, hj.y, s.m, error_methods, error=error))
                 t_feat += time.perf_counter() - t0
             timings[f"features {tag}{s.name} (holdouts)"] = t_feat
             hold, bh, E_h = holds[0], bases[0], Es[0]
@@ -113,7 +114,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
              seed: int = 0, progress: bool = True, stack_neural: bool = False,
              truth: bool = True, zero_shot: tuple[str, ...] | None = None,
-             holdout_origins: int = 1) -> Evaluation:
+             holdout_origins: int = 1, fforma_error: str = "owa") -> Evaluation:
     """Forecast and score ``sets`` (subsets that carry ``test`` values).
 
     With ``truth=False`` the next ``h`` values after each series' end are forecast and nothing
@@ -131,12 +132,17 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     :meth:`SeriesSet.holdouts`), at the cost of one more round of base-forecaster fits per
     origin. The targets' holdouts (FFORMA's training rows, and ``HoldoutBest``) are fitted only
     when ``meta`` has ``"fforma"``.
+
+    ``fforma_error`` is the holdout error FFORMA minimises: ``"owa"`` (the paper's), or
+    ``"smape"`` / ``"mape"`` for data scored by that metric alone.
     """
     methods = check_methods(list(methods or DEFAULT_METHODS))
     zero_shot = meta if zero_shot is None else zero_shot
     bad = [m for m in (*meta, *zero_shot) if m not in META_CHOICES]
     if bad:
         raise ValueError(f"unknown meta-learner(s) {bad}; choose from {META_CHOICES}")
+    if fforma_error not in ERRORS:
+        raise ValueError(f"fforma_error must be one of {ERRORS}, got {fforma_error!r}")
     if not isinstance(holdout_origins, int) or holdout_origins < 1:
         raise ValueError(f"holdout_origins must be an integer >= 1, got {holdout_origins!r}")
     if stack_neural and holdout_origins > 1:
@@ -150,7 +156,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     # Naive2 is always forecast: OWA is defined relative to it.
     run_methods = methods if "Naive2" in methods else methods + ["Naive2"]
     prep = prepare(sets, run_methods, cache_dir, progress, ev.timings, error_methods=methods,
-                   origins=holdout_origins, holdouts="fforma" in meta)
+                   origins=holdout_origins, holdouts="fforma" in meta, error=fforma_error)
     fc: dict[str, dict[str, np.ndarray]] = {p.s.name: dict(p.base_test) for p in prep}
     for p in prep:
         fc[p.s.name]["Mean"] = mean_combination(p.base_test, methods)
@@ -193,7 +199,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
             p.base_hold = {**p.base_hold, "NBeats-MAML": out["NBeats-MAML"]}
             p.base_test = {**p.base_test, "NBeats-MAML": fc[p.s.name]["NBeats-MAML"]}
             p.E_hold = p.E_meta = np.column_stack([p.E_hold, relative_errors(
-                p.hold.test, p.base_hold, p.hold.y, p.s.m, ["NBeats-MAML"])])
+                p.hold.test, p.base_hold, p.hold.y, p.s.m, ["NBeats-MAML"], error=fforma_error)])
         model = _fit_fforma(prep, ext, seed)
         for p in prep:
             fc[p.s.name]["FFORMA+NBeats"] = model.combine(p.base_test, p.X_test)
@@ -205,7 +211,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
         if "fforma" in zero_shot:
             src_prep = prepare(src_sets, run_methods, cache_dir, progress, ev.timings,
                                tag="source ", error_methods=methods, origins=holdout_origins,
-                               test=False)
+                               test=False, error=fforma_error)
             t0 = time.perf_counter()
             model = _fit_fforma(src_prep, methods, seed)
             for p in prep:

@@ -19,18 +19,36 @@ import numpy as np
 from .metrics import mase, smape
 
 
+ERRORS = ("owa", "smape", "mape")
+
+
+def _mape_nonzero(Y: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """Per-series MAPE (%) over the true values that are not zero (APE is undefined there; a
+    holdout can have zeros where the test period has none)."""
+    ok = Y != 0
+    ape = np.where(ok, 100 * np.abs(Y - F) / np.where(ok, np.abs(Y), 1.0), 0.0)
+    return ape.sum(1) / ok.sum(1).clip(1)
+
+
 def relative_errors(truth: list[np.ndarray], forecasts: dict[str, np.ndarray],
                     histories: list[np.ndarray], m: int, methods: list[str],
-                    reference: str = "Naive2") -> np.ndarray:
-    """Per-series OWA-style error of each method: ``(sMAPE / mean sMAPE_ref + MASE / mean
-    MASE_ref) / 2`` with the reference (Naive2) averaged over the subset, as FFORMA used.
+                    reference: str = "Naive2", error: str = "owa") -> np.ndarray:
+    """Per-series error of each method relative to the reference (Naive2) averaged over the
+    subset. ``error="owa"`` (FFORMA's): ``(sMAPE / mean sMAPE_ref + MASE / mean MASE_ref) / 2``;
+    ``"smape"`` or ``"mape"``: that metric alone over its reference mean, for data scored by it.
 
     Dividing by subset means rather than per-series values keeps series where Naive2 happens to be
     perfect from producing infinities; MASE values are capped to keep a few series with a
     near-zero in-sample scale from dominating the objective.
     """
+    if error not in ERRORS:
+        raise ValueError(f"FFORMA error must be one of {ERRORS}, got {error!r}")
     Y = np.vstack(truth)
     ref = forecasts[reference] if reference in forecasts else forecasts[methods[0]]
+    if error != "owa":
+        metric = smape if error == "smape" else _mape_nonzero
+        r = max(float(np.mean(metric(Y, ref))), 1e-8)
+        return np.column_stack([metric(Y, forecasts[k]) / r for k in methods])
     s_ref = max(float(np.mean(smape(Y, ref))), 1e-8)
     m_ref_all = mase(Y, ref, histories, m)
     cap = np.nanpercentile(m_ref_all[np.isfinite(m_ref_all)], 99) * 5 if np.isfinite(

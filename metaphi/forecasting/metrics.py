@@ -75,7 +75,6 @@ def seasonal_indices(x: np.ndarray, m: int) -> np.ndarray:
     Position ``j`` is the index of time ``t`` with ``t % m == j`` (t counted from the start).
     """
     x = np.asarray(x, dtype=float)
-    n = len(x)
     if m % 2 == 0:  # 2 x m centred moving average
         w = np.r_[0.5, np.ones(m - 1), 0.5] / m
     else:
