@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +37,6 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "sinusoid"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
     rows, runs = [], {}
     for learner in args.learners:
         for k in args.shots:

@@ -1,7 +1,6 @@
 """Runs end to end: config validation, the CLI, the run folder, resume after SIGKILL, safety."""
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
