@@ -16,18 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import mase, smape
+from .metrics import mape_nonzero, mase, smape
 
 
 ERRORS = ("owa", "smape", "mape")
-
-
-def _mape_nonzero(Y: np.ndarray, F: np.ndarray) -> np.ndarray:
-    """Per-series MAPE (%) over the true values that are not zero (APE is undefined there; a
-    holdout can have zeros where the test period has none)."""
-    ok = Y != 0
-    ape = np.where(ok, 100 * np.abs(Y - F) / np.where(ok, np.abs(Y), 1.0), 0.0)
-    return ape.sum(1) / ok.sum(1).clip(1)
 
 
 def relative_errors(truth: list[np.ndarray], forecasts: dict[str, np.ndarray],
@@ -46,7 +38,7 @@ def relative_errors(truth: list[np.ndarray], forecasts: dict[str, np.ndarray],
     Y = np.vstack(truth)
     ref = forecasts[reference] if reference in forecasts else forecasts[methods[0]]
     if error != "owa":
-        metric = smape if error == "smape" else _mape_nonzero
+        metric = smape if error == "smape" else mape_nonzero
         r = max(float(np.mean(metric(Y, ref))), 1e-8)
         return np.column_stack([metric(Y, forecasts[k]) / r for k in methods])
     s_ref = max(float(np.mean(smape(Y, ref))), 1e-8)

@@ -25,6 +25,15 @@ def mape(y: np.ndarray, f: np.ndarray) -> np.ndarray:
         return (100.0 * np.abs(y - f) / np.abs(y)).mean(axis=1)
 
 
+def mape_nonzero(y: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """MAPE (%) over the true values that are not zero, per series (APE is undefined there; a
+    temporal holdout can have zeros where the official test period has none)."""
+    y, f = np.atleast_2d(y).astype(float), np.atleast_2d(f).astype(float)
+    ok = y != 0
+    ape = np.where(ok, 100.0 * np.abs(y - f) / np.where(ok, np.abs(y), 1.0), 0.0)
+    return ape.sum(axis=1) / ok.sum(axis=1).clip(1)
+
+
 def mase_scale(history: np.ndarray, m: int) -> float:
     """In-sample MAE of the seasonal naive forecast with lag ``m`` (lag 1 if the history is too
     short for lag ``m``). The M4 convention, used for M3 and Tourism too."""
