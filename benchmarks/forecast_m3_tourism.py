@@ -21,6 +21,7 @@ from common import write_result  # noqa: E402
 from metaphi.forecasting.base import ALL_METHODS  # noqa: E402
 from metaphi.forecasting.data import load_builtin  # noqa: E402
 from metaphi.forecasting.evaluate import evaluate  # noqa: E402
+from metaphi.forecasting.fforma import ERRORS  # noqa: E402
 from metaphi.forecasting.neural import NeuralConfig  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"
@@ -93,7 +94,7 @@ def main() -> None:
                          "18 members; N-BEATS used 10)")
     ap.add_argument("--no-neural-zero-shot", action="store_true",
                     help="zero-shot rows for FFORMA only (skips the neural fits on the source)")
-    ap.add_argument("--fforma-error", choices=("owa", "smape", "mape"), default="owa",
+    ap.add_argument("--fforma-error", choices=ERRORS, default="owa",
                     help="holdout error FFORMA minimises (default: the paper's OWA)")
     ap.add_argument("--name", default="forecast_m3_tourism", help="results/<name>.json")
     args = ap.parse_args()

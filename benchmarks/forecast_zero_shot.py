@@ -42,6 +42,7 @@ from forecast_m3_tourism import PUBLISHED_M3, PUBLISHED_TOURISM, WORK, _r  # noq
 from metaphi.forecasting.base import ALL_METHODS  # noqa: E402
 from metaphi.forecasting.data import load_builtin  # noqa: E402
 from metaphi.forecasting.evaluate import evaluate  # noqa: E402
+from metaphi.forecasting.fforma import ERRORS  # noqa: E402
 from metaphi.forecasting.neural import NeuralConfig  # noqa: E402
 
 REFERENCE = ("FFORMA", "StatsEnsemble", "Theta")
@@ -63,7 +64,7 @@ def main() -> None:
                     help="skip the target's own holdout fits and the in-dataset FFORMA row")
     ap.add_argument("--pools", nargs="+", default=["all"], choices=sorted(POOLS),
                     help="pools of base forecasters FFORMA combines, one zero-shot row each")
-    ap.add_argument("--fforma-error", choices=("owa", "smape", "mape"), default="owa",
+    ap.add_argument("--fforma-error", choices=ERRORS, default="owa",
                     help="holdout error FFORMA minimises (default: the paper's OWA)")
     ap.add_argument("--name", default="forecast_zero_shot")
     ap.add_argument("--max-series", type=int, default=None,

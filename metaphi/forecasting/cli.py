@@ -16,6 +16,7 @@ import numpy as np
 
 from .base import ALL_METHODS, DEFAULT_METHODS
 from .data import builtin_names, load_builtin, load_user
+from .fforma import ERRORS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="neural forecaster as an N-BEATS-style ensemble: one member per lookback "
                         "(2..7 horizons) and loss (sMAPE, MAPE, MASE), median forecast, members "
                         "trained on all cores (18x the cost of one model)")
-    p.add_argument("--fforma-error", choices=("owa", "smape", "mape"), default="owa",
+    p.add_argument("--fforma-error", choices=ERRORS, default="owa",
                    help="holdout error FFORMA minimises: owa (the paper's, default), or smape / "
                         "mape for data scored by that metric alone")
     p.add_argument("--neural-loss", nargs="+", default=None, metavar="LOSS",
