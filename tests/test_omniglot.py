@@ -241,6 +241,36 @@ def test_split_based_sources(zipped, tmp_path):
     assert torch.equal(again.support_x, task.support_x) and again.meta == task.meta
 
 
+def test_trainval_meta_trains_on_train_and_val_classes_without_meta_val(zipped, tmp_path):
+    from metaphi.learners import ProtoNet
+    from metaphi.loops.train import build_optimizer, build_schedule, meta_train
+    from metaphi.models import conv4_features
+
+    lists = mini_split(zipped)
+    lists["trainval"] = lists["train"] + lists["val"]
+    write_split(zipped, "mini", lists)
+    im = load(zipped, tmp_path)
+    train, val, test = omniglot_sources(images=im, n_way=3, k_shot=1, q_queries=2,
+                                        split="mini", meta_train="trainval")
+    assert val is None and (train.name, test.name) == ("meta-train", "meta-test")
+    assert sorted(train.data.class_names[c] for c in train.classes) == sorted(lists["trainval"])
+    assert sorted(test.data.class_names[c] for c in test.classes) == sorted(lists["test"])
+    with pytest.raises(OmniglotError, match="meta_train must be 'train' or 'trainval'"):
+        omniglot_sources(images=im, split="mini", meta_train="val")
+    # No meta-validation: the run keeps the last step's φ and logs no val metric.
+    torch.manual_seed(0)
+    learner = ProtoNet(conv4_features(hidden=4))
+    opt = build_optimizer(learner.parameters(), "adam", 1e-2)
+    state = meta_train(learner, train, None, steps=3, meta_batch=2, seed=0,
+                       out_dir=tmp_path / "run", optimizer=opt,
+                       schedule=build_schedule(opt, "constant", 3), val_every=1, progress=False)
+    assert state.best_step == 3 and state.best_value is None
+    for k, v in learner.state_dict().items():
+        assert torch.equal(state.best_params[k], v)
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and all("val_metric" not in r for r in rows)
+
+
 def test_split_errors_are_clear(zipped, tmp_path):
     im = load(zipped, tmp_path)
     with pytest.raises(OmniglotError, match="not in the loaded data .*strict=True"):

@@ -36,6 +36,8 @@ def test_bad_field_names_field_and_allowed_values():
     with pytest.raises(ConfigError, match=r"task\.train_n_way: 'maml' has a 5-unit"):
         validate_config(omni)
     assert validate_config({**omni, "learner": {"name": "protonet"}}).task.train_n_way == 60
+    with pytest.raises(ConfigError, match=r"task\.meta_train_classes: 'trainval' needs a split"):
+        validate_config({"task": {"meta_train_classes": "trainval"}})
 
 
 def test_learner_options_reach_the_learner_and_are_refused_where_they_do_not_apply():

@@ -579,23 +579,35 @@ def read_split(split: str | Path, which: str, folder: Path | None = None) -> lis
 
 def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int = 1,
                      q_queries: int = 15, eval_q_queries: int | None = None,
-                     split: str | Path = "vinyals", *, train_n_way: int | None = None, images: OmniglotImages | None = None,
+                     split: str | Path = "vinyals", *, train_n_way: int | None = None,
+                     meta_train: str = "train", images: OmniglotImages | None = None,
                      cache_dir: str | Path | None = None, strict: bool = True,
-                     download: bool = False) -> tuple[FewShotSource, FewShotSource, FewShotSource]:
+                     download: bool = False) -> tuple[FewShotSource, FewShotSource | None, FewShotSource]:
     """Meta-train / meta-val / meta-test N-way K-shot task sources over Omniglot's rotated
     characters, from the ``train``, ``val`` and ``test`` lists of ``split``.
 
     ``eval_q_queries`` (default ``q_queries``) sets the queries per class of meta-val/meta-test,
     ``train_n_way`` (default ``n_way``) the ways of meta-train episodes.
+    ``meta_train="trainval"`` meta-trains on the split's ``trainval`` list (train + val, as
+    Snell et al. 2017 did for their published models) and returns no meta-val source: classes
+    that are meta-trained on cannot choose φ.
     Pass ``images`` to reuse data already loaded by :func:`load_omniglot`.
     """
+    if meta_train not in ("train", "trainval"):
+        raise OmniglotError(f"meta_train must be 'train' or 'trainval', got {meta_train!r}")
     if images is None:
         images = load_omniglot(root, cache_dir=cache_dir, strict=strict, download=download)
-    lists = [read_split(split, which, images.folder) for which in ("train", "val", "test")]
+    which = ("train", "val", "test") if meta_train == "train" else ("trainval", "test")
+    lists = [read_split(split, w, images.folder) for w in which]
     data = OmniglotData(images, [c for names in lists for c in names])
     ids, start = [], 0
     for names in lists:
         ids.append(np.arange(start, start + len(names)))
         start += len(names)
-    return fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,  # type: ignore[return-value]
-                          eval_q_queries=eval_q_queries, train_n_way=train_n_way)
+    if meta_train == "train":
+        return fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,  # type: ignore[return-value]
+                              eval_q_queries=eval_q_queries, train_n_way=train_n_way)
+    train, test = fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,
+                                 eval_q_queries=eval_q_queries, train_n_way=train_n_way,
+                                 names=("meta-train", "meta-test"))
+    return train, None, test  # type: ignore[return-value]

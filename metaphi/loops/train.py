@@ -81,7 +81,7 @@ def _better(value: float, best: float | None, higher: bool) -> bool:
     return best is None or (value > best if higher else value < best)
 
 
-def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSource, *,
+def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSource | None, *,
                steps: int, meta_batch: int, seed: int, out_dir: str | Path,
                optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
                clip_grad_norm: float | None = None, val_every: int = 500, val_tasks: int = 200,
@@ -90,7 +90,8 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                on_step: Callable[[int, dict[str, float]], None] | None = None,
                dist: DistContext | None = None) -> TrainState:
     """Meta-train ``learner`` (its parameters are φ) and return the final :class:`TrainState`
-    (``best_params`` holds φ with the best meta-validation metric).
+    (``best_params`` holds φ with the best meta-validation metric; without a ``val_source``,
+    φ of the last step).
 
     ``dist``: the process group of a distributed run (see
     :func:`metaphi.loops.distributed.init_from_env`); each rank then draws its block of every
@@ -119,7 +120,8 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                            best_params=ck["best_params"], seconds=ck["seconds"])
     log = (MetricsLog(out / "metrics.jsonl", keep_before_step=state.step if resume else None)
            if ctx.is_main else None)
-    val_set = [t.to(device) for t in fixed_task_block(val_source, seed, "val", val_tasks, ctx)]
+    val_set = ([] if val_source is None else
+               [t.to(device) for t in fixed_task_block(val_source, seed, "val", val_tasks, ctx)])
     params = dict(learner.named_parameters())
 
     bar = None
@@ -151,7 +153,10 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                       "lr": optimizer.param_groups[0]["lr"]}
             schedule.step()
             last = step + 1 == steps
-            if (step + 1) % val_every == 0 or last:
+            if val_source is None and last:
+                state.best_step = step + 1
+                state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+            elif val_source is not None and ((step + 1) % val_every == 0 or last):
                 val = evaluate_gathered(learner, val_set, ctx, device)
                 record.update(val_metric=val["mean"], val_ci95=val["ci95"], val_loss=val["loss"])
                 if _better(val["mean"], state.best_value, learner.higher_is_better):

@@ -54,8 +54,9 @@ def data_dir(cfg: RunConfig) -> str | None:
     return cfg.task.data_dir or os.environ.get("METAPHI_DATA")
 
 
-def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource, TaskSource]:
-    """(meta-train, meta-val, meta-test) task sources; they never share classes."""
+def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource | None, TaskSource]:
+    """(meta-train, meta-val, meta-test) task sources; they never share classes. Meta-val is
+    None when the validation classes are meta-trained on (``task.meta_train_classes=trainval``)."""
     t = cfg.task
     eval_q = t.eval_q_queries or t.q_queries
     if t.source == "sinusoid":
@@ -67,7 +68,8 @@ def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource, TaskSource]:
 
         return tuple(omniglot_sources(data_dir(cfg), n_way=t.n_way, k_shot=t.k_shot,
                                       q_queries=t.q_queries, eval_q_queries=eval_q,
-                                      train_n_way=t.train_n_way))
+                                      train_n_way=t.train_n_way,
+                                      meta_train=t.meta_train_classes))
     if t.source == "folder":
         from ..tasks.fewshot import ImageFolderData, fewshot_splits
 

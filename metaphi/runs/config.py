@@ -33,6 +33,10 @@ class TaskConfig(_Strict):
     train_n_way: int | None = Field(None, ge=2, description="ways of meta-train episodes "
                                     "(default n_way; metric learners only)")
     data_dir: str | None = Field(None, description="dataset folder (default: $METAPHI_DATA)")
+    meta_train_classes: Literal["train", "trainval"] = Field(
+        "train", description="omniglot: meta-train on the split's train classes (meta-validation "
+        "chooses φ), or on train+val (Snell et al.'s final models: no meta-validation, φ is the "
+        "last step's, so fix `steps` from a train-classes run)")
     split_seed: int = 0
 
 
@@ -121,6 +125,9 @@ class RunConfig(_Strict):
             raise ValueError(f"task.train_n_way: {self.learner.name!r} has a {t.n_way}-unit "
                              "output layer, so it meta-trains on n_way-way tasks; train_n_way "
                              "is for 'protonet', 'matchingnet', 'r2d2' (or leave it unset)")
+        if t.meta_train_classes == "trainval" and t.source != "omniglot":
+            raise ValueError("task.meta_train_classes: 'trainval' needs a split with a trainval "
+                             f"list (source 'omniglot'), not {t.source!r}; leave it 'train'")
         if self.task.source != "sinusoid" and self.model.name != "conv4":
             raise ValueError(f"model.name: {self.task.source} tasks are images; use 'conv4'")
         return self

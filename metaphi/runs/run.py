@@ -86,7 +86,8 @@ def meta_test(learner: Learner, cfg: RunConfig, seed: int, n_tasks: int, device:
 
 def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Meta-train, keep the best φ on meta-validation, meta-test it, and write the run folder.
+    """Meta-train, keep the best φ on meta-validation (the last φ when the validation classes
+    are meta-trained on), meta-test it, and write the run folder.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; they join one process
     group, split each meta-batch and the evaluations, and only rank 0 writes files."""
@@ -129,6 +130,8 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
         "higher_is_better": learner.higher_is_better,
         "meta_test": {k: test[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
         "meta_val_best": {"value": state.best_value, "step": state.best_step},
+        # trainval runs have no meta-validation: φ is the last step's
+        "phi_chosen": "best meta-val" if sources[1] is not None else "last step",
         "steps": state.step,
         "train_seconds": round(state.seconds, 2),
         "test_seconds": round(test_seconds, 2),

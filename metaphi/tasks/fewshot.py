@@ -237,14 +237,17 @@ def split_classes(n_classes: int, fractions: Sequence[float], seed: int = 0) -> 
 def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
                    splits: Sequence[Sequence[int]] | Sequence[float] = (0.6, 0.2, 0.2),
                    seed: int = 0, eval_q_queries: int | None = None,
-                   train_n_way: int | None = None) -> tuple[FewShotSource, ...]:
+                   train_n_way: int | None = None,
+                   names: Sequence[str] = ("meta-train", "meta-val", "meta-test"),
+                   ) -> tuple[FewShotSource, ...]:
     """Meta-train / meta-val / meta-test sources over disjoint classes of one labelled dataset.
 
     ``splits`` is either fractions of the classes or explicit lists of class ids.
     ``eval_q_queries`` sets the queries per class of meta-val/meta-test (default ``q_queries``);
     ``train_n_way`` the ways of meta-train episodes (default ``n_way``): metric learners
     trained on harder, wider episodes than they are tested on generalise better (Snell et al.
-    2017 train 60-way for 5- and 20-way tests).
+    2017 train 60-way for 5- and 20-way tests). ``names`` label the sources in error messages;
+    the first part is always the meta-train one.
     """
     data = as_labelled(data)
     index = ClassIndex(data.labels)
@@ -263,11 +266,10 @@ def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
         raise ValueError(f"meta-train: train_n_way={train_n_way} needs at least that many classes, "
                          f"but the meta-train split has {len(parts[0])}; lower it "
                          "(task.train_n_way in a run config; null gives n_way-way episodes)")
-    names = ["meta-train", "meta-val", "meta-test"]
     out = []
     for i, p in enumerate(parts):
         q = q_queries if (i == 0 or eval_q_queries is None) else eval_q_queries
         ways = train_n_way if (i == 0 and train_n_way is not None) else n_way
         out.append(FewShotSource(data, p, ways, k_shot, q, index,
-                                 name=names[i] if i < 3 else f"split {i}"))
+                                 name=names[i] if i < len(names) else f"split {i}"))
     return tuple(out)
