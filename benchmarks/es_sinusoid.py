@@ -44,12 +44,16 @@ def meta_test(learner, family, seed: int, n: int) -> tuple[float, float]:
     return float(losses.mean()), float(1.96 * losses.std(ddof=1) / math.sqrt(n))
 
 
-def train_maml(spec: FitnessSpec, seed: int, budget: float, meta_batch: int, outer_lr: float):
+def train_maml(spec: FitnessSpec, seed: int, budget: float, meta_batch: int, outer_lr: float,
+               average_tail: float = 0.0):
+    """Second-order MAML with Adam for ``budget`` seconds. With ``average_tail`` > 0 also the
+    mean of φ over the steps in the last ``average_tail`` of the budget (None otherwise)."""
     learner = build_learner(spec.learner, seed=seed)
     family = build_family(spec.family)
     opt = torch.optim.Adam(learner.parameters(), lr=outer_lr)
     params = learner.meta_params()
     t0, step, curve = time.perf_counter(), 0, []
+    avg, n_avg = None, 0
     while time.perf_counter() - t0 < budget:
         tasks = sample_tasks(family, seed, "train", step, meta_batch)
         grads, logs = learner.outer_grads(tasks, params)
@@ -57,10 +61,14 @@ def train_maml(spec: FitnessSpec, seed: int, budget: float, meta_batch: int, out
         for k, p in params.items():
             p.grad = grads[k]
         opt.step()
+        if average_tail > 0 and time.perf_counter() - t0 >= (1 - average_tail) * budget:
+            with torch.no_grad():
+                v = phi_vector(learner)
+            avg, n_avg = (v if avg is None else avg + v), n_avg + 1
         if step % 100 == 0:
             curve.append([step, round(time.perf_counter() - t0, 2), logs["loss"]])
         step += 1
-    return learner, step, time.perf_counter() - t0, curve
+    return learner, step, time.perf_counter() - t0, curve, (None if avg is None else avg / n_avg)
 
 
 def preset_maml_mse() -> float | None:
@@ -100,10 +108,17 @@ def main() -> None:
     ap.add_argument("--maml-seconds", type=float, default=None,
                     help="gradient MAML's wall-time budget (default: the time ES took)")
     ap.add_argument("--test-tasks", type=int, default=1000)
+    ap.add_argument("--average-from", type=int, default=None, metavar="GEN",
+                    help="deploy the mean of the ES centers of generations >= GEN (Polyak-"
+                         "Ruppert tail averaging; needs --generations), and give gradient MAML "
+                         "the same: the mean of its φ over the same final fraction of its run. "
+                         "The last φ of each is reported beside it")
     ap.add_argument("--name", default="es_sinusoid")
     args = ap.parse_args()
     if args.schedule == "cosine" and args.generations is None:
         ap.error("--schedule cosine anneals over a known number of generations: give --generations")
+    if args.average_from is not None and not (args.generations and 0 <= args.average_from < args.generations):
+        ap.error("--average-from GEN needs --generations N with 0 <= GEN < N")
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
 
@@ -130,15 +145,27 @@ def main() -> None:
         res = population_train(es, fitness, generations=args.generations or 10**7, out_dir=d,
                                workers=args.workers, progress=args.generations is not None,
                                max_seconds=None if args.generations else args.budget_seconds,
-                               config={"bench": args.name})
-    es_learner = build_learner(spec.learner, seed=args.seed)
-    load_phi_vector(es_learner, res.center)
-    es_mse, es_ci = meta_test(es_learner, family, args.seed, args.test_tasks)
+                               config={"bench": args.name}, average_from=args.average_from)
+
+    def scored(phi: np.ndarray):
+        learner = build_learner(spec.learner, seed=args.seed)
+        load_phi_vector(learner, phi)
+        return (learner, *meta_test(learner, family, args.seed, args.test_tasks))
+
+    es_learner, es_mse, es_ci = scored(res.center)
+    last = {"es": (es_learner, es_mse, es_ci)}
+    if args.average_from is not None:  # the deployed φ: the tail average (rule fixed up front)
+        es_learner, es_mse, es_ci = scored(res.center_average)
 
     # gradient MAML ------------------------------------------------------------------------
     maml_budget = args.maml_seconds or (res.seconds if args.generations else args.budget_seconds)
-    maml, steps, maml_s, curve = train_maml(spec, args.seed, maml_budget, 25, 1e-3)
+    tail = 0.0 if args.average_from is None else 1 - args.average_from / args.generations
+    maml, steps, maml_s, curve, maml_avg = train_maml(spec, args.seed, maml_budget, 25, 1e-3,
+                                                      average_tail=tail)
     maml_mse, maml_ci = meta_test(maml, family, args.seed, args.test_tasks)
+    if maml_avg is not None:
+        last["maml"] = (maml, maml_mse, maml_ci)
+        maml, maml_mse, maml_ci = scored(maml_avg)
 
     ratio = es_mse / maml_mse
     met = ratio <= 1.10
@@ -147,19 +174,27 @@ def main() -> None:
                    f" Against the sinusoid-maml-10shot preset's own meta-test MSE in the sinusoid "
                    f"table ({preset:.3f}, 30000 outer steps) the ratio is {es_mse / preset:.2f}.")
     episodes = args.popsize * sum(fitness.tasks_at(g) for g in range(res.generations))
+    es_name = ("sep-CMA-ES" if args.optimizer == "sepcma" else "OpenAI-ES") + " (init + inner lr)"
+    es_cells = [f"{res.evaluations} fitness evals ({res.generations} gens)", episodes,
+                round(res.seconds, 1)]
+    maml_cells = [f"{steps} outer steps", steps * 25, round(maml_s, 1)]
+    avg_tag = (f", mean of φ over the last {100 * tail:.0f}% of the run" if tail else "")
     rows = [
         ["initial weights (no meta-training)", "-", "-", "-", 0.01, f"{init_mse:.3f} ± {init_ci:.3f}"],
-        [("sep-CMA-ES" if args.optimizer == "sepcma" else "OpenAI-ES") + " (init + inner lr)",
-         f"{res.evaluations} fitness evals ({res.generations} gens)",
-         episodes, round(res.seconds, 1),
-         round(es_learner.inner_lr, 4), f"{es_mse:.3f} ± {es_ci:.3f}"],
-        ["gradient MAML (2nd order)", f"{steps} outer steps", steps * 25, round(maml_s, 1), 0.01,
+        [es_name + avg_tag, *es_cells, round(es_learner.inner_lr, 4), f"{es_mse:.3f} ± {es_ci:.3f}"],
+        ["gradient MAML (2nd order)" + avg_tag, *maml_cells, round(maml.inner_lr, 4),
          f"{maml_mse:.3f} ± {maml_ci:.3f}"],
     ]
+    if tail:
+        (el, em, ec), (ml, mm, mc) = last["es"], last["maml"]
+        rows += [[es_name + ", last φ", *es_cells, round(el.inner_lr, 4), f"{em:.3f} ± {ec:.3f}"],
+                 ["gradient MAML (2nd order), last φ", *maml_cells, round(ml.inner_lr, 4),
+                  f"{mm:.3f} ± {mc:.3f}"]]
     if args.optimizer == "sepcma":
         opt_desc = (f"sep-CMA-ES (cmaes.SepCMA via CMAES(diagonal=True)): popsize {args.popsize}, "
                     f"initial sigma {args.sigma}, per-coordinate step sizes adapted by the "
-                    "library, φ deployed = the search mean; ")
+                    "library, φ deployed = the search mean"
+                    + (" (its tail average)" if args.average_from is not None else "") + "; ")
     else:
         opt_desc = (f"ES: popsize {args.popsize} (antithetic), sigma {args.sigma}"
                     + (f" -> {args.sigma_final}" if args.sigma_final else "")
@@ -167,7 +202,8 @@ def main() -> None:
                     + (f" -> {args.es_lr * args.lr_final:g} (cosine over {args.generations} "
                        "generations)" if args.schedule == "cosine" else "")
                     + f", {'rank' if args.shaping == 'ranks' else 'no'} fitness shaping, "
-                    "φ deployed = the ES mean; ")
+                    "φ deployed = the ES mean"
+                    + (" (its tail average)" if args.average_from is not None else "") + "; ")
     equal = abs(maml_s - res.seconds) <= 0.05 * res.seconds
     table = {"title": ("Sinusoid 10-shot, 1 inner step: ES vs gradient MAML"
                        + (" at equal wall time" if equal else "")),
@@ -176,6 +212,11 @@ def main() -> None:
              "rows": rows,
              "notes": (f"ES/MAML MSE ratio = {ratio:.2f}; the target (ES within 10% of gradient "
                        f"MAML, ratio <= 1.10) is {'met' if met else 'NOT met'}. "
+                       + (f"Both sides deploy the tail average of φ (Polyak-Ruppert; ES: the "
+                          f"centers of generations >= {args.average_from}, MAML: its φ after "
+                          f"{100 * (1 - tail):.0f}% of its wall time), a rule fixed before the "
+                          f"run; with the last φ of each the ratio is "
+                          f"{last['es'][1] / last['maml'][1]:.2f}. " if tail else "")
                        + opt_desc
                        + f"{args.fitness_tasks} fitness tasks per generation (shared by the "
                        "generation)" + "".join(f", {n} from generation {g} on"
@@ -192,12 +233,13 @@ def main() -> None:
                         "form, without autograd or per-task weight copies)."),
                  es={"mse": es_mse, "ci95": es_ci, "evaluations": res.evaluations,
                      "generations": res.generations, "seconds": res.seconds,
-                     "inner_lr": es_learner.inner_lr,
+                     "inner_lr": es_learner.inner_lr, "average_from": args.average_from,
+                     "last_mse": last["es"][1] if tail else es_mse,
                      "weight_norm": {"start": float(np.linalg.norm(phi_vector(base)[:-1])),
                                      "end": float(np.linalg.norm(np.asarray(res.center)[:-1]))},
                      "curve": [[h["generation"], h["mean_fitness"]] for h in res.history[::10]]},
                  maml={"mse": maml_mse, "ci95": maml_ci, "steps": steps, "seconds": maml_s,
-                       "curve": curve},
+                       "last_mse": last["maml"][1] if tail else maml_mse, "curve": curve},
                  ratio=ratio, target_met=met)
     print(f"ES {es_mse:.3f}±{es_ci:.3f} ({res.evaluations} evals, {res.seconds:.0f}s, "
           f"lr {es_learner.inner_lr:.4f}) | MAML {maml_mse:.3f}±{maml_ci:.3f} ({steps} steps) | "

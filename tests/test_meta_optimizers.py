@@ -241,6 +241,36 @@ def test_population_train_resume_equals_straight_run(tmp_path):
                          progress=False, config={"other": 1})
 
 
+def noisy_sphere(x, generation=0):
+    # the same noisy shift for every candidate of a generation (common random numbers)
+    shift = SHIFT + np.random.default_rng(generation).normal(0.0, 0.3, np.shape(x))
+    return float(((np.asarray(x) - shift) ** 2).sum())
+
+
+def test_tail_average_of_the_center_is_the_mean_of_the_centers_and_resumes(tmp_path):
+    make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.05, popsize=8, seed=0)  # noqa: E731
+    es, centers = make(), []
+    res = population_train(es, noisy_sphere, 400, tmp_path / "a", workers=0, progress=False,
+                           average_from=200,
+                           on_generation=lambda row: centers.append(es.center.copy()))
+    np.testing.assert_allclose(res.center_average, np.mean(centers[200:], axis=0), rtol=1e-12)
+    # noise makes the last center wander around the optimum; the average lies closer to it
+    assert np.linalg.norm(res.center_average - SHIFT) < 0.7 * np.linalg.norm(res.center - SHIFT)
+    population_train(make(), noisy_sphere, 300, tmp_path / "b", workers=0, progress=False,
+                     average_from=200)
+    resumed = population_train(make(), noisy_sphere, 400, tmp_path / "b", resume=True,
+                               workers=0, progress=False, average_from=200)
+    np.testing.assert_array_equal(resumed.center_average, res.center_average)
+    with pytest.raises(ValueError, match="average_from=200, this run has None"):
+        population_train(make(), noisy_sphere, 500, tmp_path / "b", resume=True, workers=0,
+                         progress=False)
+    with pytest.raises(ValueError, match="average_from must be a generation"):
+        population_train(make(), sphere, 5, tmp_path / "c", workers=0, progress=False,
+                         average_from=5)
+    assert population_train(make(), sphere, 3, tmp_path / "d", workers=0,
+                            progress=False).center_average is None
+
+
 def test_population_run_killed_between_checkpoints_resumes_exactly(tmp_path):
     make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=0)  # noqa: E731
     straight = population_train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
