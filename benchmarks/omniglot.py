@@ -79,11 +79,13 @@ def main() -> None:
                     help="the run folders were meta-trained on MACHINE (e.g. an accelerator "
                          "session whose time ran out before the meta-test) and are finished "
                          "here: the table says so and its train minutes are MACHINE's")
+    ap.add_argument("--note", default="", help="provenance to add to the table's notes (e.g. "
+                    "that a run folder was continued from another run with identical episodes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows, runs = [], {}
-    saw_trainval = False
+    n_trainval = 0  # rows meta-trained on train+val classes
     for entry in args.presets:
         name, _, tag = entry.partition("+")
         caps = dict(a.split("=", 1) if "=" in a else ("*", a) for a in args.steps)
@@ -108,7 +110,7 @@ def main() -> None:
         trainval = t.meta_train_classes == "trainval"
         if trainval:
             train += ", train+val classes"
-            saw_trainval = True
+            n_trainval += 1
         rows.append([learner + (f" [{tag}]" if tag else ""), setting, train, f"{100 * mt['mean']:.2f} ± {100 * mt['ci95']:.2f}",
                      pub if pub is not None else "–",
                      f"{res['steps']} of {full}" + (" (train run's best)" if trainval else ""),
@@ -125,9 +127,10 @@ def main() -> None:
                      "machine above." if args.trained_on else "")
     write_result(
         args.name, "Omniglot few-shot classification (Vinyals split, Conv-4)"
-        + (f", on {where}" if where else ""),
+        + (f", on {where}" if where else "")
+        + (", meta-trained on train+val classes" if n_trainval == len(rows) else ""),
         [{"title": "Meta-test accuracy % ± 95% CI; best φ chosen on meta-validation"
-                   + (" (train+val rows: φ of the last step)" if saw_trainval else ""),
+                   + (" (train+val rows: φ of the last step)" if n_trainval else ""),
           "columns": ["learner", "setting", "meta-train episodes", "accuracy %", "published %", "outer steps run",
                       "train minutes", "time to 98% meta-val", "meta-test episodes"],
           "rows": rows,
@@ -143,7 +146,8 @@ def main() -> None:
                       "published models, for the number of steps at which the train-classes "
                       "run of the same preset had its best meta-validation accuracy; with the "
                       "validation classes in meta-training nothing is left to choose φ, so the "
-                      "last step's φ is meta-tested." if saw_trainval else "")}],
+                      "last step's φ is meta-tested." if n_trainval else "")
+                   + (f" {args.note}" if args.note else "")}],
         time.perf_counter() - t0, runs=runs, threads=args.threads, trained_on=where,
         order=30 if args.name == "omniglot" else 31)
 

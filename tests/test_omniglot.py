@@ -269,6 +269,15 @@ def test_trainval_meta_trains_on_train_and_val_classes_without_meta_val(zipped, 
         assert torch.equal(state.best_params[k], v)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3 and all("val_metric" not in r for r in rows)
+    # Resumed with no step left to do, the checkpoint's (last) φ is the one deployed.
+    again = ProtoNet(conv4_features(hidden=4))
+    opt = build_optimizer(again.parameters(), "adam", 1e-2)
+    state2 = meta_train(again, train, None, steps=3, meta_batch=2, seed=0,
+                        out_dir=tmp_path / "run", optimizer=opt, resume=True,
+                        schedule=build_schedule(opt, "constant", 3), progress=False)
+    assert state2.best_step == 3
+    for k, v in state.best_params.items():
+        assert torch.equal(state2.best_params[k], v)
 
 
 def test_split_errors_are_clear(zipped, tmp_path):

@@ -153,10 +153,7 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                       "lr": optimizer.param_groups[0]["lr"]}
             schedule.step()
             last = step + 1 == steps
-            if val_source is None and last:
-                state.best_step = step + 1
-                state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-            elif val_source is not None and ((step + 1) % val_every == 0 or last):
+            if val_source is not None and ((step + 1) % val_every == 0 or last):
                 val = evaluate_gathered(learner, val_set, ctx, device)
                 record.update(val_metric=val["mean"], val_ci95=val["ci95"], val_loss=val["loss"])
                 if _better(val["mean"], state.best_value, learner.higher_is_better):
@@ -186,5 +183,10 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
             log.close()
         if bar is not None:
             bar.close()
+    if val_source is None:
+        # Nothing left to choose with: deploy the last φ (also when a resumed run had no step
+        # left to do, e.g. one finished early at its last checkpoint).
+        state.best_step = state.step
+        state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
     check_in_sync(learner.state_dict(), ctx)
     return state
