@@ -190,11 +190,11 @@ def main() -> None:
         rows += [[es_name + ", last φ", *es_cells, round(el.inner_lr, 4), f"{em:.3f} ± {ec:.3f}"],
                  ["gradient MAML (2nd order), last φ", *maml_cells, round(ml.inner_lr, 4),
                   f"{mm:.3f} ± {mc:.3f}"]]
+    deployed = " (its tail average)" if args.average_from is not None else ""
     if args.optimizer == "sepcma":
         opt_desc = (f"sep-CMA-ES (cmaes.SepCMA via CMAES(diagonal=True)): popsize {args.popsize}, "
                     f"initial sigma {args.sigma}, per-coordinate step sizes adapted by the "
-                    "library, φ deployed = the search mean"
-                    + (" (its tail average)" if args.average_from is not None else "") + "; ")
+                    f"library, φ deployed = the search mean{deployed}; ")
     else:
         opt_desc = (f"ES: popsize {args.popsize} (antithetic), sigma {args.sigma}"
                     + (f" -> {args.sigma_final}" if args.sigma_final else "")
@@ -202,8 +202,7 @@ def main() -> None:
                     + (f" -> {args.es_lr * args.lr_final:g} (cosine over {args.generations} "
                        "generations)" if args.schedule == "cosine" else "")
                     + f", {'rank' if args.shaping == 'ranks' else 'no'} fitness shaping, "
-                    "φ deployed = the ES mean"
-                    + (" (its tail average)" if args.average_from is not None else "") + "; ")
+                    f"φ deployed = the ES mean{deployed}; ")
     equal = abs(maml_s - res.seconds) <= 0.05 * res.seconds
     table = {"title": ("Sinusoid 10-shot, 1 inner step: ES vs gradient MAML"
                        + (" at equal wall time" if equal else "")),
