@@ -604,10 +604,7 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
     for names in lists:
         ids.append(np.arange(start, start + len(names)))
         start += len(names)
-    if meta_train == "train":
-        return fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,  # type: ignore[return-value]
-                              eval_q_queries=eval_q_queries, train_n_way=train_n_way)
-    train, test = fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,
-                                 eval_q_queries=eval_q_queries, train_n_way=train_n_way,
-                                 names=("meta-train", "meta-test"))
-    return train, None, test  # type: ignore[return-value]
+    srcs = fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,
+                          eval_q_queries=eval_q_queries, train_n_way=train_n_way,
+                          names=[f"meta-{'train' if w == 'trainval' else w}" for w in which])
+    return srcs if meta_train == "train" else (srcs[0], None, srcs[1])  # type: ignore[return-value]
