@@ -37,6 +37,11 @@ PUBLISHED = {  # accuracy %, 5w1s / 5w5s / 20w1s / 20w5s (../shared/reference/pu
     "reptile": (97.68, 99.48, 89.43, 97.12),
 }
 COLUMN = {"5w1s": 0, "5w5s": 1, "20w1s": 2, "20w5s": 3}
+STEPS_RULE = {  # --trainval-steps: (row label, how the notes say the step count was chosen)
+    "best": ("train run's best", "the number of steps at which the train-classes run of the "
+             "same preset had its best meta-validation accuracy"),
+    "full": ("full schedule", "the preset's full schedule of outer steps (the paper's)"),
+}
 
 
 def time_to(metrics: Path, threshold: float) -> tuple[int | None, float | None]:
@@ -79,6 +84,10 @@ def main() -> None:
                     help="the run folders were meta-trained on MACHINE (e.g. an accelerator "
                          "session whose time ran out before the meta-test) and are finished "
                          "here: the table says so and its train minutes are MACHINE's")
+    ap.add_argument("--trainval-steps", choices=["best", "full"], default="best",
+                    help="how the train+val rows' step count was chosen: the train-classes run's "
+                         "best meta-val step, or the preset's full schedule (where the "
+                         "train-classes run was cut and has no best step to take)")
     ap.add_argument("--note", default="", help="provenance to add to the table's notes (e.g. "
                     "that a run folder was continued from another run with identical episodes)")
     args = ap.parse_args()
@@ -113,7 +122,8 @@ def main() -> None:
             n_trainval += 1
         rows.append([learner + (f" [{tag}]" if tag else ""), setting, train, f"{100 * mt['mean']:.2f} ± {100 * mt['ci95']:.2f}",
                      pub if pub is not None else "–",
-                     f"{res['steps']} of {full}" + (" (train run's best)" if trainval else ""),
+                     f"{res['steps']} of {full}" + (f" ({STEPS_RULE[args.trainval_steps][0]})"
+                                                    if trainval else ""),
                      round(res["train_seconds"] / 60, 1),
                      "– (no meta-val)" if trainval else
                      f"step {step98}, {sec98 / 60:.1f} min" if step98 else "not reached",
@@ -143,8 +153,7 @@ def main() -> None:
                    "(<preset>-learning_curve.png)." + finished_here
                    + (" A 'train+val classes' row meta-trains on the split's trainval list "
                       "(1200 characters x 4 rotations), as Snell et al. (2017) did for their "
-                      "published models, for the number of steps at which the train-classes "
-                      "run of the same preset had its best meta-validation accuracy; with the "
+                      f"published models, for {STEPS_RULE[args.trainval_steps][1]}; with the "
                       "validation classes in meta-training nothing is left to choose φ, so the "
                       "last step's φ is meta-tested." if n_trainval else "")
                    + (f" {args.note}" if args.note else "")}],
