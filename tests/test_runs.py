@@ -294,3 +294,15 @@ def test_population_config_trains_through_the_cli(tmp_path, capsys):
     assert set(res["center"]) == {"inner_lr", "inner_steps"}
     assert 0.001 <= res["center"]["inner_lr"] <= 0.5
     assert (out / "learning_curve.png").exists()
+
+
+def test_loader_workers_give_the_same_run_and_may_change_on_resume(tmp_path):
+    args = ["sinusoid-fomaml-5shot", "val_every=20", "val_tasks=20", "test_tasks=50",
+            "checkpoint_every=10", "meta_batch=4", "--no-progress"]
+    main(["train", *args, "steps=40", "--out", str(tmp_path / "in_loop")])
+    main(["train", *args, "steps=20", "loader_workers=2", "--out", str(tmp_path / "workers")])
+    assert main(["train", *args, "steps=40", "loader_workers=0", "--out",
+                 str(tmp_path / "workers"), "--resume"]) == 0
+    _assert_same_run(tmp_path / "in_loop", tmp_path / "workers", steps=40)
+    with pytest.raises(ConfigError, match=r"loader_workers: Input should be greater than or equal to 0"):
+        validate_config({"loader_workers": -1})

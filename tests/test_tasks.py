@@ -141,3 +141,35 @@ def test_image_folder_source(tmp_path):
     bad = data.paths.index(tmp_path / "class0" / "broken.png")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         data.get(np.array([bad]))
+
+
+class _RaggedSource:
+    """Tasks whose support size varies with the draw (they cannot be stacked)."""
+
+    def sample(self, rng):
+        from metaphi.tasks import Task
+
+        k = int(rng.integers(1, 4))
+        return Task(torch.as_tensor(rng.normal(size=(k, 2))), torch.zeros(k),
+                    torch.as_tensor(rng.normal(size=(3, 2))), torch.zeros(3))
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_meta_batches_from_worker_processes_equal_in_process_sampling(ragged):
+    from metaphi.tasks import meta_batches
+
+    x, y = toy_data()
+    src = _RaggedSource() if ragged else FewShotSource(TensorData(x, y), range(10), n_way=3,
+                                                        k_shot=2, q_queries=2)
+    # steps 5..12 of the stream, tasks 1..4 of each step (a distributed rank's block)
+    ref = list(meta_batches(src, 9, "train", 5, 13, 4, start=1))
+    got = list(meta_batches(src, 9, "train", 5, 13, 4, start=1, workers=2))
+    assert len(ref) == len(got) == 8 and all(len(b) == 4 for b in got)
+    for step, (a, b) in enumerate(zip(ref, got), start=5):
+        assert [t.shapes for t in a] == [t.shapes for t in b]
+        for ta, tb, tc in zip(a, b, sample_tasks(src, 9, "train", step, 4, start=1)):
+            for f in ("support_x", "support_y", "query_x", "query_y"):
+                assert torch.equal(getattr(ta, f), getattr(tb, f))
+                assert torch.equal(getattr(ta, f), getattr(tc, f))
+    if ragged:  # the draws did differ in shape, so the list path was taken
+        assert len({t.shapes for b in got for t in b}) > 1

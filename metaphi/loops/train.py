@@ -18,7 +18,8 @@ from typing import Any, Callable
 import torch
 
 from ..learners.base import Learner
-from ..tasks.sources import TaskSource, sample_tasks, task_rng
+from ..tasks.prefetch import meta_batches
+from ..tasks.sources import TaskSource, task_rng
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (DistContext, all_reduce_step, check_in_sync, evaluate_gathered,
                           fixed_task_block, load_on_main)
@@ -88,14 +89,16 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                checkpoint_every: int = 500, resume: bool = False,
                device: torch.device | str = "cpu", progress: bool = True,
                on_step: Callable[[int, dict[str, float]], None] | None = None,
-               dist: DistContext | None = None) -> TrainState:
+               dist: DistContext | None = None, loader_workers: int = 0) -> TrainState:
     """Meta-train ``learner`` (its parameters are φ) and return the final :class:`TrainState`
     (``best_params`` holds φ with the best meta-validation metric; without a ``val_source``,
     φ of the last step).
 
     ``dist``: the process group of a distributed run (see
     :func:`metaphi.loops.distributed.init_from_env`); each rank then draws its block of every
-    meta-batch and only rank 0 writes files."""
+    meta-batch and only rank 0 writes files. ``loader_workers``: processes that sample the
+    meta-batches a few steps ahead (:func:`metaphi.tasks.meta_batches`; worth it on a GPU, where
+    sampling in the loop leaves the device idle); the tasks are the same with any number."""
     ctx = dist or DistContext()
     first, local_batch = ctx.shard(meta_batch)
     out = Path(out_dir)
@@ -131,13 +134,13 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
         bar = tqdm(total=steps, initial=state.step, desc="meta-train", unit="step",
                    dynamic_ncols=True)
     t0 = time.perf_counter() - state.seconds
+    batches = meta_batches(train_source, seed, "train", state.step, steps, local_batch,
+                           start=first, workers=loader_workers, device=device)
     try:
-        for step in range(state.step, steps):
+        for step, tasks in zip(range(state.step, steps), batches):
             # Anything stochastic inside the step (dropout, augmentation) is a function of
             # (seed, step) too, so a resumed run replays it exactly.
             torch.manual_seed(int(task_rng(seed, "train", step, 1 << 30).integers(2**62)))
-            tasks = [t.to(device) for t in sample_tasks(train_source, seed, "train", step,
-                                                        local_batch, start=first)]
             # Dividing by the global meta-batch makes the sum over ranks the mean gradient.
             grads, stats = learner.outer_grads(tasks, scale=meta_batch)
             if ctx.enabled:
@@ -179,6 +182,7 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
                     "best_value": state.best_value, "best_step": state.best_step,
                     "best_params": state.best_params, "seconds": state.seconds})
     finally:
+        batches.close()  # stops the loader's worker processes
         if log is not None:
             log.close()
         if bar is not None:

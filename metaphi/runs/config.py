@@ -111,6 +111,10 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     seed: int = 0
     device: str = "auto"
+    loader_workers: int | None = Field(
+        None, ge=0, description="processes that sample meta-train tasks a few steps ahead "
+        "(None: 1 on a GPU, where sampling in the loop leaves the device idle; 0 on a CPU, "
+        "where a worker would take a core from the step)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":

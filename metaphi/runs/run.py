@@ -42,7 +42,9 @@ def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
         if not cfg_path.exists():
             raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without --resume")
         saved = validate_config(yaml.safe_load(cfg_path.read_text()))
-        a, b = saved.model_dump(exclude={"device"}), cfg.model_dump(exclude={"device"})
+        # where and how the run executes may change on resume; what it computes may not
+        how = {"device", "loader_workers"}
+        a, b = saved.model_dump(exclude=how), cfg.model_dump(exclude=how)
         if a == b:
             return
         changed = sorted(k for k in a if a[k] != b[k])
@@ -111,7 +113,9 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
                        seed=cfg.seed, out_dir=out, optimizer=opt, schedule=sched,
                        clip_grad_norm=oc.clip_grad_norm, val_every=cfg.val_every,
                        val_tasks=cfg.val_tasks, checkpoint_every=cfg.checkpoint_every,
-                       resume=resume, device=device, progress=progress, dist=ctx)
+                       resume=resume, device=device, progress=progress, dist=ctx,
+                       loader_workers=(cfg.loader_workers if cfg.loader_workers is not None
+                                       else int(device.type == "cuda")))
     learner.load_state_dict(state.best_params)
     if ctx.is_main:
         save_checkpoint(out / "best.pt", {"learner": learner.state_dict(), "step": state.best_step,

@@ -23,14 +23,21 @@ class Task:
     query_y: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Task":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "Task":
         def move(t: Tensor) -> Tensor:
             if dtype is not None and t.is_floating_point():
-                return t.to(device=device, dtype=dtype)
-            return t.to(device)
+                return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+            return t.to(device, non_blocking=non_blocking)
 
         return Task(move(self.support_x), move(self.support_y), move(self.query_x),
                     move(self.query_y), dict(self.meta))
+
+    def pin_memory(self) -> "Task":
+        """A copy in page-locked memory (what ``DataLoader(pin_memory=True)`` calls), so that
+        ``to(cuda, non_blocking=True)`` copies asynchronously."""
+        return Task(self.support_x.pin_memory(), self.support_y.pin_memory(),
+                    self.query_x.pin_memory(), self.query_y.pin_memory(), dict(self.meta))
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
