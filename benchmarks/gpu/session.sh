@@ -45,25 +45,36 @@ stamp "2b. a real run's step time: meta-train tasks sampled in the loop vs in wo
 timeout 120 python3 benchmarks/loader_workers.py --device "$DEVICE" --steps "${AB_STEPS:-150}" \
   --workers 0 1 2 2>&1 | tail -n 4
 
-# Steps that fit: 45% of the time left (less 100 s for start-up and the 1000 test episodes,
-# which are scored one task at a time) at the measured batched second-order MAML speed, in whole
-# validation intervals. On the H200 (2026-11-27) a training step took 72 ms against the
-# benchmark's 39 (task sampling and transfer, a sync per step, validation every 250 steps), and
-# 0.7 of the time left overran it. Sampling in a DataLoader worker (loader_workers, the default on
-# a GPU since) brought the step to 42 ms; the 45 % rule is kept as a margin.
+# MAML_WORK: a run folder to train on from its checkpoint, so budget runs add up over device
+# calls and sessions. prepare.sh copies benchmarks/_work/omniglot_gpu (the run so far) into
+# .gpu_run, which is then the default; carry it. MAML_STEPS is the new total.
+if [ -z "${MAML_WORK:-}" ] && [ -f .gpu_run/omniglot-maml-5w1s/checkpoint.pt ]; then MAML_WORK=.gpu_run; fi
+WORK=${MAML_WORK:-/tmp/metaphi_gpu_runs}
+
+# Steps that fit, in whole validation intervals, on top of those already done (at most the
+# preset's 30000): 80% of the time left (less 100 s for start-up and the meta-test) at the step
+# time measured in 2b with one loader worker (42 ms on the H200, validation included: 8000
+# steps took 335 s), else at the throughput benchmark's speed plus 85% (what sampling in the
+# loop cost before loader workers: 72 ms against 39), else 1000 steps.
 left=$(( ${TOTAL_SECONDS:-570} - ($(date +%s) - t0) - 100 ))
 if [ -z "${MAML_STEPS:-}" ]; then
   MAML_STEPS=$(python3 -c "
-import json, sys
+import json
+done = 0
 try:
-    r = json.load(open('$OUT/throughput_cuda.json'))['raw']['maml/1/batched']['tasks_per_s']
+    done = json.loads(open('$WORK/omniglot-maml-5w1s/metrics.jsonl').read().splitlines()[-1])['step'] + 1
 except Exception:
-    sys.exit(print(1000))
-print(max(250, min(30000, int(0.45 * $left * r / 32) // 250 * 250)))")
+    pass
+try:
+    step_s = json.load(open('$OUT/loader_workers_cuda.json'))['raw']['1']['median_s']
+except Exception:
+    try:
+        step_s = 1.85 * 32 / json.load(open('$OUT/throughput_cuda.json'))['raw']['maml/1/batched']['tasks_per_s']
+    except Exception:
+        step_s = None
+more = 1000 if step_s is None else int(0.8 * $left / step_s) // 250 * 250
+print(min(30000, done + max(250, more)))")
 fi
-# MAML_WORK: a run folder carried from here (benchmarks/_work/omniglot_gpu) is trained on from
-# its checkpoint, so budget runs add up over device calls (MAML_STEPS is then the new total).
-WORK=${MAML_WORK:-/tmp/metaphi_gpu_runs}
 stamp "3. Omniglot MAML 5w1s, $MAML_STEPS steps (${left} s left for it)"
 timeout "$(( left > 60 ? left + 45 : 105 ))" python3 benchmarks/omniglot.py --name omniglot_gpu \
   --presets omniglot-maml-5w1s --steps "omniglot-maml-5w1s=$MAML_STEPS" \
