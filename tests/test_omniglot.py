@@ -140,6 +140,23 @@ def test_second_load_uses_cache_without_decoding(zipped, tmp_path, monkeypatch):
         load(zipped, tmp_path, image_size=20)
 
 
+def test_nearest_resampling_gives_binary_strokes_and_its_own_cache(zipped, tmp_path):
+    smooth = load(zipped, tmp_path)
+    binary = load(zipped, tmp_path, resample="nearest")
+    assert binary.cache_path.name == "omniglot_28px_nearest.npz" and not binary.from_cache
+    assert set(np.unique(binary.images)) <= {0, 255} and len(np.unique(smooth.images)) > 2
+    # the same strokes: where the nearest-neighbour image has ink, the smooth one has some
+    assert smooth.images[binary.images == 255].mean() > 100
+    assert load(zipped, tmp_path, resample="nearest").from_cache
+    with pytest.raises(ValueError, match=r"resample must be one of \('lanczos', 'nearest'\)"):
+        load(zipped, tmp_path, resample="bicubic")
+    mini_split(zipped)
+    src = omniglot_sources(zipped, n_way=3, k_shot=2, q_queries=4, split="mini",
+                           cache_dir=tmp_path / "cache", strict=False, resample="nearest")[0]
+    x = src.sample(task_rng(0, "train", 0)).support_x
+    assert set(torch.unique(x).tolist()) <= {0.0, 1.0}
+
+
 def test_cache_is_rebuilt_when_data_changes_or_cache_is_damaged(extracted, tmp_path):
     first = load(extracted, tmp_path)
     f = extracted / "images_background/Latin/character01/0001_01.png"

@@ -36,6 +36,10 @@ def test_bad_field_names_field_and_allowed_values():
     with pytest.raises(ConfigError, match=r"task\.train_n_way: 'maml' has a 5-unit"):
         validate_config(omni)
     assert validate_config({**omni, "learner": {"name": "protonet"}}).task.train_n_way == 60
+    with pytest.raises(ConfigError, match=r"task\.resample: applies to Omniglot's drawings"):
+        validate_config({"task": {"resample": "nearest"}})
+    assert validate_config({**omni, "learner": {"name": "protonet"},
+                            "task": {**omni["task"], "resample": "nearest"}}).task.resample == "nearest"
     with pytest.raises(ConfigError, match=r"task\.meta_train_classes: 'trainval' needs a split"):
         validate_config({"task": {"meta_train_classes": "trainval"}})
 

@@ -256,17 +256,25 @@ def _validate(parts: list[_Part], strict: bool) -> None:
 # Decoding and the cache
 
 
-def decode_png(data: bytes, size: int) -> np.ndarray:
+RESAMPLING = ("lanczos", "nearest")
+
+
+def decode_png(data: bytes, size: int, resample: str = "lanczos") -> np.ndarray:
     """One Omniglot PNG (black ink on white) as a ``size`` x ``size`` uint8 array with ink = 255.
 
-    Lanczos downsampling keeps the strokes' anti-aliased coverage at low resolution.
+    ``"lanczos"`` downsampling keeps the strokes' anti-aliased coverage at low resolution (as
+    Finn et al.'s MAML code); ``"nearest"`` keeps binary strokes (0 or 255), what Snell et al.'s
+    ProtoNet code gets from PIL, which resizes the 1-bit PNGs with nearest-neighbour sampling.
     """
     from PIL import Image
 
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("L")
         if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.LANCZOS)
+            im = im.resize((size, size), Image.Resampling.LANCZOS if resample == "lanczos"
+                           else Image.Resampling.NEAREST)
         return 255 - np.asarray(im, dtype=np.uint8)
 
 
@@ -332,8 +340,9 @@ class OmniglotImages:
         return self.images[c * N_DRAWERS:(c + 1) * N_DRAWERS]
 
 
-def _cache_file(folder: Path, cache_dir: str | Path | None, size: int) -> Path:
-    name = f"omniglot_{size}px.npz"
+def _cache_file(folder: Path, cache_dir: str | Path | None, size: int,
+                resample: str = "lanczos") -> Path:
+    name = f"omniglot_{size}px.npz" if resample == "lanczos" else f"omniglot_{size}px_{resample}.npz"
     if cache_dir is not None:
         return Path(cache_dir) / name
     # A dataset folder is often shared and read-only in spirit even when root could write to
@@ -344,17 +353,21 @@ def _cache_file(folder: Path, cache_dir: str | Path | None, size: int) -> Path:
 
 def load_omniglot(root: str | Path | None = None, *, cache_dir: str | Path | None = None,
                   use_cache: bool = True, strict: bool = True, image_size: int = 28,
-                  download: bool = False, progress: bool | None = None) -> OmniglotImages:
+                  download: bool = False, progress: bool | None = None,
+                  resample: str = "lanczos") -> OmniglotImages:
     """Load every Omniglot drawing, decoding the PNGs only when no valid cache exists.
 
     ``strict`` requires the complete dataset (50 alphabets, 1623 characters); with
     ``strict=False`` any subset is accepted, but every character present must still have all 20
     drawings. ``download=True`` fetches missing archives first. The cache goes to ``cache_dir``,
     else ``<omniglot folder>/cache/`` if that folder exists and is writable, else :func:`default_cache_dir`; it is keyed
-    by a fingerprint of the source files, so changed data is decoded again.
+    by a fingerprint of the source files, so changed data is decoded again. ``resample``: how
+    the 105 px drawings are downsampled (:func:`decode_png`); each choice has its own cache.
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
     folder = omniglot_dir(root)
     if download and not all(_part_paths(folder, p) for p in PARTS):
         download_omniglot(folder, progress=progress)
@@ -365,8 +378,10 @@ def load_omniglot(root: str | Path | None = None, *, cache_dir: str | Path | Non
                             "..., download=True), or point root/METAPHI_DATA at the right folder")
     _validate(parts, strict)
 
-    cache_path = _cache_file(folder, cache_dir, image_size) if use_cache else None
-    key = f"omniglot-v{CACHE_VERSION}-{image_size}px-{_fingerprint(parts)}"
+    cache_path = _cache_file(folder, cache_dir, image_size, resample) if use_cache else None
+    # (the lanczos key is the one caches were written with before resample existed)
+    key = (f"omniglot-v{CACHE_VERSION}-{image_size}px-"
+           + ("" if resample == "lanczos" else f"{resample}-") + _fingerprint(parts))
     n_chars = sum(len(p.drawings) for p in parts)
     if cache_path is not None:
         cached = load_arrays(cache_path, key)
@@ -390,7 +405,7 @@ def load_omniglot(root: str | Path | None = None, *, cache_dir: str | Path | Non
             try:
                 if isinstance(data, Exception):
                     raise data
-                images[i] = decode_png(data, image_size)
+                images[i] = decode_png(data, image_size, resample)
             except Exception as e:  # any decoder failure means the file is unusable
                 corrupt.append(f"{shown} is corrupt: {e}")
             i += 1
@@ -582,7 +597,8 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
                      split: str | Path = "vinyals", *, train_n_way: int | None = None,
                      meta_train: str = "train", images: OmniglotImages | None = None,
                      cache_dir: str | Path | None = None, strict: bool = True,
-                     download: bool = False) -> tuple[FewShotSource, FewShotSource | None, FewShotSource]:
+                     download: bool = False, resample: str = "lanczos",
+                     ) -> tuple[FewShotSource, FewShotSource | None, FewShotSource]:
     """Meta-train / meta-val / meta-test N-way K-shot task sources over Omniglot's rotated
     characters, from the ``train``, ``val`` and ``test`` lists of ``split``.
 
@@ -591,12 +607,14 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
     ``meta_train="trainval"`` meta-trains on the split's ``trainval`` list (train + val, as
     Snell et al. 2017 did for their published models) and returns no meta-val source: classes
     that are meta-trained on cannot choose φ.
-    Pass ``images`` to reuse data already loaded by :func:`load_omniglot`.
+    Pass ``images`` to reuse data already loaded by :func:`load_omniglot`; else the images are
+    loaded with ``resample`` (:func:`decode_png`).
     """
     if meta_train not in ("train", "trainval"):
         raise OmniglotError(f"meta_train must be 'train' or 'trainval', got {meta_train!r}")
     if images is None:
-        images = load_omniglot(root, cache_dir=cache_dir, strict=strict, download=download)
+        images = load_omniglot(root, cache_dir=cache_dir, strict=strict, download=download,
+                               resample=resample)
     which = ("train", "val", "test") if meta_train == "train" else ("trainval", "test")
     lists = [read_split(split, w, images.folder) for w in which]
     data = OmniglotData(images, [c for names in lists for c in names])

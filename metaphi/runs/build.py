@@ -69,7 +69,7 @@ def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource | None, TaskSo
         return tuple(omniglot_sources(data_dir(cfg), n_way=t.n_way, k_shot=t.k_shot,
                                       q_queries=t.q_queries, eval_q_queries=eval_q,
                                       train_n_way=t.train_n_way,
-                                      meta_train=t.meta_train_classes))
+                                      meta_train=t.meta_train_classes, resample=t.resample))
     if t.source == "folder":
         from ..tasks.fewshot import ImageFolderData, fewshot_splits
 

@@ -37,6 +37,10 @@ class TaskConfig(_Strict):
         "train", description="omniglot: meta-train on the split's train classes (meta-validation "
         "chooses φ), or on train+val (Snell et al.'s final models: no meta-validation, φ is the "
         "last step's, so fix `steps` from a train-classes run)")
+    resample: Literal["lanczos", "nearest"] = Field(
+        "lanczos", description="omniglot: how the 105 px drawings are downsampled, anti-aliased "
+        "('lanczos', as Finn et al.'s MAML code) or to binary strokes ('nearest', as Snell et "
+        "al.'s ProtoNet code)")
     split_seed: int = 0
 
 
@@ -129,6 +133,9 @@ class RunConfig(_Strict):
             raise ValueError(f"task.train_n_way: {self.learner.name!r} has a {t.n_way}-unit "
                              "output layer, so it meta-trains on n_way-way tasks; train_n_way "
                              "is for 'protonet', 'matchingnet', 'r2d2' (or leave it unset)")
+        if t.resample != "lanczos" and t.source != "omniglot":
+            raise ValueError(f"task.resample: applies to Omniglot's drawings, not to {t.source!r} "
+                             "tasks; leave it 'lanczos'")
         if t.meta_train_classes == "trainval" and t.source != "omniglot":
             raise ValueError("task.meta_train_classes: 'trainval' needs a split with a trainval "
                              f"list (source 'omniglot'), not {t.source!r}; leave it 'train'")
