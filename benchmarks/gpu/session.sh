@@ -7,7 +7,7 @@
 # steps that fit the time left after the first two checks, at the speed step 2 measured for its
 # path (MAML_STEPS overrides). Everything it measures comes back in $OUT.
 # A dry run on a CPU machine checks the script itself (small, no wheels):
-#   DEVICE=cpu SKIP_WHEELS=1 LEARNERS=protonet REPS=1 MAML_STEPS=2 \
+#   DEVICE=cpu SKIP_WHEELS=1 LEARNERS=protonet REPS=1 MAML_STEPS=2 MAML_WORK=/tmp/metaphi_dry \
 #     MAML_OVERRIDES="omniglot-maml-5w1s:test_tasks=20 omniglot-maml-5w1s:val_tasks=10" \
 #     METAPHI_DATA=../shared/data bash benchmarks/gpu/session.sh
 set -uo pipefail
