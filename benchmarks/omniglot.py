@@ -60,8 +60,9 @@ def check_same_run(out: Path, cfg) -> None:
     # validated, so that fields added to the config since the run was made take their defaults
     saved = validate_config(yaml.safe_load((out / "config.yaml").read_text())).model_dump(mode="json")
     want = cfg.model_dump(mode="json")
-    saved.pop("steps", None)
-    want.pop("steps", None)
+    for k in ("steps", "device", "loader_workers"):  # what a resumed run may change
+        saved.pop(k, None)
+        want.pop(k, None)
     if saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
         raise SystemExit(f"{out} holds a run with another configuration (differs in {diff}); "

@@ -342,7 +342,7 @@ class OmniglotImages:
 
 def _cache_file(folder: Path, cache_dir: str | Path | None, size: int,
                 resample: str = "lanczos") -> Path:
-    name = f"omniglot_{size}px.npz" if resample == "lanczos" else f"omniglot_{size}px_{resample}.npz"
+    name = f"omniglot_{size}px" + ("" if resample == "lanczos" else f"_{resample}") + ".npz"
     if cache_dir is not None:
         return Path(cache_dir) / name
     # A dataset folder is often shared and read-only in spirit even when root could write to

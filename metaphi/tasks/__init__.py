@@ -7,6 +7,6 @@ from .sources import TaskSource, fixed_tasks, sample_batch, sample_tasks, task_r
 from .task import Task, stack_tasks, unstack_tasks
 
 __all__ = ["ClassIndex", "DatasetData", "FewShotSource", "ImageFolderData", "LabelledData",
-           "TensorData", "as_labelled", "fewshot_splits", "load_image", "split_classes", "meta_batches",
-           "SinusoidFamily", "TaskSource", "fixed_tasks", "sample_batch", "sample_tasks",
+           "TensorData", "as_labelled", "fewshot_splits", "load_image", "split_classes",
+           "meta_batches", "SinusoidFamily", "TaskSource", "fixed_tasks", "sample_batch", "sample_tasks",
            "task_rng", "Task", "stack_tasks", "unstack_tasks"]
