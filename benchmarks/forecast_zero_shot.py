@@ -60,12 +60,15 @@ def shrink_to_ensemble(ev) -> None:
     """Add '<zero-shot FFORMA row> & StatsEnsemble mean' forecasts and their scores to ``ev``."""
     fc = ev.forecasts
     rows = [k for k in next(iter(fc.values())) if k.startswith("FFORMA zero-shot")]
-    for k in rows:
-        for f in fc.values():
-            f[f"{k} & StatsEnsemble mean"] = 0.5 * (f[k] + f["StatsEnsemble"])
-    scored = score([SimpleNamespace(s=s) for s in ev.sets], fc)
-    ev.metrics.update({f"{k} & StatsEnsemble mean": scored[f"{k} & StatsEnsemble mean"]
-                       for k in rows})
+    new = {name: {f"{k} & StatsEnsemble mean": 0.5 * (f[k] + f["StatsEnsemble"]) for k in rows}
+           for name, f in fc.items()}
+    for name, f in fc.items():
+        f.update(new[name])
+    # score only the new rows (Naive2 rides along: OWA is relative to it)
+    scored = score([SimpleNamespace(s=s) for s in ev.sets],
+                   {name: {**new[name], **{k: v for k, v in fc[name].items() if k == "Naive2"}}
+                    for name in fc})
+    ev.metrics.update({k: scored[k] for k in next(iter(new.values()))})
 
 
 def main() -> None:

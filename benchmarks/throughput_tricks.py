@@ -18,6 +18,7 @@ bfloat16 autocast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -38,17 +39,12 @@ def rel_err(a, b) -> float:
 
 
 def timed(learner, tasks, reps, ctx=None):
-    def step():
-        if ctx is None:
-            return learner.outer_grads(tasks)
-        with ctx():
-            return learner.outer_grads(tasks)
+    """The learner's meta-gradient and tasks/s (optionally inside the context ``ctx()``)."""
+    def grads(ts):
+        with ctx() if ctx is not None else contextlib.nullcontext():
+            return learner.outer_grads(ts)[0]
 
-    grads, _ = step()  # warm-up (and compilation)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        step()
-    return grads, len(tasks) * reps / (time.perf_counter() - t0)
+    return timed_fn(grads, tasks, reps)
 
 
 def shared_first_step(learner, tasks, per_task_backward: bool) -> dict[str, torch.Tensor]:
@@ -78,7 +74,8 @@ def shared_first_step(learner, tasks, per_task_backward: bool) -> dict[str, torc
 
 
 def timed_fn(fn, tasks, reps):
-    grads = fn(tasks)  # warm-up
+    """``fn(tasks)`` once as warm-up (and compilation), then tasks/s over ``reps`` calls."""
+    grads = fn(tasks)
     t0 = time.perf_counter()
     for _ in range(reps):
         fn(tasks)
