@@ -203,3 +203,80 @@ def test_bad_inputs_give_clear_errors() -> None:
         ProtoNet(small_mlp(), distance="manhattan")
     with pytest.raises(ValueError, match="ridge penalty"):
         R2D2(small_mlp(), lam=0.0)
+
+
+# BatchNorm population statistics ---------------------------------------------------------------
+
+def _population_pair(kind: str) -> tuple:
+    """The same φ in episode and in population mode (two learners, shared weights)."""
+    torch.manual_seed(0)
+    model = small_conv().double()
+    episode = {"protonet": ProtoNet, "matchingnet": MatchingNet, "r2d2": R2D2}[kind](model)
+    population = type(episode)(model, batchnorm="population")
+    return episode, population
+
+
+@pytest.mark.parametrize("kind", ["protonet", "matchingnet", "r2d2"])
+def test_population_statistics_are_the_mean_batch_statistics_and_predict_per_input(kind):
+    episode, population = _population_pair(kind)
+    gen = torch.Generator().manual_seed(1)
+    tasks = [make_task(gen, (1, 6, 6)) for _ in range(5)]
+    assert population.fit_batchnorm(tasks) == 5
+    # reference: the BatchNorm input is the conv output; average its per-episode batch mean and
+    # unbiased variance over the episodes by hand
+    conv = population.model[0]
+    feats = [conv(torch.cat([t.support_x, t.query_x])).detach() for t in tasks]
+    ref_mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    ref_var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    buffers = population._population_buffers()
+    torch.testing.assert_close(buffers["1.running_mean"], ref_mean)
+    torch.testing.assert_close(buffers["1.running_var"], ref_var)
+    # evaluation embeds each input on its own, as PyTorch's BatchNorm in eval mode does
+    bn = nn.BatchNorm2d(4).double()
+    bn.load_state_dict({**population.model[1].state_dict(), "running_mean": ref_mean,
+                        "running_var": ref_var, "num_batches_tracked": torch.tensor(5)})
+    reference = nn.Sequential(conv, bn.eval(), *list(population.model)[2:])
+    x = tasks[0].query_x
+    z_all = population.embed(population.meta_params(), x, population=True)
+    z_one = population.embed(population.meta_params(), x[:1], population=True)
+    torch.testing.assert_close(z_all, reference(x).detach())
+    torch.testing.assert_close(z_all[:1], z_one)
+    t = tasks[0]
+    out_pop = population.predict(population.adapt(t.support_x, t.support_y), t.query_x)
+    out_epi = episode.predict(episode.adapt(t.support_x, t.support_y), t.query_x)
+    assert not torch.allclose(out_pop, out_epi)  # the two modes differ at evaluation
+    # the batched evaluation path gives the per-task path's numbers
+    losses_b, acc_b = population.eval_episodes(tasks)
+    losses_l, acc_l = zip(*(population.episode(t) for t in tasks))
+    torch.testing.assert_close(losses_b, torch.stack(losses_l).detach())
+
+
+@pytest.mark.parametrize("kind", ["protonet", "r2d2"])
+def test_population_mode_meta_trains_with_episode_statistics(kind):
+    """Only evaluation changes: the meta-gradient is the episode mode's."""
+    episode, population = _population_pair(kind)
+    gen = torch.Generator().manual_seed(2)
+    tasks = [make_task(gen, (1, 6, 6)) for _ in range(3)]
+    population.fit_batchnorm(tasks)
+    g_e, s_e = episode.outer_grads(tasks)
+    g_p, s_p = population.outer_grads(tasks)
+    names = list(episode.meta_params())
+    torch.testing.assert_close(flat(g_p, names), flat(g_e, names))
+    assert s_p["loss"] == pytest.approx(s_e["loss"])
+
+
+def test_population_mode_errors_are_clear():
+    learner = ProtoNet(small_mlp(), batchnorm="population")
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(RuntimeError, match="call learner.fit_batchnorm"):
+        learner.adapt(x, y)
+    with pytest.raises(ValueError, match="batchnorm='population'"):
+        ProtoNet(small_mlp()).fit_batchnorm([])
+    with pytest.raises(ValueError, match="got no tasks"):
+        learner.fit_batchnorm([])
+    with pytest.raises(ValueError, match="batchnorm must be one of"):
+        ProtoNet(small_mlp(), batchnorm="running")
+    with pytest.raises(ValueError, match="population_tasks must be >= 1"):
+        ProtoNet(small_mlp(), batchnorm="population", population_tasks=0)
+    # no BatchNorm in the embedding: nothing to estimate, episode mode it is
+    assert ProtoNet(small_mlp(bn=False), batchnorm="population").batchnorm == "episode"

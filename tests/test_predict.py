@@ -82,3 +82,32 @@ def test_predict_with_unlabelled_queries_and_a_missing_folder(protonet_run, caps
     assert "accuracy" not in capsys.readouterr().out
     assert main(["predict", str(out), "--support", str(tmp / "nope"), "--query", str(loose)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_population_batchnorm_run_saves_its_statistics(tmp_path, capsys):
+    """learner.batchnorm=population: the run estimates the statistics on meta-train episodes,
+    saves them with φ, and `metaphi test` / `predict` use the saved ones."""
+    from metaphi.runs.run import load_run, meta_test
+
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "omniglot-protonet-5w1s", "--out", str(out), "--no-progress",
+                 "task.source=folder", f"task.data_dir={data}", "task.n_way=2",
+                 "task.train_n_way=null", "task.k_shot=1", "task.q_queries=3",
+                 "task.eval_q_queries=3", "task.split_seed=1", "model.width=8",
+                 "model.image_size=16", "steps=6", "val_every=3", "val_tasks=6", "test_tasks=10",
+                 "checkpoint_every=3", "meta_batch=2", "learner.batchnorm=population",
+                 "learner.population_tasks=4"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    cfg, learner = load_run(out)
+    assert learner.batchnorm == "population" and bool(learner.population.fitted)
+    assert float(learner.population.get_buffer("0_1_var").sum()) > 0  # loaded, not the initial ones
+    again = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, "cpu", progress=False)
+    assert again["mean"] == res["meta_test"]["mean"]
+    support = tmp_path / "support"
+    for c in ("glyph0", "glyph5"):
+        (support / c).mkdir(parents=True)
+        (support / c / "a.png").write_bytes(sorted((data / c).iterdir())[0].read_bytes())
+    assert main(["predict", str(out), "--support", str(support), "--query", str(support),
+                 "--out", str(tmp_path / "pred")]) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -62,6 +62,15 @@ def test_learner_options_reach_the_learner_and_are_refused_where_they_do_not_app
         validate_config({**omni, "learner": {"name": "maml", "distance": "cosine"}})
     with pytest.raises(ConfigError, match=r"learner\.scale: Input should be greater than 0"):
         validate_config({**omni, "learner": {"name": "matchingnet", "scale": 0}})
+    cfg = validate_config({**omni, "learner": {"name": "protonet", "batchnorm": "population",
+                                                "population_tasks": 7}})
+    pn = build_learner(cfg)
+    assert pn.batchnorm == "population" and pn.population_tasks == 7
+    with pytest.raises(ConfigError, match=r"learner\.batchnorm: 'maml' has no batchnorm option"):
+        validate_config({**omni, "learner": {"name": "maml", "batchnorm": "population"}})
+    with pytest.raises(ConfigError, match=r"learner\.batchnorm: Input should be 'episode' or "
+                                          r"'population'"):
+        validate_config({**omni, "learner": {"name": "protonet", "batchnorm": "running"}})
 
 
 def test_overrides_parse_yaml_values():

@@ -114,5 +114,10 @@ class Learner(nn.Module):
         grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
         return {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
 
+    def prepare_eval(self, source: Any, seed: int) -> None:
+        """Called before every meta-validation and meta-test with the meta-train task source:
+        learners whose evaluation needs statistics of φ on meta-train tasks (BatchNorm
+        population statistics) compute them here, as a function of (φ, seed). Default: nothing."""
+
     def extra_config(self) -> dict[str, Any]:
         return {}

@@ -5,13 +5,18 @@ where the method has one. Adapting to a task is not an optimisation: the support
 embedded and a non-parametric head (class prototypes, attention over the support set) is
 built from it.
 
-BatchNorm runs in *episode* mode: the support and query images of an episode are embedded
-together in one batch, so every BatchNorm layer normalises with the statistics of that
-episode's support+query images (as the Prototypical Networks reference code does), never with
-statistics of other tasks, and no running statistics are kept
-(:func:`~metaphi.learners.functional.transductive_batchnorm`). Consequently
-:meth:`EmbeddingLearner.predict` embeds the support set together with the inputs it is asked
-about. For an embedding without BatchNorm, the head is built once in :meth:`~EmbeddingLearner.adapt`
+BatchNorm has two modes (``batchnorm=``). ``"episode"`` (default): the support and query
+images of an episode are embedded together in one batch, so every BatchNorm layer normalises
+with the statistics of that episode's support+query images, at meta-train and meta-test time,
+never with statistics of other tasks (:func:`~metaphi.learners.functional.transductive_batchnorm`).
+Consequently :meth:`EmbeddingLearner.predict` embeds the support set together with the inputs
+it is asked about, and a prediction depends on the other inputs of the batch.
+``"population"``: meta-training is the same, but evaluation and prediction normalise with
+population statistics that :meth:`EmbeddingLearner.fit_batchnorm` estimates for the final φ
+from meta-train episodes (the mean of their batch means and unbiased variances), so every
+input is embedded on its own. This is how the Prototypical Networks reference code evaluates
+(``model.eval()``: running statistics kept during meta-training). For an embedding without
+BatchNorm, or in population mode, the head is built once in :meth:`~EmbeddingLearner.adapt`
 and reused.
 
 All heads are written with a leading task dimension, so one code path serves a single task
@@ -22,7 +27,7 @@ BatchNorm statistics) and builds all heads with batched matrix products.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from ..models import conv4_features
+from ..tasks.sources import TaskSource, fixed_tasks
 from ..tasks.task import Task
 from . import batched
 from .base import Learner
@@ -81,6 +87,7 @@ class EpisodeSupport:
     support_y: Tensor
     n_way: int
     head: Head | None = None
+    population: bool = False  # BatchNorm with the learner's population statistics
 
 
 class EmbeddingLearner(Learner):
@@ -99,15 +106,100 @@ class EmbeddingLearner(Learner):
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
-                 batched: bool | None = None) -> None:
+                 batched: bool | None = None, batchnorm: str = "episode",
+                 population_tasks: int = 100) -> None:
         if loss != "ce":
             raise ValueError(f"{type(self).__name__} is a classifier: loss must be 'ce', got "
                              f"{loss!r}")
+        if batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+        if int(population_tasks) < 1:
+            raise ValueError(f"population_tasks must be >= 1, got {population_tasks}")
         super().__init__(loss)
         self.model = transductive_batchnorm(model if model is not None else conv4_features())
         self.batched = batched
-        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                           for m in self.model.modules())
+        self._bn_layers = [n for n, m in self.model.named_modules()
+                           if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._has_bn = bool(self._bn_layers)
+        self.batchnorm = batchnorm if self._has_bn else "episode"
+        self.population_tasks = int(population_tasks)
+        if self.batchnorm == "population":
+            # buffers, not parameters: they are saved with φ but are not meta-learned
+            self.population = nn.Module()
+            for n in self._bn_layers:
+                bn = self.model.get_submodule(n)
+                like = next(iter(bn.parameters()), torch.zeros(()))  # dtype and device
+                c = bn.num_features
+                self.population.register_buffer(_key(n, "mean"), like.new_zeros(c))
+                self.population.register_buffer(_key(n, "var"), like.new_ones(c))
+            self.population.register_buffer("fitted", torch.tensor(False))
+
+    # BatchNorm population statistics --------------------------------------------------------
+    def uses_population(self) -> bool:
+        """Whether evaluation and prediction use population BatchNorm statistics; a clear
+        error if they should but have not been estimated yet."""
+        if self.batchnorm != "population":
+            return False
+        if not bool(self.population.fitted):
+            raise RuntimeError(
+                f"{type(self).__name__}(batchnorm='population') has no population statistics "
+                "yet: call learner.fit_batchnorm(meta_train_tasks) after meta-training "
+                "(`metaphi train` does this), or use batchnorm='episode'")
+        return True
+
+    @torch.no_grad()
+    def fit_batchnorm(self, tasks: Iterable[Task], params: Params | None = None) -> int:
+        """Estimate every BatchNorm layer's population mean and variance for φ (``params``,
+        default the learner's own) as the mean over ``tasks`` of the batch mean and unbiased
+        batch variance of its input when the task's support+query images are embedded together
+        (what meta-training normalised with; PyTorch's running statistics with
+        ``momentum=None``). Returns the number of tasks used."""
+        if self.batchnorm != "population":
+            raise ValueError("fit_batchnorm needs batchnorm='population' (this learner uses "
+                             "episode statistics, which need no estimate)")
+        sums: dict[str, list[Tensor]] = {}
+
+        def hook(name: str):
+            def record(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+                x = inputs[0]
+                dims = [0] + list(range(2, x.ndim))
+                mean, var = x.mean(dims), x.var(dims, unbiased=True)
+                if name in sums:
+                    sums[name][0] += mean
+                    sums[name][1] += var
+                else:
+                    sums[name] = [mean.clone(), var.clone()]
+            return record
+
+        handles = [self.model.get_submodule(n).register_forward_pre_hook(hook(n))
+                   for n in self._bn_layers]
+        mp = self.model_params(self.meta_params() if params is None else params)
+        device = next(iter(mp.values())).device
+        n = 0
+        try:
+            for t in tasks:
+                t = t.to(device)
+                forward(self.model, mp, torch.cat([t.support_x, t.query_x]))
+                n += 1
+        finally:
+            for h in handles:
+                h.remove()
+        if n == 0:
+            raise ValueError("fit_batchnorm got no tasks; pass meta-train tasks")
+        for name, (mean, var) in sums.items():
+            getattr(self.population, _key(name, "mean")).copy_(mean / n)
+            getattr(self.population, _key(name, "var")).copy_(var / n)
+        self.population.fitted.fill_(True)
+        return n
+
+    def prepare_eval(self, source: TaskSource, seed: int) -> None:
+        if self.batchnorm == "population":
+            self.fit_batchnorm(fixed_tasks(source, seed, "batchnorm", self.population_tasks))
+
+    def _population_buffers(self) -> dict[str, Tensor]:
+        return {f"{n}.{stat}": getattr(self.population, _key(n, s))
+                for n in self._bn_layers for stat, s in (("running_mean", "mean"),
+                                                          ("running_var", "var"))}
 
     # heads (task dimension first) ----------------------------------------------------------
     def fit_head(self, z_support: Tensor, onehot: Tensor, params: Params) -> Head:
@@ -122,13 +214,23 @@ class EmbeddingLearner(Learner):
     def model_params(self, params: Params) -> Params:
         return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
-    def embed(self, params: Params, x: Tensor) -> Tensor:
-        """Embeddings ``(B, D)`` of one batch (one episode's BatchNorm statistics)."""
-        return forward(self.model, self.model_params(params), x).flatten(1)
+    def embed(self, params: Params, x: Tensor, population: bool = False) -> Tensor:
+        """Embeddings ``(B, D)`` of one batch (one episode's BatchNorm statistics, or with
+        ``population`` the learner's population statistics: each input on its own)."""
+        mp = self.model_params(params)
+        if population:
+            for n in self._bn_layers:
+                # BatchNorm in eval mode takes the statistics it is given; without them (episode
+                # mode) it still normalises with the batch's own, so this never needs undoing
+                self.model.get_submodule(n).training = False
+            mp = {**mp, **self._population_buffers()}
+        return forward(self.model, mp, x).flatten(1)
 
-    def embed_tasks(self, params: Params, xs: Tensor) -> Tensor:
+    def embed_tasks(self, params: Params, xs: Tensor, population: bool = False) -> Tensor:
         """Embeddings ``(T, B, D)`` of ``T`` episodes' inputs ``(T, B, ...)`` in one call;
-        vmap gives each episode its own BatchNorm statistics."""
+        vmap gives each episode its own BatchNorm statistics (or all use the population's)."""
+        if population:
+            return self.embed(params, xs.flatten(0, 1), True).unflatten(0, xs.shape[:2])
         mp = self.model_params(params)
         if batched.supports(self.model):
             # One pass per layer over all episodes with shared weights; BatchNorm statistics
@@ -149,17 +251,20 @@ class EmbeddingLearner(Learner):
         if not create_graph:
             params = {n: p.detach() for n, p in params.items()}
         head = None
-        if not self._has_bn:
+        # meta-training (create_graph) normalises with the episode's statistics in either mode
+        population = not create_graph and self.uses_population()
+        if not self._has_bn or population:
             with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-                z = self.embed(params, support_x)[None]
+                z = self.embed(params, support_x, population)[None]
                 onehot = F.one_hot(support_y.long(), n_way).to(z.dtype)[None]
                 head = self.fit_head(z, onehot, params)
-        return EpisodeSupport(params, support_x, support_y, n_way, head)
+        return EpisodeSupport(params, support_x, support_y, n_way, head, population)
 
     def predict(self, adapted: EpisodeSupport, x: Tensor) -> Tensor:
         p = adapted.params
         if adapted.head is not None:
-            return self.head_logits(adapted.head, self.embed(p, x)[None], p)[0]
+            return self.head_logits(adapted.head, self.embed(p, x, adapted.population)[None],
+                                    p)[0]
         s = len(adapted.support_x)
         z = self.embed(p, torch.cat([adapted.support_x, x]))
         return self._logits(p, z[None, :s], adapted.support_y[None], adapted.n_way, z[None, s:])[0]
@@ -185,14 +290,15 @@ class EmbeddingLearner(Learner):
             return None
         return ways[0]
 
-    def batched_episodes(self, tasks: list[Task], params: Params,
-                         n_way: int) -> tuple[Tensor, Tensor]:
-        """Per-task query losses and accuracies ``(T,)`` of equally shaped tasks, all at once."""
+    def batched_episodes(self, tasks: list[Task], params: Params, n_way: int,
+                         population: bool = False) -> tuple[Tensor, Tensor]:
+        """Per-task query losses and accuracies ``(T,)`` of equally shaped tasks, all at once
+        (``population``: BatchNorm with the population statistics, at evaluation)."""
         s = len(tasks[0].support_x)
         xs = torch.stack([torch.cat([t.support_x, t.query_x]) for t in tasks])
         y_s = torch.stack([t.support_y for t in tasks])
         y_q = torch.stack([t.query_y for t in tasks])
-        z = self.embed_tasks(params, xs)
+        z = self.embed_tasks(params, xs, population)
         logits = self._logits(params, z[:, :s], y_s, n_way, z[:, s:])
         losses = F.cross_entropy(logits.flatten(0, 1), y_q.flatten(), reduction="none")
         acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
@@ -203,7 +309,7 @@ class EmbeddingLearner(Learner):
         if n_way is None:
             return super().eval_episodes(tasks)
         with torch.no_grad():
-            return self.batched_episodes(tasks, self.meta_params(), n_way)
+            return self.batched_episodes(tasks, self.meta_params(), n_way, self.uses_population())
 
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
         n_way = self._batchable(tasks)
@@ -227,7 +333,15 @@ class EmbeddingLearner(Learner):
                 {"loss": float(losses.detach().mean()), "metric": float(accs.mean())})
 
     def extra_config(self) -> dict[str, Any]:
-        return {"batched": self.batched}
+        return {"batched": self.batched, "batchnorm": self.batchnorm}
+
+
+BATCHNORM_MODES = ("episode", "population")
+
+
+def _key(layer: str, stat: str) -> str:
+    # buffer names cannot contain dots
+    return f"{layer.replace('.', '_')}_{stat}"
 
 
 def _scale_param(learner: nn.Module, scale: float, learn: bool) -> None:
@@ -252,8 +366,9 @@ class ProtoNet(EmbeddingLearner):
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  distance: str = "sqeuclidean", scale: float | None = None,
-                 learn_scale: bool | None = None, batched: bool | None = None) -> None:
-        super().__init__(model, loss, batched)
+                 learn_scale: bool | None = None, batched: bool | None = None,
+                 batchnorm: str = "episode", population_tasks: int = 100) -> None:
+        super().__init__(model, loss, batched, batchnorm, population_tasks)
         if distance not in ("sqeuclidean", "cosine"):
             raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
         self.distance = distance
@@ -293,8 +408,9 @@ class MatchingNet(EmbeddingLearner):
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", scale: float = 1.0,
-                 learn_scale: bool = False, batched: bool | None = None) -> None:
-        super().__init__(model, loss, batched)
+                 learn_scale: bool = False, batched: bool | None = None,
+                 batchnorm: str = "episode", population_tasks: int = 100) -> None:
+        super().__init__(model, loss, batched, batchnorm, population_tasks)
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.learn_scale = bool(learn_scale)

@@ -157,6 +157,7 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
             schedule.step()
             last = step + 1 == steps
             if val_source is not None and ((step + 1) % val_every == 0 or last):
+                learner.prepare_eval(train_source, seed)
                 val = evaluate_gathered(learner, val_set, ctx, device)
                 record.update(val_metric=val["mean"], val_ci95=val["ci95"], val_loss=val["loss"])
                 if _better(val["mean"], state.best_value, learner.higher_is_better):

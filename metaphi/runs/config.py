@@ -15,7 +15,8 @@ LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "matchin
 EMBEDDING_LEARNERS = ("protonet", "matchingnet", "r2d2")
 # options of the metric / closed-form learners, and the learners that take each
 LEARNER_OPTIONS = {"distance": ("protonet",), "scale": EMBEDDING_LEARNERS,
-                   "learn_scale": EMBEDDING_LEARNERS, "lam": ("r2d2",)}
+                   "learn_scale": EMBEDDING_LEARNERS, "lam": ("r2d2",),
+                   "batchnorm": EMBEDDING_LEARNERS, "population_tasks": EMBEDDING_LEARNERS}
 
 
 class _Strict(BaseModel):
@@ -70,6 +71,11 @@ class LearnerConfig(_Strict):
     learn_scale: bool | None = Field(
         None, description="protonet/matchingnet/r2d2: meta-learn the logit scale")
     lam: float | None = Field(None, gt=0, description="r2d2: initial ridge penalty λ")
+    batchnorm: Literal["episode", "population"] | None = Field(
+        None, description="protonet/matchingnet/r2d2: BatchNorm statistics at evaluation: the "
+        "episode's own ('episode') or population statistics estimated on meta-train episodes")
+    population_tasks: int | None = Field(
+        None, ge=1, description="batchnorm=population: meta-train episodes for the estimate")
 
     @model_validator(mode="after")
     def _options_apply(self) -> "LearnerConfig":

@@ -117,6 +117,9 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
                        loader_workers=(cfg.loader_workers if cfg.loader_workers is not None
                                        else int(device.type == "cuda")))
     learner.load_state_dict(state.best_params)
+    # the deployed φ's evaluation statistics (a no-op for most learners; for a best-val φ the
+    # same values its validation used)
+    learner.prepare_eval(sources[0], cfg.seed)
     if ctx.is_main:
         save_checkpoint(out / "best.pt", {"learner": learner.state_dict(), "step": state.best_step,
                                           "val": state.best_value})

@@ -13,7 +13,7 @@ import numpy as np
 from .task import Task, stack_tasks
 
 # Stream ids keep meta-train, meta-validation and meta-test draws independent under one seed.
-STREAMS = {"train": 0, "val": 1, "test": 2, "init": 3, "fitness": 4}
+STREAMS = {"train": 0, "val": 1, "test": 2, "init": 3, "fitness": 4, "batchnorm": 5}
 
 
 @runtime_checkable
