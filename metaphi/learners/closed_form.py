@@ -33,7 +33,7 @@ class R2D2(EmbeddingLearner):
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", lam: float = 1.0,
                  scale: float = 1.0, learn_lam: bool = True, learn_scale: bool = True,
                  batched: bool | None = None, batchnorm: str = "episode",
-                 population_tasks: int = 100) -> None:
+                 population_tasks: int = 50) -> None:
         super().__init__(model, loss, batched, batchnorm, population_tasks)
         if not lam > 0:
             raise ValueError(f"lam (the ridge penalty) must be > 0, got {lam}")

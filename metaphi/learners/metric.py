@@ -107,7 +107,7 @@ class EmbeddingLearner(Learner):
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  batched: bool | None = None, batchnorm: str = "episode",
-                 population_tasks: int = 100) -> None:
+                 population_tasks: int = 50) -> None:
         if loss != "ce":
             raise ValueError(f"{type(self).__name__} is a classifier: loss must be 'ce', got "
                              f"{loss!r}")
@@ -367,7 +367,7 @@ class ProtoNet(EmbeddingLearner):
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  distance: str = "sqeuclidean", scale: float | None = None,
                  learn_scale: bool | None = None, batched: bool | None = None,
-                 batchnorm: str = "episode", population_tasks: int = 100) -> None:
+                 batchnorm: str = "episode", population_tasks: int = 50) -> None:
         super().__init__(model, loss, batched, batchnorm, population_tasks)
         if distance not in ("sqeuclidean", "cosine"):
             raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
@@ -409,7 +409,7 @@ class MatchingNet(EmbeddingLearner):
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", scale: float = 1.0,
                  learn_scale: bool = False, batched: bool | None = None,
-                 batchnorm: str = "episode", population_tasks: int = 100) -> None:
+                 batchnorm: str = "episode", population_tasks: int = 50) -> None:
         super().__init__(model, loss, batched, batchnorm, population_tasks)
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
