@@ -26,28 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 from omniglot import COLUMN, PUBLISHED  # noqa: E402
 
-from metaphi.loops.checkpoint import load_checkpoint  # noqa: E402
 from metaphi.loops.evaluate import mean_ci95, task_scores  # noqa: E402
-from metaphi.runs import validate_config  # noqa: E402
-from metaphi.runs.build import build_learner, build_sources  # noqa: E402
+from metaphi.runs.build import build_sources  # noqa: E402
+from metaphi.runs.run import load_run  # noqa: E402
 from metaphi.tasks.sources import fixed_tasks  # noqa: E402
-
-
-def load_with(run: Path, setting: str, batchnorm: str, population_tasks: int):
-    """The run's φ (best.pt) in a learner with the given BatchNorm mode, and the run's config
-    with the meta-test way/shot of ``setting`` ('20w5s')."""
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    raw["learner"].update(batchnorm=batchnorm, population_tasks=population_tasks)
-    n_way, k_shot = setting[:-1].split("w")
-    raw["task"].update(n_way=int(n_way), k_shot=int(k_shot))
-    cfg = validate_config(raw)
-    learner = build_learner(cfg)
-    missing, unexpected = learner.load_state_dict(load_checkpoint(run / "best.pt")["learner"],
-                                                  strict=False)
-    # a run made in episode mode has no population statistics yet: those alone may be missing
-    assert not unexpected and all(k.startswith("population.") for k in missing), (missing,
-                                                                                 unexpected)
-    return cfg, learner
 
 
 def main() -> None:
@@ -65,11 +47,15 @@ def main() -> None:
         run = Path(run_dir)
         scores, fit_seconds = {}, 0.0
         for mode in ("episode", "population"):
-            cfg, learner = load_with(run, setting, mode, args.population_tasks)
-            train_source, _, test_source = build_sources(cfg)
+            n_way, k_shot = setting[:-1].split("w")
             t0 = time.perf_counter()
-            learner.prepare_eval(train_source, cfg.seed)  # fits the statistics (population)
+            # the run folders were made with episode statistics: load_run estimates the
+            # population's on meta-train episodes
+            cfg, learner = load_run(run, batchnorm=mode, overrides=[
+                f"task.n_way={n_way}", f"task.k_shot={k_shot}",
+                f"learner.population_tasks={args.population_tasks}"])
             fit_seconds = max(fit_seconds, time.perf_counter() - t0)
+            test_source = build_sources(cfg)[2]
             with torch.no_grad():
                 scores[mode] = np.array([m for m, _ in task_scores(
                     learner, fixed_tasks(test_source, cfg.seed, "test", cfg.test_tasks))])
@@ -90,7 +76,7 @@ def main() -> None:
                  "BatchNorm with each episode's statistics vs population statistics",
         "columns": ["learner", "setting", "episode statistics", "population statistics",
                     "paired difference (pp)", "published %", "meta-test episodes",
-                    "estimate seconds"],
+                    "load + estimate seconds"],
         "rows": rows,
         "notes": (f"Population statistics: per BatchNorm layer, the mean over "
                   f"{args.population_tasks} meta-train episodes of the run's own meta-train source "

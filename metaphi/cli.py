@@ -116,7 +116,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .runs.run import test_run
 
     res = test_run(args.run_dir, seed=args.seed, n_tasks=args.tasks, device=args.device or "auto",
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, batchnorm=args.batchnorm)
     mt = res["meta_test"]
     print(json.dumps(res, indent=2) if args.json else
           f"{res['name']}: meta-test {res['metric']} {mt['mean']:.4f} ± {mt['ci95']:.4f} "
@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--seed", type=int, help="meta-test task seed (default: the run's seed + 1)")
     pe.add_argument("--tasks", type=int, help="number of meta-test tasks (default: the run's)")
     pe.add_argument("--device")
+    pe.add_argument("--batchnorm", choices=["episode", "population"],
+                    help="ProtoNet/Matching Networks/R2-D2: evaluate with these BatchNorm "
+                         "statistics instead of the run's (population: estimated on meta-train "
+                         "episodes if the run has none)")
     pe.add_argument("--json", action="store_true")
     pe.add_argument("--no-progress", action="store_true")
     pe.set_defaults(func=cmd_test)

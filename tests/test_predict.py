@@ -22,17 +22,23 @@ def make_folder(root, n_classes=8, per_class=6, size=16, seed=0):
     return root
 
 
+def train_folder_run(data, out, steps: int, every: int, test_tasks: int, *extra: str) -> None:
+    """A small 2-way 1-shot ProtoNet run (the Omniglot preset) on an image folder."""
+    assert main(["train", "omniglot-protonet-5w1s", "--out", str(out), "--no-progress",
+                 "task.source=folder", f"task.data_dir={data}", "task.n_way=2",
+                 "task.train_n_way=null", "task.k_shot=1",
+                 "task.q_queries=3", "task.eval_q_queries=3", "task.split_seed=1",
+                 "model.width=8", "model.image_size=16", f"steps={steps}", f"val_every={every}",
+                 f"val_tasks={2 * every}", f"test_tasks={test_tasks}",
+                 f"checkpoint_every={every}", "meta_batch=2", *extra]) == 0
+
+
 @pytest.fixture(scope="module")
 def protonet_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
     data = make_folder(tmp / "data")
     out = tmp / "run"
-    assert main(["train", "omniglot-protonet-5w1s", "--out", str(out), "--no-progress",
-                 "task.source=folder", f"task.data_dir={data}", "task.n_way=2",
-                 "task.train_n_way=null", "task.k_shot=1",
-                 "task.q_queries=3", "task.eval_q_queries=3", "task.split_seed=1",
-                 "model.width=8", "model.image_size=16", "steps=20", "val_every=10",
-                 "val_tasks=10", "test_tasks=20", "checkpoint_every=10", "meta_batch=2"]) == 0
+    train_folder_run(data, out, 20, 10, 20)
     return tmp, out
 
 
@@ -91,13 +97,8 @@ def test_population_batchnorm_run_saves_its_statistics(tmp_path, capsys):
 
     data = make_folder(tmp_path / "data")
     out = tmp_path / "run"
-    assert main(["train", "omniglot-protonet-5w1s", "--out", str(out), "--no-progress",
-                 "task.source=folder", f"task.data_dir={data}", "task.n_way=2",
-                 "task.train_n_way=null", "task.k_shot=1", "task.q_queries=3",
-                 "task.eval_q_queries=3", "task.split_seed=1", "model.width=8",
-                 "model.image_size=16", "steps=6", "val_every=3", "val_tasks=6", "test_tasks=10",
-                 "checkpoint_every=3", "meta_batch=2", "learner.batchnorm=population",
-                 "learner.population_tasks=4"]) == 0
+    train_folder_run(data, out, 6, 3, 10, "learner.batchnorm=population",
+                     "learner.population_tasks=4")
     res = json.loads((out / "results.json").read_text())
     cfg, learner = load_run(out)
     assert learner.batchnorm == "population" and bool(learner.population.fitted)
@@ -111,3 +112,20 @@ def test_population_batchnorm_run_saves_its_statistics(tmp_path, capsys):
     assert main(["predict", str(out), "--support", str(support), "--query", str(support),
                  "--out", str(tmp_path / "pred")]) == 0
     assert "accuracy" in capsys.readouterr().out
+    # `metaphi test --batchnorm` evaluates the saved φ the other way; a run made with episode
+    # statistics gets population statistics estimated on its meta-train episodes
+    assert main(["test", str(out), "--tasks", "10", "--json", "--no-progress",
+                 "--batchnorm", "episode"]) == 0
+    assert json.loads(capsys.readouterr().out)["batchnorm"] == "episode"
+    assert (out / "test_seed1_episode.json").exists()
+    epi = tmp_path / "episode-run"
+    train_folder_run(data, epi, 3, 3, 10, "learner.batchnorm=episode")
+    _, converted = load_run(epi, batchnorm="population")
+    assert converted.batchnorm == "population" and bool(converted.population.fitted)
+    with pytest.raises(RuntimeError, match="Missing key"):  # anything else missing still fails
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "config.yaml").write_text((epi / "config.yaml").read_text().replace(
+            "depth: 4", "depth: 5"))
+        (broken / "best.pt").write_bytes((epi / "best.pt").read_bytes())
+        load_run(broken)

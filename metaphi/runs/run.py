@@ -23,7 +23,7 @@ from ..loops.evaluate import evaluate
 from ..loops.train import build_optimizer, build_schedule, meta_train
 from ..tasks.sources import fixed_tasks
 from .build import build_learner, build_sources, resolve_device
-from .config import ConfigError, RunConfig, dump_config, validate_config
+from .config import ConfigError, RunConfig, apply_overrides, dump_config, validate_config
 
 
 def library_versions() -> dict[str, str]:
@@ -172,27 +172,48 @@ def _extra_plots(learner: Learner, cfg: RunConfig, out: Path, device: torch.devi
                  title=f"{cfg.name}: a meta-test episode")
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[RunConfig, Learner]:
-    """The run's config and its learner with the best meta-validated φ (loaded safely)."""
+def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = None,
+             overrides: list[str] | None = None) -> tuple[RunConfig, Learner]:
+    """The run's config and its learner with the best meta-validated φ (loaded safely).
+
+    ``batchnorm`` ('episode' or 'population', metric learners only) evaluates the saved φ with
+    other BatchNorm statistics than the run used; population statistics missing from the run
+    folder are estimated on meta-train episodes (needs the run's data). ``overrides``
+    (``key=value``) change what does not touch φ, e.g. the meta-test way and shot."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); pass the --out "
                                 "folder of `metaphi train`")
-    cfg = validate_config(yaml.safe_load(cfg_path.read_text()))
+    raw = apply_overrides(yaml.safe_load(cfg_path.read_text()), overrides or [])
+    if batchnorm is not None:
+        raw.setdefault("learner", {})["batchnorm"] = batchnorm
+    cfg = validate_config(raw)
     ck_path = run_dir / "best.pt"
     if not ck_path.exists():
         raise FileNotFoundError(f"{run_dir} has no best.pt: the run has not finished; resume it "
                                 "with `metaphi train ... --resume`")
     learner = build_learner(cfg)
-    learner.load_state_dict(load_checkpoint(ck_path)["learner"])
-    return cfg, learner.to(resolve_device(device))
+    state = load_checkpoint(ck_path)["learner"]
+    if not isinstance(getattr(learner, "population", None), torch.nn.Module):
+        # evaluated with episode statistics: a population-mode run's saved ones are not needed
+        state = {k: v for k, v in state.items() if not k.startswith("population.")}
+    # a run made with episode statistics has no population statistics: only those may be missing
+    missing, unexpected = learner.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("population.") for k in missing):
+        learner.load_state_dict(state)  # raises with PyTorch's message
+    learner = learner.to(resolve_device(device))
+    if missing:
+        learner.prepare_eval(build_sources(cfg)[0], cfg.seed)
+    return cfg, learner
 
 
 def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None = None,
-             device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a saved run on fresh meta-test tasks (a different seed than training's)."""
-    cfg, learner = load_run(run_dir, device)
+             device: str = "auto", progress: bool = True,
+             batchnorm: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a saved run on fresh meta-test tasks (a different seed than training's);
+    ``batchnorm``: see :func:`load_run`."""
+    cfg, learner = load_run(run_dir, device, batchnorm)
     dev = next(learner.parameters()).device
     seed = cfg.seed + 1 if seed is None else seed
     n = n_tasks or cfg.test_tasks
@@ -201,5 +222,8 @@ def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None =
     out = {"name": cfg.name, "metric": learner.metric_name, "seed": seed,
            "meta_test": {k: res[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
            "seconds": round(time.perf_counter() - t0, 2), "versions": library_versions()}
-    atomic_write_json(Path(run_dir) / f"test_seed{seed}.json", out)
+    if batchnorm is not None:
+        out["batchnorm"] = batchnorm
+    suffix = f"_{batchnorm}" if batchnorm is not None else ""
+    atomic_write_json(Path(run_dir) / f"test_seed{seed}{suffix}.json", out)
     return out
