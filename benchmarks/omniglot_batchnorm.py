@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
@@ -46,8 +45,8 @@ def main() -> None:
         run_dir, setting = spec.rsplit(":", 1)
         run = Path(run_dir)
         scores, fit_seconds = {}, 0.0
+        n_way, k_shot = setting[:-1].split("w")
         for mode in ("episode", "population"):
-            n_way, k_shot = setting[:-1].split("w")
             t0 = time.perf_counter()
             # the run folders were made with episode statistics: load_run estimates the
             # population's on meta-train episodes
@@ -68,8 +67,7 @@ def main() -> None:
                      f"{diff['mean']:+.3f} ± {diff['ci95']:.3f}", published, ep["tasks"],
                      round(fit_seconds, 1)])
         details.append({"run": str(run), "setting": setting, "episode": ep, "population": pop,
-                        "paired_difference": diff, "steps": yaml.safe_load(
-                            (run / "config.yaml").read_text())["steps"]})
+                        "paired_difference": diff, "steps": cfg.steps})
         print(rows[-1], flush=True)
     table = {
         "title": "Meta-test accuracy % ± 95% CI, the same φ and the same meta-test episodes, "

@@ -195,7 +195,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
                                 "with `metaphi train ... --resume`")
     learner = build_learner(cfg)
     state = load_checkpoint(ck_path)["learner"]
-    if not isinstance(getattr(learner, "population", None), torch.nn.Module):
+    if getattr(learner, "batchnorm", "episode") != "population":
         # evaluated with episode statistics: a population-mode run's saved ones are not needed
         state = {k: v for k, v in state.items() if not k.startswith("population.")}
     # a run made with episode statistics has no population statistics: only those may be missing
