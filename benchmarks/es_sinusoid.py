@@ -114,6 +114,9 @@ def main() -> None:
                          "the same: the mean of its φ over the same final fraction of its run. "
                          "The last φ of each is reported beside it")
     ap.add_argument("--name", default="es_sinusoid")
+    ap.add_argument("--work", default=None, metavar="DIR",
+                    help="keep the ES checkpoint in DIR and resume from it: a search longer than "
+                         "one sitting continues exactly where it was stopped (same command)")
     args = ap.parse_args()
     if args.schedule == "cosine" and args.generations is None:
         ap.error("--schedule cosine anneals over a known number of generations: give --generations")
@@ -141,11 +144,19 @@ def main() -> None:
                       seed=args.seed, shaping=args.shaping, schedule=args.schedule,
                       horizon=args.generations, lr_final=args.lr_final,
                       sigma_final=args.sigma_final)
+    # everything that shapes the search: a resume with other settings is refused (the number
+    # of generations only where a schedule anneals over it; else a resume may extend the run)
+    search = {k: getattr(args, k) for k in ("name", "optimizer", "popsize", "sigma", "es_lr",
+                                            "fitness_tasks", "more_tasks", "seed", "schedule",
+                                            "shaping", "sigma_final", "lr_final", "average_from")}
+    if args.schedule != "constant":
+        search["generations"] = args.generations
     with tempfile.TemporaryDirectory() as d:
-        res = population_train(es, fitness, generations=args.generations or 10**7, out_dir=d,
+        res = population_train(es, fitness, generations=args.generations or 10**7,
+                               out_dir=args.work or d, resume=args.work is not None,
                                workers=args.workers, progress=args.generations is not None,
                                max_seconds=None if args.generations else args.budget_seconds,
-                               config={"bench": args.name}, average_from=args.average_from)
+                               config=search, average_from=args.average_from)
 
     def scored(phi: np.ndarray):
         learner = build_learner(spec.learner, seed=args.seed)
