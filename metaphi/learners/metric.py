@@ -120,8 +120,7 @@ class EmbeddingLearner(Learner):
         self.batched = batched
         self._bn_layers = [n for n, m in self.model.named_modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self._has_bn = bool(self._bn_layers)
-        self.batchnorm = batchnorm if self._has_bn else "episode"
+        self.batchnorm = batchnorm if self._bn_layers else "episode"
         self.population_tasks = int(population_tasks)
         if self.batchnorm == "population":
             # buffers, not parameters: they are saved with φ but are not meta-learned
@@ -253,7 +252,7 @@ class EmbeddingLearner(Learner):
         head = None
         # meta-training (create_graph) normalises with the episode's statistics in either mode
         population = not create_graph and self.uses_population()
-        if not self._has_bn or population:
+        if not self._bn_layers or population:
             with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
                 z = self.embed(params, support_x, population)[None]
                 onehot = F.one_hot(support_y.long(), n_way).to(z.dtype)[None]

@@ -185,10 +185,9 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); pass the --out "
                                 "folder of `metaphi train`")
-    raw = apply_overrides(yaml.safe_load(cfg_path.read_text()), overrides or [])
-    if batchnorm is not None:
-        raw.setdefault("learner", {})["batchnorm"] = batchnorm
-    cfg = validate_config(raw)
+    extra = [] if batchnorm is None else [f"learner.batchnorm={batchnorm}"]
+    cfg = validate_config(apply_overrides(yaml.safe_load(cfg_path.read_text()),
+                                          [*(overrides or []), *extra]))
     ck_path = run_dir / "best.pt"
     if not ck_path.exists():
         raise FileNotFoundError(f"{run_dir} has no best.pt: the run has not finished; resume it "
