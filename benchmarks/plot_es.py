@@ -1,0 +1,70 @@
+"""Figure of ES searches against gradient MAML on sinusoid regression, from the results JSONs
+that ``benchmarks/es_sinusoid.py`` writes.
+
+Left: each search's population-mean fitness (smoothed; it includes the candidates' sampling
+spread, so it lies above the search mean's own loss) per generation, with the meta-test MSE of
+the deployed φ and of gradient MAML as horizontal lines. Right: gradient MAML's meta-train
+query loss against wall time.
+
+    python benchmarks/plot_es.py es_sinusoid_sepcma_50k_more_tasks es_sinusoid_sepcma_80k
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def _smooth(y: np.ndarray, n: int) -> np.ndarray:
+    return y if len(y) <= n else np.convolve(y, np.ones(n) / n, mode="valid")
+
+
+def plot_es(names: list[str], out: Path, window: int = 250) -> Path:
+    """Plot the named results (file stems under benchmarks/results) into ``out``."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(names):
+        rec = json.loads((HERE / "results" / f"{name}.json").read_text())
+        es, maml, c = rec["es"], rec["maml"], f"C{i}"
+        g, f = np.array(es["curve"], dtype=float).T
+        sm = _smooth(f, window)
+        a1.plot(g[len(g) - len(sm):], sm, color=c, label=f"{name}: population mean")
+        a1.axhline(es["mse"], color=c, ls="--", lw=1,
+                   label=f"ES deployed φ, meta-test {es['mse']:.3f}")
+        a1.axhline(maml["mse"], color=c, ls=":", lw=1.5,
+                   label=f"gradient MAML, meta-test {maml['mse']:.3f}")
+        steps, secs, loss = np.array(maml["curve"], dtype=float).T
+        a2.plot(secs[len(secs) - len(_smooth(loss, 20)):], _smooth(loss, 20), color=c,
+                label=f"{name}: {maml['steps']} steps")
+    a1.set_xlabel("generation")
+    a1.set_ylabel("MSE (fitness tasks / meta-test tasks)")
+    a1.set_ylim(top=min(a1.get_ylim()[1], 0.8))
+    a1.set_title("ES search (sinusoid 10-shot)")
+    a2.set_xlabel("wall seconds")
+    a2.set_ylabel("meta-train query MSE (mean of 20 logged steps)")
+    a2.set_title("gradient MAML, second order")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="+", help="results file stems, e.g. es_sinusoid_sepcma_80k")
+    ap.add_argument("--out", default=str(HERE / "figures" / "es_sinusoid-search.png"))
+    print(plot_es(ap.parse_args().names, Path(ap.parse_args().out)))
+
+
+if __name__ == "__main__":
+    main()
