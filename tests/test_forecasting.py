@@ -326,13 +326,61 @@ def test_zero_shot_meta_learners_and_their_mean():
                                             ({"lookbacks": (0,)}, "lookback must be >= 1"),
                                             ({"losses": ("mae", "mase"), "workers": 0},
                                              "workers must be >= 1"),
-                                            ({"meta_loss": "huber"}, "meta_loss must be")])
+                                            ({"meta_loss": "huber"}, "meta_loss must be"),
+                                            ({"layers": 0}, "layers must be >= 1"),
+                                            ({"max_epochs": 0}, "max_epochs must be > 0")])
 def test_neural_ensemble_config_errors(change, needle):
     from metaphi.forecasting.neural import NeuralConfig, fit_forecast
 
     s = _toy_sets()
     with pytest.raises(ValueError, match=needle):
         fit_forecast(s, s, NeuralConfig(pretrain_steps=1, **change), progress=False)
+
+
+def test_nbeats_g_settings_and_epoch_cap():
+    from dataclasses import replace
+
+    import torch
+
+    from metaphi.forecasting.neural import NeuralConfig, NeuralForecaster
+
+    cfg = NeuralConfig.nbeats_g("tourism-monthly", bags=2, workers=1)
+    members = cfg.members()
+    assert len(members) == 6 * 1 * 2 and {c.loss for c in members} == {"mape"}
+    assert (cfg.width, cfg.blocks, cfg.layers, cfg.batch_size, cfg.pretrain_steps, cfg.recent,
+            cfg.max_epochs) == (512, 30, 2, 1024, 100, 20, None)
+    m3 = NeuralConfig.nbeats_g("m3-monthly", bags=1, workers=1)
+    assert (m3.layers, m3.pretrain_steps, set(m3.losses)) == (4, 10000, {"mase", "mape", "smape"})
+    with pytest.raises(ValueError, match="no published N-BEATS-G settings"):
+        NeuralConfig.nbeats_g("m4-daily")
+    # the network has the configured depth; without an epoch cap every step runs
+    small = NeuralConfig(width=8, blocks=2, layers=3, pretrain_steps=7, batch_size=8,
+                         meta_steps=0, max_epochs=None, choose_steps=False)
+    model = NeuralForecaster(4, small).fit([np.arange(12.0) + 10] * 3, progress=False)
+    assert model.log["pretrain_steps"] == 7
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.net.blocks[0].mlp) == 3
+    capped = NeuralForecaster(4, replace(small, max_epochs=1.0)).fit(
+        [np.arange(12.0) + 10] * 3, progress=False)
+    assert capped.log["pretrain_steps"] == 3  # 3 series x 8 windows / batch 8
+
+
+def test_evaluate_takes_a_neural_config_per_subset():
+    from metaphi.forecasting.evaluate import evaluate
+    from metaphi.forecasting.neural import NeuralConfig
+
+    a = _toy_sets(n=8)
+    b = SeriesSet("other", a.ids, a.y, a.h, a.m, test=a.test)
+    cfgs = {"toy": NeuralConfig(width=8, blocks=1, pretrain_steps=3, batch_size=8, meta_steps=1,
+                                meta_batch=2),
+            "other": NeuralConfig(width=8, blocks=2, pretrain_steps=4, batch_size=8, meta_steps=1,
+                                  meta_batch=2)}
+    ev = evaluate([a.holdout(), b.holdout()], methods=["Naive"], meta=("neural",),
+                  neural_config=cfgs, progress=False)
+    assert ev.logs["neural toy"]["pretrain_steps"] == 3
+    assert ev.logs["neural other"]["pretrain_steps"] == 4
+    with pytest.raises(ValueError, match=r"no config for subset\(s\) \['other'\]"):
+        evaluate([a.holdout(), b.holdout()], methods=["Naive"], meta=("neural",),
+                 neural_config={"toy": cfgs["toy"]}, progress=False)
 
 
 # CLI ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ another dataset's), then scores everything with the competition metrics.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +110,17 @@ def _matching(sources: list[SeriesSet], target: SeriesSet) -> list[np.ndarray]:
     return [y for s in (same or sources) for y in s.y]
 
 
+def _neural_cfg(neural_config: NeuralConfig | Mapping[str, NeuralConfig] | None, subset: str,
+                seed: int) -> NeuralConfig:
+    """The neural config of ``subset`` with its seed."""
+    cfg = (neural_config[subset] if isinstance(neural_config, Mapping)
+           else neural_config or NeuralConfig())
+    return replace(cfg, seed=seed)
+
+
 def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
-             neural_config: NeuralConfig | None = None, cache_dir: str | Path | None = None,
+             neural_config: NeuralConfig | Mapping[str, NeuralConfig] | None = None, cache_dir: str | Path | None = None,
              seed: int = 0, progress: bool = True, stack_neural: bool = False,
              truth: bool = True, zero_shot: tuple[str, ...] | None = None,
              holdout_origins: int = 1, fforma_error: str = "owa") -> Evaluation:
@@ -135,6 +144,9 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
 
     ``fforma_error`` is the holdout error FFORMA minimises: ``"owa"`` (the paper's), or
     ``"smape"`` / ``"mape"`` for data scored by that metric alone.
+
+    ``neural_config`` is one :class:`NeuralConfig` for every subset, or a mapping from subset
+    name (``"tourism-monthly"``) to its own config (e.g. :meth:`NeuralConfig.nbeats_g`).
     """
     methods = check_methods(list(methods or DEFAULT_METHODS))
     zero_shot = meta if zero_shot is None else zero_shot
@@ -148,6 +160,11 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     if stack_neural and holdout_origins > 1:
         raise ValueError("stack_neural refits the neural forecaster on the first holdout only; "
                          "use holdout_origins=1 with it")
+    if isinstance(neural_config, Mapping) and ("neural" in meta or "neural" in zero_shot):
+        missing = [s.name for s in sets if s.name not in neural_config]
+        if missing:
+            raise ValueError(f"neural_config has no config for subset(s) {missing}; give one "
+                             f"for each of {[s.name for s in sets]}")
     for s in sets:
         if truth and s.test is None:
             raise ValueError(f"{s.name} has no held-out truth to score forecasts on")
@@ -178,8 +195,7 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
     if "neural" in meta:
         t0 = time.perf_counter()
         for i, p in enumerate(prep):
-            cfg = neural_config or NeuralConfig()
-            out, log = fit_forecast(p.s, p.s, NeuralConfig(**{**cfg.__dict__, "seed": seed + i}),
+            out, log = fit_forecast(p.s, p.s, _neural_cfg(neural_config, p.s.name, seed + i),
                                     progress=progress)
             fc[p.s.name].update(out)
             ev.logs[f"neural {p.s.name}"] = log
@@ -192,10 +208,8 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
         t0 = time.perf_counter()
         ext = methods + ["NBeats-MAML"]
         for i, p in enumerate(prep):
-            cfg = neural_config or NeuralConfig()
-            out, _ = fit_forecast(p.hold, p.hold, NeuralConfig(**{**cfg.__dict__,
-                                                                 "seed": seed + 50 + i}),
-                                  progress=progress)
+            out, _ = fit_forecast(p.hold, p.hold, _neural_cfg(neural_config, p.s.name,
+                                                              seed + 50 + i), progress=progress)
             p.base_hold = {**p.base_hold, "NBeats-MAML": out["NBeats-MAML"]}
             p.base_test = {**p.base_test, "NBeats-MAML": fc[p.s.name]["NBeats-MAML"]}
             p.E_hold = p.E_meta = np.column_stack([p.E_hold, relative_errors(
@@ -220,12 +234,10 @@ def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
         if "neural" in zero_shot:
             t0 = time.perf_counter()
             for i, p in enumerate(prep):
-                cfg = neural_config or NeuralConfig()
                 train = SeriesSet(f"{src_name}->{p.s.name}", [], _matching(src_sets, p.s), p.s.h,
                                   p.s.m)
-                out, log = fit_forecast(train, p.s, NeuralConfig(**{**cfg.__dict__,
-                                                                    "seed": seed + 100 + i}),
-                                        progress=progress)
+                out, log = fit_forecast(train, p.s, _neural_cfg(neural_config, p.s.name,
+                                                                seed + 100 + i), progress=progress)
                 for k, v in out.items():
                     fc[p.s.name][f"{k} zero-shot ({src_name})"] = v
                 ev.logs[f"neural zero-shot {src_name}->{p.s.name}"] = log
