@@ -452,6 +452,32 @@ def test_cli_neural_ensemble(tmp_path):
         assert np.isfinite(res["metrics"][k]["Average"]["sMAPE"])
 
 
+def test_cli_nbeats_g(tmp_path, capsys, monkeypatch):
+    import metaphi.forecasting.evaluate as evaluate_mod
+    from metaphi.forecasting.cli import main
+
+    seen = []
+
+    def fake_evaluate(sets, methods, neural_config=None, **kw):
+        seen.append(neural_config)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
+    rc = main(["forecast", "tourism", "--out", str(tmp_path / "t"), "--max-series", "2",
+               "--meta", "neural", "--nbeats-g", "2", "--no-progress"])
+    assert rc == 2 and "stop here" in capsys.readouterr().err
+    cfgs = seen[0]
+    assert sorted(cfgs) == ["tourism-monthly", "tourism-quarterly", "tourism-yearly"]
+    assert [cfgs[k].pretrain_steps for k in sorted(cfgs)] == [100, 100, 30]
+    assert all(len(c.members()) == 12 and c.blocks == 30 for c in cfgs.values())
+    # a user's file has no published settings; mixing with --ensemble is refused
+    _, _, rc = _forecast_toy_csv(tmp_path, "u", ["Naive"], "--meta", "neural", "--nbeats-g", "1")
+    assert rc == 2 and "no published N-BEATS-G settings for 'toy'" in capsys.readouterr().err
+    _, _, rc = _forecast_toy_csv(tmp_path, "v", ["Naive"], "--meta", "neural", "--nbeats-g", "1",
+                                 "--ensemble")
+    assert rc == 2 and "--nbeats-g sets the whole neural ensemble" in capsys.readouterr().err
+
+
 def test_cli_neural_loss(tmp_path, capsys):
     _, out, rc = _forecast_toy_csv(tmp_path, "mae", ["Naive"], "--meta", "neural", "--ensemble",
                                    "--neural-steps", "2", "--neural-loss", "mae", "mase")

@@ -53,6 +53,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="neural forecaster as an N-BEATS-style ensemble: one member per lookback "
                         "(2..7 horizons) and loss (sMAPE, MAPE, MASE), median forecast, members "
                         "trained on all cores (18x the cost of one model)")
+    p.add_argument("--nbeats-g", type=int, default=None, metavar="BAGS",
+                   help="neural forecaster with N-BEATS-G's published settings for each subset "
+                        "of a built-in dataset (30 blocks of 512, batch 1024, the paper's "
+                        "iterations and losses; lookbacks 2..7 x BAGS seeds, the paper's 10)")
     p.add_argument("--fforma-error", choices=ERRORS, default="owa",
                    help="holdout error FFORMA minimises: owa (the paper's, default), or smape / "
                         "mape for data scored by that metric alone")
@@ -98,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         if args.neural_steps is not None:
             cfg.pretrain_steps = args.neural_steps
             cfg.meta_steps = max(1, args.neural_steps // 10)
+        if args.nbeats_g is not None:
+            if args.ensemble or losses or args.neural_steps is not None:
+                raise ValueError("--nbeats-g sets the whole neural ensemble; leave out "
+                                 "--ensemble, --neural-loss and --neural-steps")
+            cfg = {s.name: NeuralConfig.nbeats_g(s.name, bags=args.nbeats_g, seed=args.seed)
+                   for s in sets}
         ev = evaluate(sets, list(args.methods), meta=meta, neural_config=cfg,
                       cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress,
                       stack_neural=args.stack, truth=not args.future,
