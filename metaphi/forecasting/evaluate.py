@@ -120,9 +120,9 @@ def _neural_cfg(neural_config: NeuralConfig | Mapping[str, NeuralConfig] | None,
 
 def evaluate(sets: list[SeriesSet], methods: list[str] | None = None,
              meta: tuple[str, ...] = META_CHOICES, sources: dict[str, list[SeriesSet]] | None = None,
-             neural_config: NeuralConfig | Mapping[str, NeuralConfig] | None = None, cache_dir: str | Path | None = None,
-             seed: int = 0, progress: bool = True, stack_neural: bool = False,
-             truth: bool = True, zero_shot: tuple[str, ...] | None = None,
+             neural_config: NeuralConfig | Mapping[str, NeuralConfig] | None = None,
+             cache_dir: str | Path | None = None, seed: int = 0, progress: bool = True,
+             stack_neural: bool = False, truth: bool = True, zero_shot: tuple[str, ...] | None = None,
              holdout_origins: int = 1, fforma_error: str = "owa") -> Evaluation:
     """Forecast and score ``sets`` (subsets that carry ``test`` values).
 
