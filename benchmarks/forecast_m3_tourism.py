@@ -161,6 +161,8 @@ def main() -> None:
                       "benchmarks/_work/ was filled (same machine, same code); on a rerun they "
                       f"are read from disk. Sum of cached fitting times incl. source data: "
                       f"{cached:.0f} s.")})
+    # the settings an ensemble's members share (their lookback, loss and seed vary)
+    per_member = ("lookback", "loss", "lookbacks", "losses", "bags")
     if args.tourism_nbeats_g:
         neural_desc = ("Tourism's neural ensemble (--tourism-nbeats-g): N-BEATS-G's published "
                        "per-subset settings, " + "; ".join(
@@ -172,8 +174,7 @@ def main() -> None:
                        + "; each member meta-trained and adapted on its own, the forecast the "
                        "median over the members. ")
         shared = {k: v for k, v in neural["Tourism"]["tourism-monthly"].__dict__.items()
-                  if k not in ("lookback", "loss", "lookbacks", "losses", "bags",
-                               "pretrain_steps", "recent", "seed")}
+                  if k not in per_member + ("pretrain_steps", "recent", "seed")}
     elif args.ensemble:
         neural_desc = ("Neural ensemble (--ensemble): per dataset " + "; ".join(
             f"{name}: {len(c.members())} members, lookbacks {c.lookbacks} (x h) x losses "
@@ -181,8 +182,6 @@ def main() -> None:
             if name in args.datasets)
             + ", each member a NeuralForecaster meta-trained and adapted on its own, the "
             "forecast the median over the members (the N-BEATS papers ensemble 180 models). ")
-        # the settings the members share (their lookback, loss and seed vary)
-        per_member = ("lookback", "loss", "lookbacks", "losses", "bags")
         shared = {k: v for k, v in neural["M3"].__dict__.items() if k not in per_member}
     else:
         neural_desc = "Single model, single seed; N-BEATS papers ensemble 180 models. "

@@ -14,17 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from metaphi.plots.curves import moving_average, save_figure
 
 HERE = Path(__file__).resolve().parent
-
-
-def _smooth(y: np.ndarray, n: int) -> np.ndarray:
-    return y if len(y) <= n else np.convolve(y, np.ones(n) / n, mode="valid")
 
 
 def plot_es(names: list[str], out: Path, window: int = 250) -> Path:
@@ -34,15 +29,15 @@ def plot_es(names: list[str], out: Path, window: int = 250) -> Path:
         rec = json.loads((HERE / "results" / f"{name}.json").read_text())
         es, maml, c = rec["es"], rec["maml"], f"C{i}"
         g, f = np.array(es["curve"], dtype=float).T
-        sm = _smooth(f, window)
+        sm = moving_average(f, window)
         a1.plot(g[len(g) - len(sm):], sm, color=c, label=f"{name}: population mean")
         a1.axhline(es["mse"], color=c, ls="--", lw=1,
                    label=f"ES deployed φ, meta-test {es['mse']:.3f}")
         a1.axhline(maml["mse"], color=c, ls=":", lw=1.5,
                    label=f"gradient MAML, meta-test {maml['mse']:.3f}")
-        steps, secs, loss = np.array(maml["curve"], dtype=float).T
-        a2.plot(secs[len(secs) - len(_smooth(loss, 20)):], _smooth(loss, 20), color=c,
-                label=f"{name}: {maml['steps']} steps")
+        _, secs, loss = np.array(maml["curve"], dtype=float).T
+        sl = moving_average(loss, 20)
+        a2.plot(secs[len(secs) - len(sl):], sl, color=c, label=f"{name}: {maml['steps']} steps")
     a1.set_xlabel("generation")
     a1.set_ylabel("MSE (fitness tasks / meta-test tasks)")
     a1.set_ylim(top=min(a1.get_ylim()[1], 0.8))
@@ -53,17 +48,15 @@ def plot_es(names: list[str], out: Path, window: int = 250) -> Path:
     for a in (a1, a2):
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="+", help="results file stems, e.g. es_sinusoid_sepcma_80k")
     ap.add_argument("--out", default=str(HERE / "figures" / "es_sinusoid-search.png"))
-    print(plot_es(ap.parse_args().names, Path(ap.parse_args().out)))
+    args = ap.parse_args()
+    print(plot_es(args.names, Path(args.out)))
 
 
 if __name__ == "__main__":

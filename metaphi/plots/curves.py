@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _smooth(y: np.ndarray, n: int) -> np.ndarray:
+def moving_average(y: np.ndarray, n: int) -> np.ndarray:
+    """Mean of each ``n`` consecutive values (``y`` itself when it is shorter than ``n``)."""
     if len(y) < n or n <= 1:
         return y
     kernel = np.ones(n) / n
@@ -29,7 +30,7 @@ def learning_curve(metrics_path: str | Path, out_path: str | Path, metric_name: 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     w = max(1, len(loss) // 100)
     a1.plot(steps, loss, alpha=0.25, lw=0.8, color="C0")
-    sm = _smooth(loss, w)
+    sm = moving_average(loss, w)
     a1.plot(steps[len(steps) - len(sm):], sm, color="C0", label=f"mean of {w} steps")
     a1.set_xlabel("outer step")
     a1.set_ylabel("meta-train query loss")
@@ -48,10 +49,11 @@ def learning_curve(metrics_path: str | Path, out_path: str | Path, metric_name: 
         a.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
-def _save(fig, out_path: str | Path) -> Path:
+def save_figure(fig, out_path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG and close it."""
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=110)
@@ -74,4 +76,4 @@ def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "
     ax.legend()
     if title:
         ax.set_title(title)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
