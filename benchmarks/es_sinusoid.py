@@ -1,7 +1,8 @@
 """OpenAI-ES meta-learns MAML's initialisation and inner learning rate on sinusoid regression,
 compared with gradient MAML given the same wall-time budget.
 
-φ = the 1-40-40-1 MLP's initial weights (1761 numbers) and log(inner_lr) (starting at 0.01);
+φ = the 1-40-40-1 MLP's initial weights (1761 numbers; other widths with ``--hidden``) and
+log(inner_lr) (starting at 0.01);
 K = 10 support points, 1 inner SGD step. ES fitness = mean post-adaptation query MSE on
 ``--fitness-tasks`` tasks drawn fresh each generation and shared by all candidates of that
 generation (common random numbers). Gradient MAML: second-order, outer Adam lr 1e-3,
@@ -88,6 +89,9 @@ def main() -> None:
     ap.add_argument("--optimizer", choices=["es", "sepcma"], default="es",
                     help="OpenAI-ES, or sep-CMA-ES (CMAES(diagonal=True): a step size per "
                          "coordinate, adapted; --sigma is its initial step, --es-lr unused)")
+    ap.add_argument("--hidden", type=int, nargs="+", default=[40, 40], metavar="WIDTH",
+                    help="hidden layer widths of the MLP whose initialisation is meta-learned "
+                         "(both methods; default 40 40, the MAML paper's network)")
     ap.add_argument("--popsize", type=int, default=50)
     ap.add_argument("--sigma", type=float, default=0.02)
     ap.add_argument("--es-lr", type=float, default=0.02)
@@ -125,7 +129,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
 
+    if min(args.hidden) < 1:
+        ap.error(f"--hidden takes positive layer widths, got {args.hidden}")
     spec = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1, inner lr 0.01, 1 step
+    spec.learner["hidden"] = list(args.hidden)
     try:
         more = tuple(tuple(int(v) for v in item.split(":")) for item in args.more_tasks)
         fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed, more_tasks=more)
@@ -151,6 +158,8 @@ def main() -> None:
                                             "shaping", "sigma_final", "lr_final", "average_from")}
     if args.schedule != "constant":
         search["generations"] = args.generations
+    if args.hidden != [40, 40]:  # only when set, so that earlier --work checkpoints still resume
+        search["hidden"] = args.hidden
     with tempfile.TemporaryDirectory() as d:
         res = population_train(es, fitness, generations=args.generations or 10**7,
                                out_dir=args.work or d, resume=args.work is not None,
@@ -180,7 +189,7 @@ def main() -> None:
 
     ratio = es_mse / maml_mse
     met = ratio <= 1.10
-    preset = preset_maml_mse()
+    preset = preset_maml_mse() if args.hidden == [40, 40] else None
     preset_note = ("" if preset is None else
                    f" Against the sinusoid-maml-10shot preset's own meta-test MSE in the sinusoid "
                    f"table ({preset:.3f}, 30000 outer steps) the ratio is {es_mse / preset:.2f}.")
@@ -215,7 +224,10 @@ def main() -> None:
                     + f", {'rank' if args.shaping == 'ranks' else 'no'} fitness shaping, "
                     f"φ deployed = the ES mean{deployed}; ")
     equal = abs(maml_s - res.seconds) <= 0.05 * res.seconds
+    net = "-".join(map(str, [1, *args.hidden, 1]))
     table = {"title": ("Sinusoid 10-shot, 1 inner step: ES vs gradient MAML"
+                       + (f", MLP {net} ({phi_vector(base).size} numbers in φ)"
+                          if args.hidden != [40, 40] else "")
                        + (" at equal wall time" if equal else "")),
              "columns": ["method", "budget used", "task episodes", "wall s", "inner lr",
                          f"meta-test MSE ± 95% CI ({args.test_tasks} tasks)"],
@@ -233,7 +245,8 @@ def main() -> None:
                                                for g, n in fitness.more_tasks)
                        + f", {args.workers} worker process(es), {args.threads} torch "
                        "thread(s)." + preset_note)}
-    write_result(args.name, "ES meta-learns MAML's initialisation and inner lr (sinusoid)",
+    write_result(args.name, "ES meta-learns MAML's initialisation and inner lr (sinusoid)"
+                 + (f", MLP {net}" if args.hidden != [40, 40] else ""),
                  [table], time.perf_counter() - t_all,
                  notes=("Both methods start from the same initial weights (seed "
                         f"{args.seed}); gradient MAML gets {maml_budget:.0f} s of wall time "
@@ -244,6 +257,7 @@ def main() -> None:
                  es={"mse": es_mse, "ci95": es_ci, "evaluations": res.evaluations,
                      "generations": res.generations, "seconds": res.seconds,
                      "inner_lr": es_learner.inner_lr, "average_from": args.average_from,
+                     "final_spread": es.spread,
                      "last_mse": last["es"][1] if tail else es_mse,
                      "weight_norm": {"start": float(np.linalg.norm(phi_vector(base)[:-1])),
                                      "end": float(np.linalg.norm(np.asarray(res.center)[:-1]))},

@@ -1,8 +1,9 @@
 """Figure of ES searches against gradient MAML on sinusoid regression, from the results JSONs
 that ``benchmarks/es_sinusoid.py`` writes.
 
-Left: each search's population-mean fitness (smoothed; it includes the candidates' sampling
-spread, so it lies above the search mean's own loss) per generation, with the meta-test MSE of
+Left: each search's population-mean fitness per generation (a rolling median: a generation
+whose candidates include a diverging one has a mean in the billions; it includes the
+candidates' sampling spread, so it lies above the search mean's own loss), with the meta-test MSE of
 the deployed φ and of gradient MAML as horizontal lines. Right: gradient MAML's meta-train
 query loss against wall time.
 
@@ -29,7 +30,7 @@ def plot_es(names: list[str], out: Path, window: int = 250) -> Path:
         rec = json.loads((HERE / "results" / f"{name}.json").read_text())
         es, maml, c = rec["es"], rec["maml"], f"C{i}"
         g, f = np.array(es["curve"], dtype=float).T
-        sm = moving_average(f, window)
+        sm = np.median(np.lib.stride_tricks.sliding_window_view(f, min(window, len(f))), axis=1)
         a1.plot(g[len(g) - len(sm):], sm, color=c, label=f"{name}: population mean")
         a1.axhline(es["mse"], color=c, ls="--", lw=1,
                    label=f"ES deployed φ, meta-test {es['mse']:.3f}")

@@ -218,6 +218,36 @@ def test_non_finite_fitness_ranks_last():
     assert np.isfinite(es.mean).all() and es.best[1] == 1.0
 
 
+def test_spread_is_the_step_size_the_search_takes(tmp_path):
+    # OpenAI-ES samples x ± σε: the RMS distance of 1000 pairs from the center is σ·RMS(ε) ≈ σ
+    es = OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=2000, seed=0)
+    assert es.spread is None
+    run(es, sphere, 1)
+    assert es.spread == pytest.approx(0.1, rel=0.05)
+    # CMA-ES converging on a sphere shrinks its step size by orders of magnitude
+    cma = CMAES(x0=np.zeros(5), sigma=0.5, seed=0, diagonal=True)
+    run(cma, sphere, 1)
+    first = cma.spread
+    assert 0.2 < first < 1.0
+    run(cma, sphere, 200)
+    assert cma.spread < first / 100
+    # logged per generation, and restored by a resume (CMA-ES replays its generations)
+    res = population_train(CMAES(x0=np.zeros(5), sigma=0.5, seed=0), sphere, 4, tmp_path / "a",
+                           workers=0, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["spread"] > 0 for r in rows) and len(res.history) == 4
+    again = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
+    again.load_state_dict(load_checkpoint(tmp_path / "a" / "checkpoint.pt")["optimizer"])
+    assert again.spread == rows[-1]["spread"]
+    # the run's fitness curve draws it on a log axis beside the fitness
+    from metaphi.plots.curves import fitness_curve
+
+    png = fitness_curve(tmp_path / "a" / "metrics.jsonl", tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # REINFORCE has no search center
+    assert REINFORCE(MIXED, seed=0).spread is None
+
+
 def test_population_train_resume_equals_straight_run(tmp_path):
     make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=0)  # noqa: E731
     straight = population_train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)

@@ -179,6 +179,7 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                    "non_finite": len(fitnesses) - len(finite),
                    "best_so_far": best_so_far,
                    "evaluations": int(optimizer.evaluations),  # type: ignore[attr-defined]
+                   "spread": getattr(optimizer, "spread", None),
                    "seconds": round(time.perf_counter() - t0, 4)}
             history.append(row)
             # rank 0's clock decides, so all ranks stop after the same generation
@@ -199,7 +200,8 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                         "avg_sum": None if avg_sum is None else avg_sum.tolist()})
                     last_save = time.perf_counter()
             bar.set_postfix(best=f"{row['best_fitness']:.4g}" if finite else "nan",
-                            mean=f"{row['mean_fitness']:.4g}" if finite else "nan")
+                            mean=f"{row['mean_fitness']:.4g}" if finite else "nan",
+                            **({} if row["spread"] is None else {"spread": f"{row['spread']:.3g}"}))
             bar.update(1)
             if on_generation is not None:
                 on_generation(row)

@@ -74,31 +74,37 @@ def centered_ranks(f: np.ndarray) -> np.ndarray:
 
 
 class _Tracker:
-    """The best candidate seen so far (lowest fitness)."""
+    """The best candidate seen so far (lowest fitness), and the last generation's spread."""
 
     def __init__(self) -> None:
         self.best_x: np.ndarray | None = None
         self.best_f = math.inf
         self.generation = 0
         self.evaluations = 0
+        self.spread: float | None = None
 
-    def update(self, xs: Sequence[np.ndarray], f: np.ndarray) -> None:
+    def update(self, xs: Sequence[np.ndarray], f: np.ndarray,
+               center: np.ndarray | None = None) -> None:
         i = int(np.argmin(f))
         if f[i] < self.best_f:
             self.best_f, self.best_x = float(f[i]), np.array(xs[i], dtype=np.float64)
+        if center is not None:
+            d = np.asarray(xs, dtype=np.float64) - center
+            self.spread = float(np.median(np.sqrt((d * d).mean(0))))
         self.generation += 1
         self.evaluations += len(f)
 
     def state(self) -> dict[str, Any]:
         return {"best_x": None if self.best_x is None else to_plain(self.best_x),
                 "best_f": self.best_f, "generation": self.generation,
-                "evaluations": self.evaluations}
+                "evaluations": self.evaluations, "spread": self.spread}
 
     def load(self, s: dict[str, Any]) -> None:
         self.best_x = None if s["best_x"] is None else to_numpy(s["best_x"])
         self.best_f = float(s["best_f"])
         self.generation = int(s["generation"])
         self.evaluations = int(s["evaluations"])
+        self.spread = s.get("spread")  # absent in checkpoints written before it was tracked
 
 
 class _Tracked:
@@ -113,6 +119,16 @@ class _Tracked:
     @property
     def evaluations(self) -> int:
         return self.track.evaluations
+
+    @property
+    def spread(self) -> float | None:
+        """How far the last generation's candidates lay from the point they were sampled
+        around: the median over coordinates of their RMS distance from it, in the search's own
+        coordinates (None before the first generation, and for optimizers without a center).
+        This is the search's effective step size; one that collapses toward 0 while the
+        fitness is still poor means the search has stopped moving (a restart or a larger
+        initial sigma is the usual remedy)."""
+        return self.track.spread
 
 
 class _VectorOptimizer(_Tracked):
@@ -265,6 +281,7 @@ class OpenAIES(_VectorOptimizer):
             raise ValueError(f"tell() got {len(candidates)} candidates; ask() gave {self.popsize}")
         f = clean_fitnesses(fitnesses, self.popsize)
         pts = self._points()
+        center = self.mean.copy()
         sigma, lr = self.current_sigma, self.current_lr
         eps = self._noise()
         if self.shaping == "ranks":
@@ -288,7 +305,7 @@ class OpenAIES(_VectorOptimizer):
             self.mean = self.mean - lr * self.anchor * (self.mean - self.x0)
         if self.space is not None:  # the unit encoding lives in [0, 1]
             self.mean = np.clip(self.mean, 0.0, 1.0)
-        self.track.update(pts, f)
+        self.track.update(pts, f, center)
 
     @property
     def center(self) -> Candidate:
@@ -381,8 +398,9 @@ class CMAES(_VectorOptimizer):
         if len(candidates) != self.popsize:
             raise ValueError(f"tell() got {len(candidates)} candidates; ask() gave {self.popsize}")
         f = clean_fitnesses(fitnesses, self.popsize)
+        center = np.array(self._cma.mean, dtype=np.float64)
         self._cma.tell(list(zip(self._pending, f.tolist())))
-        self.track.update(self._pending, f)
+        self.track.update(self._pending, f, center)
         self.history.append(f.tolist())
         self._pending = None
 

@@ -62,7 +62,8 @@ def save_figure(fig, out_path: str | Path) -> Path:
 
 
 def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path:
-    """Best and mean population fitness per generation (population meta-optimizers)."""
+    """Best and mean population fitness per generation (population meta-optimizers), and the
+    candidates' spread (the search's step size, log scale on the right) where it is logged."""
     rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
     if not rows:
         raise ValueError(f"{metrics_path} holds no generations yet")
@@ -73,7 +74,14 @@ def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (meta-validation loss)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles = ax.get_lines()
+    spread = [r.get("spread") for r in rows]
+    if any(v is not None and v > 0 for v in spread):
+        ax2 = ax.twinx()
+        handles += ax2.semilogy(g, [np.nan if v is None or v <= 0 else v for v in spread],
+                                label="candidate spread", color="C2", lw=1, alpha=0.8)
+        ax2.set_ylabel("candidate spread (step size)")
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles])
     if title:
         ax.set_title(title)
     return save_figure(fig, out_path)
