@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from metaphi.loops.population import population_train  # noqa: E402
+from metaphi.loops.checkpoint import load_checkpoint  # noqa: E402
+from metaphi.loops.population import CHECKPOINT, population_train  # noqa: E402
 from metaphi.meta import CMAES, FitnessSpec, OpenAIES, TaskFitness, build_learner, load_phi_vector, phi_vector  # noqa: E402
 from metaphi.meta.fitness import build_family  # noqa: E402
 from metaphi.tasks import fixed_tasks, sample_tasks  # noqa: E402
@@ -70,6 +71,27 @@ def train_maml(spec: FitnessSpec, seed: int, budget: float, meta_batch: int, out
             curve.append([step, round(time.perf_counter() - t0, 2), logs["loss"]])
         step += 1
     return learner, step, time.perf_counter() - t0, curve, (None if avg is None else avg / n_avg)
+
+
+def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
+    """The final center of the sep-CMA-ES search checkpointed in ``work`` and what it cost
+    (generations, fitness evaluations, task episodes, seconds)."""
+    state = load_checkpoint(work / CHECKPOINT)
+    cfg = state["config"]
+    if cfg.get("optimizer") != "sepcma" or cfg.get("hidden", [40, 40]) != hidden:
+        raise ValueError(f"{work} holds a {cfg.get('optimizer')} search of the MLP with hidden "
+                         f"{cfg.get('hidden', [40, 40])}; --restart-from needs a sepcma search "
+                         f"with --hidden {' '.join(map(str, hidden))}")
+    base = build_learner(spec.learner, seed=cfg["seed"])
+    es = CMAES(x0=phi_vector(base), sigma=cfg["sigma"], popsize=cfg["popsize"], seed=cfg["seed"],
+               diagonal=True)
+    es.load_state_dict(state["optimizer"])
+    more = tuple(tuple(int(v) for v in item.split(":")) for item in cfg["more_tasks"])
+    fit = TaskFitness(spec, n_tasks=cfg["fitness_tasks"], seed=cfg["seed"], more_tasks=more)
+    gens = int(state["generation"])
+    return {"center": np.asarray(es.center), "generations": gens, "evaluations": es.evaluations,
+            "episodes": es.popsize * sum(fit.tasks_at(g) for g in range(gens)),
+            "seconds": float(state["seconds"]), "spread": es.spread}
 
 
 def preset_maml_mse() -> float | None:
@@ -117,6 +139,10 @@ def main() -> None:
                          "Ruppert tail averaging; needs --generations), and give gradient MAML "
                          "the same: the mean of its φ over the same final fraction of its run. "
                          "The last φ of each is reported beside it")
+    ap.add_argument("--restart-from", default=None, metavar="DIR",
+                    help="restart sep-CMA-ES at the final center of the search checkpointed in "
+                         "DIR (its --work folder), with the initial --sigma and a fresh task "
+                         "stream; budgets are reported as totals of both searches")
     ap.add_argument("--name", default="es_sinusoid")
     ap.add_argument("--work", default=None, metavar="DIR",
                     help="keep the ES checkpoint in DIR and resume from it: a search longer than "
@@ -135,17 +161,27 @@ def main() -> None:
     spec.learner["hidden"] = list(args.hidden)
     try:
         more = tuple(tuple(int(v) for v in item.split(":")) for item in args.more_tasks)
-        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed, more_tasks=more)
+        # a restart scores on tasks the first search never saw (the next seed's task stream)
+        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, more_tasks=more,
+                              seed=args.seed + (1 if args.restart_from else 0))
     except ValueError as e:
         ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
+    prev = None
+    if args.restart_from:
+        if args.optimizer != "sepcma":
+            ap.error("--restart-from restarts a sep-CMA-ES search: give --optimizer sepcma")
+        try:
+            prev = restart_point(Path(args.restart_from), spec, args.hidden)
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
     family = build_family(spec.family)
     base = build_learner(spec.learner, seed=args.seed)
     init_mse, init_ci = meta_test(base, family, args.seed, args.test_tasks)
 
     # ES ----------------------------------------------------------------------------------
     if args.optimizer == "sepcma":
-        es = CMAES(x0=phi_vector(base), sigma=args.sigma, popsize=args.popsize, seed=args.seed,
-                   diagonal=True)
+        es = CMAES(x0=phi_vector(base) if prev is None else prev["center"], sigma=args.sigma,
+                   popsize=args.popsize, seed=args.seed, diagonal=True)
     else:
         es = OpenAIES(x0=phi_vector(base), sigma=args.sigma, lr=args.es_lr, popsize=args.popsize,
                       seed=args.seed, shaping=args.shaping, schedule=args.schedule,
@@ -156,6 +192,8 @@ def main() -> None:
     search = {k: getattr(args, k) for k in ("name", "optimizer", "popsize", "sigma", "es_lr",
                                             "fitness_tasks", "more_tasks", "seed", "schedule",
                                             "shaping", "sigma_final", "lr_final", "average_from")}
+    if args.restart_from:
+        search["restart_from"] = args.restart_from
     if args.schedule != "constant":
         search["generations"] = args.generations
     if args.hidden != [40, 40]:  # only when set, so that earlier --work checkpoints still resume
@@ -197,6 +235,10 @@ def main() -> None:
     es_name = ("sep-CMA-ES" if args.optimizer == "sepcma" else "OpenAI-ES") + " (init + inner lr)"
     es_cells = [f"{res.evaluations} fitness evals ({res.generations} gens)", episodes,
                 round(res.seconds, 1)]
+    if prev is not None:  # totals: the search it restarts, then the restart
+        es_cells = [f"{prev['evaluations'] + res.evaluations} fitness evals ({prev['generations']}"
+                    f" + {res.generations} gens after a restart)", prev["episodes"] + episodes,
+                    round(prev["seconds"] + res.seconds, 1)]
     maml_cells = [f"{steps} outer steps", steps * 25, round(maml_s, 1)]
     avg_tag = (f", mean of φ over the last {100 * tail:.0f}% of the run" if tail else "")
     rows = [
@@ -214,7 +256,12 @@ def main() -> None:
     if args.optimizer == "sepcma":
         opt_desc = (f"sep-CMA-ES (cmaes.SepCMA via CMAES(diagonal=True)): popsize {args.popsize}, "
                     f"initial sigma {args.sigma}, per-coordinate step sizes adapted by the "
-                    f"library, φ deployed = the search mean{deployed}; ")
+                    f"library, φ deployed = the search mean{deployed}; "
+                    + ("" if prev is None else
+                       f"restarted at the final center of the search in {args.restart_from} "
+                       f"({prev['generations']} generations, {prev['seconds']:.0f} s; its "
+                       f"candidates' spread had fallen to {prev['spread']:.2g}) with the step "
+                       f"size reset to {args.sigma}, scoring tasks that search never saw; "))
     else:
         opt_desc = (f"ES: popsize {args.popsize} (antithetic), sigma {args.sigma}"
                     + (f" -> {args.sigma_final}" if args.sigma_final else "")
@@ -258,6 +305,9 @@ def main() -> None:
                      "generations": res.generations, "seconds": res.seconds,
                      "inner_lr": es_learner.inner_lr, "average_from": args.average_from,
                      "final_spread": es.spread,
+                     "restart_of": None if prev is None else {
+                         k: prev[k] for k in ("generations", "evaluations", "episodes", "seconds",
+                                              "spread")} | {"work": args.restart_from},
                      "last_mse": last["es"][1] if tail else es_mse,
                      "weight_norm": {"start": float(np.linalg.norm(phi_vector(base)[:-1])),
                                      "end": float(np.linalg.norm(np.asarray(res.center)[:-1]))},

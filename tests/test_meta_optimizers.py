@@ -239,6 +239,12 @@ def test_spread_is_the_step_size_the_search_takes(tmp_path):
     again = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
     again.load_state_dict(load_checkpoint(tmp_path / "a" / "checkpoint.pt")["optimizer"])
     assert again.spread == rows[-1]["spread"]
+    # a state saved before the spread was kept gets it back from the replayed last generation
+    old = again.state_dict()
+    del old["track"]["spread"]
+    older = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
+    older.load_state_dict(old)
+    assert older.spread == pytest.approx(rows[-1]["spread"], rel=1e-12)
     # the run's fitness curve draws it on a log axis beside the fitness
     from metaphi.plots.curves import fitness_curve
 

@@ -73,6 +73,12 @@ def centered_ranks(f: np.ndarray) -> np.ndarray:
     return ranks / max(len(f) - 1, 1) - 0.5
 
 
+def spread_of(xs: Sequence[np.ndarray], center: np.ndarray) -> float:
+    """Median over coordinates of the candidates' RMS distance from ``center``."""
+    d = np.asarray(xs, dtype=np.float64) - center
+    return float(np.median(np.sqrt((d * d).mean(0))))
+
+
 class _Tracker:
     """The best candidate seen so far (lowest fitness), and the last generation's spread."""
 
@@ -89,8 +95,7 @@ class _Tracker:
         if f[i] < self.best_f:
             self.best_f, self.best_x = float(f[i]), np.array(xs[i], dtype=np.float64)
         if center is not None:
-            d = np.asarray(xs, dtype=np.float64) - center
-            self.spread = float(np.median(np.sqrt((d * d).mean(0))))
+            self.spread = spread_of(xs, center)
         self.generation += 1
         self.evaluations += len(f)
 
@@ -422,9 +427,13 @@ class CMAES(_VectorOptimizer):
                              "diagonal setting; "
                              "rebuild the optimizer with the settings of the saved run")
         self._cma = self._fresh()
+        xs, center = None, None
         for fits in s["history"]:
             xs = [self._cma.ask() for _ in range(self.popsize)]
+            center = np.array(self._cma.mean, dtype=np.float64)
             self._cma.tell(list(zip(xs, [float(v) for v in fits])))
         self.history = [[float(v) for v in h] for h in s["history"]]
         self._pending = None
         self.track.load(s["track"])
+        if self.track.spread is None and xs is not None:  # a state saved before spread was kept
+            self.track.spread = spread_of(xs, center)
