@@ -73,6 +73,11 @@ def train_maml(spec: FitnessSpec, seed: int, budget: float, meta_batch: int, out
     return learner, step, time.perf_counter() - t0, curve, (None if avg is None else avg / n_avg)
 
 
+def parse_more_tasks(items: list[str]) -> tuple[tuple[int, ...], ...]:
+    """``--more-tasks`` values (``GEN:N`` strings) as TaskFitness's ``more_tasks`` pairs."""
+    return tuple(tuple(int(v) for v in item.split(":")) for item in items)
+
+
 def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
     """The final center of the sep-CMA-ES search checkpointed in ``work`` and what it cost
     (generations, fitness evaluations, task episodes, seconds)."""
@@ -86,8 +91,8 @@ def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
     es = CMAES(x0=phi_vector(base), sigma=cfg["sigma"], popsize=cfg["popsize"], seed=cfg["seed"],
                diagonal=True)
     es.load_state_dict(state["optimizer"])
-    more = tuple(tuple(int(v) for v in item.split(":")) for item in cfg["more_tasks"])
-    fit = TaskFitness(spec, n_tasks=cfg["fitness_tasks"], seed=cfg["seed"], more_tasks=more)
+    fit = TaskFitness(spec, n_tasks=cfg["fitness_tasks"], seed=cfg["seed"],
+                      more_tasks=parse_more_tasks(cfg["more_tasks"]))
     gens = int(state["generation"])
     return {"center": np.asarray(es.center), "generations": gens, "evaluations": es.evaluations,
             "episodes": es.popsize * sum(fit.tasks_at(g) for g in range(gens)),
@@ -160,7 +165,7 @@ def main() -> None:
     spec = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1, inner lr 0.01, 1 step
     spec.learner["hidden"] = list(args.hidden)
     try:
-        more = tuple(tuple(int(v) for v in item.split(":")) for item in args.more_tasks)
+        more = parse_more_tasks(args.more_tasks)
         # a restart scores on tasks the first search never saw (the next seed's task stream)
         fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, more_tasks=more,
                               seed=args.seed + (1 if args.restart_from else 0))

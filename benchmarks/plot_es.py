@@ -3,8 +3,8 @@ that ``benchmarks/es_sinusoid.py`` writes.
 
 Left: each search's population-mean fitness per generation (a rolling median: a generation
 whose candidates include a diverging one has a mean in the billions; it includes the
-candidates' sampling spread, so it lies above the search mean's own loss), with the meta-test MSE of
-the deployed φ and of gradient MAML as horizontal lines. Right: gradient MAML's meta-train
+candidates' sampling spread, so it lies above the search mean's own loss), with the meta-test
+MSE of the deployed φ and of gradient MAML as horizontal lines. Right: gradient MAML's meta-train
 query loss against wall time.
 
     python benchmarks/plot_es.py es_sinusoid_sepcma_50k_more_tasks es_sinusoid_sepcma_80k
