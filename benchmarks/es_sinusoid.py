@@ -95,7 +95,7 @@ def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
                       more_tasks=parse_more_tasks(cfg["more_tasks"]))
     gens = int(state["generation"])
     return {"center": np.asarray(es.center), "generations": gens, "evaluations": es.evaluations,
-            "episodes": es.popsize * sum(fit.tasks_at(g) for g in range(gens)),
+            "episodes": es.popsize * fit.tasks_before(gens),
             "seconds": float(state["seconds"]), "spread": es.spread}
 
 
@@ -236,7 +236,7 @@ def main() -> None:
     preset_note = ("" if preset is None else
                    f" Against the sinusoid-maml-10shot preset's own meta-test MSE in the sinusoid "
                    f"table ({preset:.3f}, 30000 outer steps) the ratio is {es_mse / preset:.2f}.")
-    episodes = args.popsize * sum(fitness.tasks_at(g) for g in range(res.generations))
+    episodes = args.popsize * fitness.tasks_before(res.generations)
     es_name = ("sep-CMA-ES" if args.optimizer == "sepcma" else "OpenAI-ES") + " (init + inner lr)"
     es_cells = [f"{res.evaluations} fitness evals ({res.generations} gens)", episodes,
                 round(res.seconds, 1)]

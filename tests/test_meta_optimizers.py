@@ -400,6 +400,8 @@ def test_population_evaluator_uses_the_batched_fitness_in_workers():
 def test_task_fitness_more_tasks_later():
     fit = TaskFitness(SPEC, n_tasks=2, seed=0, more_tasks=((3, 5), (6, 9)))
     assert [fit.tasks_at(g) for g in (0, 2, 3, 5, 6, 100)] == [2, 2, 5, 5, 9, 9]
+    assert [fit.tasks_before(n) for n in (0, 2, 3, 4, 6, 8)] == [
+        sum(fit.tasks_at(g) for g in range(n)) for n in (0, 2, 3, 4, 6, 8)]
     assert len(fit.task_seeds(4)) == 5
     phi = phi_vector(build_learner(SPEC.learner, seed=0))
     # generation 4 is scored on its 5 tasks: the mean of their per-task fitnesses

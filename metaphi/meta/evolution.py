@@ -427,10 +427,11 @@ class CMAES(_VectorOptimizer):
                              "diagonal setting; "
                              "rebuild the optimizer with the settings of the saved run")
         self._cma = self._fresh()
-        xs, center = None, None
-        for fits in s["history"]:
+        xs, center, last = None, None, len(s["history"]) - 1
+        for i, fits in enumerate(s["history"]):
             xs = [self._cma.ask() for _ in range(self.popsize)]
-            center = np.array(self._cma.mean, dtype=np.float64)
+            if i == last:  # the library updates its mean in place: keep the one xs came from
+                center = np.array(self._cma.mean, dtype=np.float64)
             self._cma.tell(list(zip(xs, [float(v) for v in fits])))
         self.history = [[float(v) for v in h] for h in s["history"]]
         self._pending = None

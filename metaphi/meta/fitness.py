@@ -367,6 +367,14 @@ class TaskFitness:
                 n = k
         return n
 
+    def tasks_before(self, generations: int) -> int:
+        """How many tasks one candidate is scored on over generations ``0..generations-1``
+        (times the population size: the task episodes a search of that length ran)."""
+        starts = [0] + [g for g, _ in self.more_tasks] + [generations]
+        counts = [self.n_tasks] + [n for _, n in self.more_tasks]
+        return sum(n * max(0, min(b, generations) - a)
+                   for a, b, n in zip(starts, starts[1:], counts))
+
     def task_seeds(self, generation: int) -> list[list[int]]:
         return fitness_task_seeds(self.seed, generation if self.resample else 0,
                                   self.tasks_at(generation), self.stream)
