@@ -114,6 +114,116 @@ def test_sep_cmaes_learns_per_coordinate_scales():
     np.testing.assert_allclose(sep.best[0], np.ones(30), atol=1e-3)
 
 
+def rastrigin(x, generation=0):
+    x = np.asarray(x)
+    return float(10 * len(x) + np.sum(x * x - 10 * np.cos(2 * np.pi * x)))
+
+
+def run_evals(opt, fn, budget):
+    while opt.evaluations < budget:
+        c = opt.ask()
+        opt.tell(c, [fn(x) for x in c])
+    return opt
+
+
+def test_ipop_restarts_find_the_global_optimum_that_one_search_misses():
+    # Rastrigin in 4-D from x0 = 3: a CMA-ES search with a small population ends in a local
+    # minimum; IPOP restarts it from x0 with a doubled population each time, at the same
+    # budget of fitness evaluations
+    one, ipop = [], []
+    for seed in range(4):
+        make = lambda r: CMAES(x0=np.full(4, 3.0), sigma=2.0, popsize=6, seed=seed,  # noqa: E731
+                               restarts=r, restart_at="x0")
+        one.append(run_evals(make(0), rastrigin, 20000).best[1])
+        es = run_evals(make(9), rastrigin, 20000)
+        ipop.append(es.best[1])
+        log = es.restart_log
+        assert [r["popsize"] for r in log] == [6 * 2 ** (k + 1) for k in range(len(log))]
+        assert len(log) >= 3 and all(r["reason"] == "stopped" for r in log)
+        assert es.evaluations == sum(len(h) for h in es.history)
+    assert min(one) > 0.9  # every single search is stuck in a local minimum
+    assert sum(f < 1e-6 for f in ipop) >= 3 and np.mean(ipop) < np.mean(one) / 4
+
+
+def test_ipop_stall_and_spread_triggers_and_center_restarts():
+    # a fitness that x cannot improve: the median of a window's second half is no lower than
+    # its first half's, so the search is declared stalled after stall_generations
+    noise = lambda x, g: float(np.random.default_rng(g).normal())  # noqa: E731
+    # built the way a `metaphi train` config builds it (optimizer: {restarts: 2, ...})
+    es = make_optimizer("cmaes", x0=np.zeros(3), seed=0, sigma=0.5, popsize=8, restarts=2,
+                        stall_generations=20)
+    g = 0
+    while len(es.restart_log) < 2 and g < 400:
+        c = es.ask()
+        es.tell(c, [noise(x, g) for x in c])
+        g += 1
+    assert [r["reason"] for r in es.restart_log] == ["stalled", "stalled"]
+    assert es.restart_log[0]["generation"] >= 20
+    assert [r["popsize"] for r in es.restart_log] == [16, 32] and es.popsize == 32
+    # at most `restarts` restarts
+    for g in range(g, g + 200):
+        c = es.ask()
+        es.tell(c, [noise(x, g) for x in c])
+    assert len(es.restart_log) == 2
+    # min_spread: a converging sphere search restarts at its center with the initial sigma
+    es = CMAES(x0=np.zeros(5), sigma=0.5, seed=0, diagonal=True, restarts=1, min_spread=1e-3)
+    mean_before = None
+    for _ in range(300):
+        mean_before = np.array(es._cma.mean)
+        run(es, sphere, 1)
+        if es.restart_log:
+            break
+    assert es.restart_log[0]["reason"] == "spread" and es.spread < 1e-3
+    np.testing.assert_allclose(es._runs[1]["x0"], es.center)  # restarted where it was
+    assert sphere(es.center) < 1e-4 and np.linalg.norm(es.center - mean_before) < 1e-2
+    c = es.ask()
+    assert 0.2 < np.median(np.std(c, axis=0)) < 1.0  # the initial step size again
+    with pytest.raises(ValueError, match="restarts must be an integer"):
+        CMAES(x0=np.zeros(2), restarts=-1)
+    with pytest.raises(ValueError, match="popsize_growth"):
+        CMAES(x0=np.zeros(2), popsize_growth=0.5)
+    with pytest.raises(ValueError, match="restart_at"):
+        CMAES(x0=np.zeros(2), restart_at="random")
+    with pytest.raises(ValueError, match="stall_generations"):
+        CMAES(x0=np.zeros(2), stall_generations=3)
+    with pytest.raises(ValueError, match="min_spread"):
+        CMAES(x0=np.zeros(2), min_spread=0.0)
+
+
+def test_ipop_resume_is_exact_across_restarts(tmp_path):
+    make = lambda: CMAES(x0=np.full(4, 3.0), sigma=2.0, popsize=6, seed=1,  # noqa: E731
+                         restarts=5, restart_at="x0")
+    straight = run(make(), rastrigin, 500)
+    assert len(straight.restart_log) >= 2
+    part = run(make(), rastrigin, 300)
+    assert part.restart_log  # the checkpoint lies after a restart
+    save_checkpoint(tmp_path / "s.pt", {"opt": part.state_dict()})
+    resumed = make()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "s.pt")["opt"])
+    assert resumed.popsize == part.popsize and resumed.restart_log == part.restart_log
+    run(resumed, rastrigin, 200)
+    assert resumed.history == straight.history and resumed.restart_log == straight.restart_log
+    np.testing.assert_array_equal(resumed.center, straight.center)
+    assert resumed.best[1] == straight.best[1]
+    with pytest.raises(ValueError, match="restart settings"):
+        CMAES(x0=np.full(4, 3.0), sigma=2.0, popsize=6, seed=1, restarts=4,
+              restart_at="x0").load_state_dict(part.state_dict())
+    # population_train logs the population size, which grows at each restart
+    population_train(make(), rastrigin, 400, tmp_path / "run", workers=0, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["popsize"] == 6 and rows[-1]["popsize"] > 6
+    from metaphi.plots.curves import fitness_curve  # draws the restarts as dotted lines
+
+    assert fitness_curve(tmp_path / "run" / "metrics.jsonl", tmp_path / "c.png").is_file()
+    # a state written before restarts existed (no restart keys) still loads
+    old = run(CMAES(x0=np.zeros(5), sigma=0.5, seed=0), sphere, 5).state_dict()
+    for k in ("restarts", "popsize_growth", "restart_at", "stall_generations", "min_spread", "runs"):
+        del old[k]
+    again = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
+    again.load_state_dict(old)
+    assert again.generation == 5 and not again.restart_log
+
+
 def test_cmaes_bounded_space():
     space = Space({"lr": Float(1e-4, 1.0, log=True), "w": Int(8, 256)})
     fn = lambda p: (np.log10(p["lr"]) + 2.5) ** 2 + ((p["w"] - 100) / 50) ** 2  # noqa: E731

@@ -180,6 +180,7 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
                    "best_so_far": best_so_far,
                    "evaluations": int(optimizer.evaluations),  # type: ignore[attr-defined]
                    "spread": getattr(optimizer, "spread", None),
+                   "popsize": len(candidates),  # changes where CMA-ES restarts (IPOP)
                    "seconds": round(time.perf_counter() - t0, 4)}
             history.append(row)
             # rank 0's clock decides, so all ranks stop after the same generation

@@ -342,23 +342,36 @@ class CMAES(_VectorOptimizer):
 
     The library's optimizer is not plain data (it holds a NumPy ``RandomState``), so a
     checkpoint keeps the fitness history and a restore rebuilds the optimizer from the same
-    seed and replays every generation's ``ask``/``tell``; no fitness is re-evaluated, and the
-    result is bit-identical to an uninterrupted run. Replaying costs O(generations · popsize · n²),
-    negligible for the hyperparameter-sized problems CMA-ES is meant for (n up to a few hundred).
-    With a ``space``, the search is bounded to the unit box.
+    seed and replays the generations since the last restart; no fitness is re-evaluated, and
+    the result is bit-identical to an uninterrupted run. Replaying costs
+    O(generations · popsize · n²), negligible for the hyperparameter-sized problems CMA-ES is
+    meant for (n up to a few hundred). With a ``space``, the search is bounded to the unit box.
 
     ``diagonal=True`` runs sep-CMA-ES (Ros & Hansen, 2008; the library's ``SepCMA``): a
     diagonal covariance, i.e. one adapted step size per coordinate, at O(n) cost per sample
     instead of O(n^2) (so is a resume's replay). Use it when φ is a network's weights
     (thousands of coordinates), where the full covariance is too large to learn from a
     population.
+
+    ``restarts=N`` makes it IPOP-CMA-ES (Auger & Hansen, 2005): when a search ends, a new one
+    starts with the initial ``sigma`` and ``popsize_growth`` times the population, at most N
+    times. A search ends when the library's own stopping tests fire (converged or degenerate),
+    when its spread falls below ``min_spread``, or, with ``stall_generations=W``, when the
+    median fitness of the last W/2 generations is no lower than that of the W/2 before (with
+    fitness tasks resampled each generation the library's tests rarely fire, and a stalled
+    search just wanders). ``restart_at="center"`` restarts at the ended search's mean, keeping
+    what it learned (the meta-learning case: a larger population averages more noise away);
+    ``"x0"`` restarts from the start with a new seed (the classic use: another basin).
+    ``restart_log`` lists the restarts; ``best`` is the best over all searches.
     """
 
     kind = "cmaes"
 
     def __init__(self, x0: Any = None, sigma: float = 0.3, popsize: int | None = None,
                  seed: int = 0, space: Space | None = None,
-                 bounds: np.ndarray | None = None, diagonal: bool = False) -> None:
+                 bounds: np.ndarray | None = None, diagonal: bool = False, restarts: int = 0,
+                 popsize_growth: float = 2.0, restart_at: str = "center",
+                 stall_generations: int | None = None, min_spread: float | None = None) -> None:
         super().__init__(x0, space, seed)
         try:
             import cmaes  # noqa: F401
@@ -368,6 +381,19 @@ class CMAES(_VectorOptimizer):
             raise ValueError(f"sigma must be > 0, got {sigma}")
         if popsize is not None and popsize < 2:
             raise ValueError(f"popsize must be >= 2, got {popsize}")
+        if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
+            raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
+        if not popsize_growth >= 1:
+            raise ValueError(f"popsize_growth must be >= 1 (IPOP doubles: 2), got {popsize_growth}")
+        if restart_at not in ("center", "x0"):
+            raise ValueError(f"restart_at must be 'center' or 'x0', got {restart_at!r}")
+        if stall_generations is not None and (isinstance(stall_generations, bool)
+                                              or int(stall_generations) != stall_generations
+                                              or stall_generations < 4):
+            raise ValueError("stall_generations must be an integer >= 4 (two halves of at least "
+                             f"2 generations are compared), got {stall_generations!r}")
+        if min_spread is not None and not min_spread > 0:
+            raise ValueError(f"min_spread must be > 0, got {min_spread}")
         if space is not None and bounds is None:
             bounds = np.tile([0.0, 1.0], (self.dim, 1))
         if bounds is not None:
@@ -379,17 +405,25 @@ class CMAES(_VectorOptimizer):
                 raise ValueError("x0 must lie inside the bounds")
         self.sigma0, self.popsize_arg, self.bounds = float(sigma), popsize, bounds
         self.diagonal = bool(diagonal)
-        self.history: list[list[float]] = []
-        self._cma = self._fresh()
-        self.popsize = int(self._cma.population_size)
+        self.restarts, self.popsize_growth, self.restart_at = int(restarts), float(popsize_growth), restart_at
+        self.stall_generations = None if stall_generations is None else int(stall_generations)
+        self.min_spread = None if min_spread is None else float(min_spread)
+        self.history: list[list[float]] = []  # every generation's fitnesses, over all searches
+        self._cma = self._fresh(self.x0, popsize, self.seed)
+        self.base_popsize = int(self._cma.population_size)
+        # one entry per search: where it started (x0, popsize, seed, first generation) and why
+        self._runs: list[dict[str, Any]] = [
+            {"x0": self.x0, "popsize": self.base_popsize, "seed": self.seed, "start": 0,
+             "reason": None}]
+        self.popsize = self.base_popsize
         self._pending: list[np.ndarray] | None = None
 
-    def _fresh(self):
+    def _fresh(self, x0: np.ndarray, popsize: int | None, seed: int):
         from cmaes import CMA, SepCMA
 
         cls = SepCMA if self.diagonal else CMA
-        return cls(mean=self.x0.copy(), sigma=self.sigma0, bounds=self.bounds, seed=self.seed,
-                   population_size=self.popsize_arg)
+        return cls(mean=np.array(x0, dtype=np.float64), sigma=self.sigma0, bounds=self.bounds,
+                   seed=seed, population_size=popsize)
 
     def ask(self) -> list[Candidate]:
         """``popsize`` candidates; asking again before tell() returns the same ones."""
@@ -408,6 +442,44 @@ class CMAES(_VectorOptimizer):
         self.track.update(self._pending, f, center)
         self.history.append(f.tolist())
         self._pending = None
+        reason = self._ended()
+        if reason is not None:
+            self._restart(reason)
+
+    def _ended(self) -> str | None:
+        """Why the current search should give way to a restart (None: it goes on)."""
+        if len(self._runs) > self.restarts:
+            return None
+        if self._cma.should_stop():
+            return "stopped"
+        if self.min_spread is not None and self.track.spread < self.min_spread:
+            return "spread"
+        w = self.stall_generations
+        run = self.history[self._runs[-1]["start"]:]
+        if w is not None and len(run) >= w:
+            med = [float(np.median(h)) for h in run[-w:]]
+            if np.median(med[w // 2:]) >= np.median(med[:w // 2]):
+                return "stalled"
+        return None
+
+    def _restart(self, reason: str) -> None:
+        k = len(self._runs)
+        x0 = np.array(self._cma.mean, dtype=np.float64) if self.restart_at == "center" else self.x0
+        if self.bounds is not None:
+            x0 = np.clip(x0, self.bounds[:, 0], self.bounds[:, 1])
+        popsize = max(2, int(round(self.base_popsize * self.popsize_growth ** k)))
+        seed = int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
+        self._cma = self._fresh(x0, popsize, seed)
+        self.popsize = popsize
+        self._runs.append({"x0": x0, "popsize": popsize, "seed": seed, "start": len(self.history),
+                           "reason": reason})
+
+    @property
+    def restart_log(self) -> list[dict[str, Any]]:
+        """One entry per restart: the generation it began at, why the search before it ended
+        ("stopped": the library's tests; "spread"; "stalled"), and the new popsize."""
+        return [{"generation": r["start"], "reason": r["reason"], "popsize": r["popsize"]}
+                for r in self._runs[1:]]
 
     @property
     def center(self) -> Candidate:
@@ -415,25 +487,44 @@ class CMAES(_VectorOptimizer):
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "seed": self.seed, "sigma0": self.sigma0,
-                "popsize": self.popsize, "x0": to_plain(self.x0), "diagonal": self.diagonal,
+                "popsize": self.base_popsize, "x0": to_plain(self.x0), "diagonal": self.diagonal,
+                "restarts": self.restarts, "popsize_growth": self.popsize_growth,
+                "restart_at": self.restart_at, "stall_generations": self.stall_generations,
+                "min_spread": self.min_spread,
+                "runs": [to_plain(r) for r in self._runs[1:]],
                 "history": [list(h) for h in self.history], "track": self.track.state()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self._check_state(s)
-        if (int(s["seed"]) != self.seed or int(s["popsize"]) != self.popsize
+        if (int(s["seed"]) != self.seed or int(s["popsize"]) != self.base_popsize
                 or float(s["sigma0"]) != self.sigma0 or bool(s.get("diagonal")) != self.diagonal
                 or not np.array_equal(to_numpy(s["x0"]), self.x0)):
             raise ValueError("the CMA-ES state was saved with another seed, popsize, sigma, x0 or "
                              "diagonal setting; "
                              "rebuild the optimizer with the settings of the saved run")
-        self._cma = self._fresh()
-        xs, center, last = None, None, len(s["history"]) - 1
-        for i, fits in enumerate(s["history"]):
-            xs = [self._cma.ask() for _ in range(self.popsize)]
-            if i == last:  # the library updates its mean in place: keep the one xs came from
-                center = np.array(self._cma.mean, dtype=np.float64)
-            self._cma.tell(list(zip(xs, [float(v) for v in fits])))
+        # states written before restarts existed lack these keys: they had none
+        saved = {"restarts": s.get("restarts", 0), "popsize_growth": s.get("popsize_growth", 2.0),
+                 "restart_at": s.get("restart_at", "center"),
+                 "stall_generations": s.get("stall_generations"), "min_spread": s.get("min_spread")}
+        for k, v in saved.items():
+            if v != getattr(self, k):
+                raise ValueError(f"the CMA-ES state has {k}={v!r}, this optimizer "
+                                 f"{getattr(self, k)!r}; resume with the same restart settings")
+        self._runs = self._runs[:1] + [
+            {"x0": to_numpy(r["x0"]), "popsize": int(r["popsize"]), "seed": int(r["seed"]),
+             "start": int(r["start"]), "reason": r["reason"]} for r in s.get("runs", [])]
         self.history = [[float(v) for v in h] for h in s["history"]]
+        # only the current search has state beyond its start: rebuild it and replay its part
+        run = self._runs[-1]
+        self._cma = self._fresh(run["x0"], run["popsize"] if len(self._runs) > 1 else
+                                self.popsize_arg, run["seed"])
+        self.popsize = run["popsize"]
+        xs, center, part = None, None, self.history[run["start"]:]
+        for i, fits in enumerate(part):
+            xs = [self._cma.ask() for _ in range(self.popsize)]
+            if i == len(part) - 1:  # the library updates its mean in place: keep the one xs came from
+                center = np.array(self._cma.mean, dtype=np.float64)
+            self._cma.tell(list(zip(xs, fits)))
         self._pending = None
         self.track.load(s["track"])
         if self.track.spread is None and xs is not None:  # a state saved before spread was kept

@@ -62,8 +62,9 @@ def save_figure(fig, out_path: str | Path) -> Path:
 
 
 def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path:
-    """Best and mean population fitness per generation (population meta-optimizers), and the
-    candidates' spread (the search's step size, log scale on the right) where it is logged."""
+    """Best and mean population fitness per generation (population meta-optimizers), the
+    candidates' spread (the search's step size, log scale on the right) where it is logged, and
+    a dotted line where the population size changes (a CMA-ES restart)."""
     rows = [json.loads(l) for l in Path(metrics_path).read_text().splitlines() if l.strip()]
     if not rows:
         raise ValueError(f"{metrics_path} holds no generations yet")
@@ -74,7 +75,13 @@ def fitness_curve(metrics_path: str | Path, out_path: str | Path, title: str = "
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (meta-validation loss)")
     ax.grid(alpha=0.3)
-    handles = ax.get_lines()
+    pops = [r.get("popsize") for r in rows]
+    for i in range(1, len(rows)):
+        if pops[i] is not None and pops[i - 1] is not None and pops[i] != pops[i - 1]:
+            ax.axvline(g[i], color="0.5", ls=":", lw=1)
+            ax.annotate(f"restart, popsize {pops[i]}", (g[i], 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color="0.4")
+    handles = ax.get_lines()[:2]
     spread = [r.get("spread") for r in rows]
     if any(v is not None and v > 0 for v in spread):
         ax2 = ax.twinx()
