@@ -148,6 +148,13 @@ def main() -> None:
                     help="restart sep-CMA-ES at the final center of the search checkpointed in "
                          "DIR (its --work folder), with the initial --sigma and a fresh task "
                          "stream; budgets are reported as totals of both searches")
+    ap.add_argument("--restarts", type=int, default=0, metavar="N",
+                    help="sep-CMA-ES restarts itself up to N times when a search stalls, with the "
+                         "initial --sigma and a doubled population (IPOP; CMAES(restarts=N)), at "
+                         "the stalled search's center")
+    ap.add_argument("--stall-generations", type=int, default=None, metavar="W",
+                    help="a search has stalled when the median fitness of its last W/2 "
+                         "generations is no lower than that of the W/2 before (with --restarts)")
     ap.add_argument("--name", default="es_sinusoid")
     ap.add_argument("--work", default=None, metavar="DIR",
                     help="keep the ES checkpoint in DIR and resume from it: a search longer than "
@@ -184,9 +191,13 @@ def main() -> None:
     init_mse, init_ci = meta_test(base, family, args.seed, args.test_tasks)
 
     # ES ----------------------------------------------------------------------------------
+    if args.restarts and (args.optimizer != "sepcma" or args.stall_generations is None):
+        ap.error("--restarts restarts a stalled sep-CMA-ES search: give --optimizer sepcma and "
+                 "--stall-generations W")
     if args.optimizer == "sepcma":
         es = CMAES(x0=phi_vector(base) if prev is None else prev["center"], sigma=args.sigma,
-                   popsize=args.popsize, seed=args.seed, diagonal=True)
+                   popsize=args.popsize, seed=args.seed, diagonal=True, restarts=args.restarts,
+                   stall_generations=args.stall_generations if args.restarts else None)
     else:
         es = OpenAIES(x0=phi_vector(base), sigma=args.sigma, lr=args.es_lr, popsize=args.popsize,
                       seed=args.seed, shaping=args.shaping, schedule=args.schedule,
@@ -199,6 +210,8 @@ def main() -> None:
                                             "shaping", "sigma_final", "lr_final", "average_from")}
     if args.restart_from:
         search["restart_from"] = args.restart_from
+    if args.restarts:  # only when set, so that earlier --work checkpoints still resume
+        search |= {"restarts": args.restarts, "stall_generations": args.stall_generations}
     if args.schedule != "constant":
         search["generations"] = args.generations
     if args.hidden != [40, 40]:  # only when set, so that earlier --work checkpoints still resume
@@ -236,7 +249,10 @@ def main() -> None:
     preset_note = ("" if preset is None else
                    f" Against the sinusoid-maml-10shot preset's own meta-test MSE in the sinusoid "
                    f"table ({preset:.3f}, 30000 outer steps) the ratio is {es_mse / preset:.2f}.")
-    episodes = args.popsize * fitness.tasks_before(res.generations)
+    # task episodes: each generation's population (it grows where the search restarted) times
+    # the tasks it was scored on
+    episodes = sum(h.get("popsize", args.popsize) * fitness.tasks_at(h["generation"])
+                   for h in res.history)
     es_name = ("sep-CMA-ES" if args.optimizer == "sepcma" else "OpenAI-ES") + " (init + inner lr)"
     es_cells = [f"{res.evaluations} fitness evals ({res.generations} gens)", episodes,
                 round(res.seconds, 1)]
@@ -266,7 +282,13 @@ def main() -> None:
                        f"restarted at the final center of the search in {args.restart_from} "
                        f"({prev['generations']} generations, {prev['seconds']:.0f} s; its "
                        f"candidates' spread had fallen to {prev['spread']:.2g}) with the step "
-                       f"size reset to {args.sigma}, scoring tasks that search never saw; "))
+                       f"size reset to {args.sigma}, scoring tasks that search never saw; ")
+                    + ("" if not args.restarts else
+                       f"IPOP restarts (at most {args.restarts}, at a stalled search's center "
+                       f"with sigma {args.sigma} and twice the population; stalled = the median "
+                       f"fitness of the last {args.stall_generations // 2} generations no lower "
+                       f"than that of the {args.stall_generations // 2} before): "
+                       f"{getattr(es, 'restart_log', [])}; "))
     else:
         opt_desc = (f"ES: popsize {args.popsize} (antithetic), sigma {args.sigma}"
                     + (f" -> {args.sigma_final}" if args.sigma_final else "")
@@ -310,6 +332,7 @@ def main() -> None:
                      "generations": res.generations, "seconds": res.seconds,
                      "inner_lr": es_learner.inner_lr, "average_from": args.average_from,
                      "final_spread": es.spread,
+                     "restarts": getattr(es, "restart_log", None),
                      "restart_of": None if prev is None else {
                          k: prev[k] for k in ("generations", "evaluations", "episodes", "seconds",
                                               "spread")} | {"work": args.restart_from},
