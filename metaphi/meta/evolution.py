@@ -409,6 +409,7 @@ class CMAES(_VectorOptimizer):
         self.stall_generations = None if stall_generations is None else int(stall_generations)
         self.min_spread = None if min_spread is None else float(min_spread)
         self.history: list[list[float]] = []  # every generation's fitnesses, over all searches
+        self._medians: list[float] = []  # their medians (the stall test reads a window of them)
         self._cma = self._fresh(self.x0, popsize, self.seed)
         self.base_popsize = int(self._cma.population_size)
         # one entry per search: where it started (x0, popsize, seed, first generation) and why
@@ -441,6 +442,7 @@ class CMAES(_VectorOptimizer):
         self._cma.tell(list(zip(self._pending, f.tolist())))
         self.track.update(self._pending, f, center)
         self.history.append(f.tolist())
+        self._medians.append(float(np.median(f)))
         self._pending = None
         reason = self._ended()
         if reason is not None:
@@ -455,9 +457,8 @@ class CMAES(_VectorOptimizer):
         if self.min_spread is not None and self.track.spread < self.min_spread:
             return "spread"
         w = self.stall_generations
-        run = self.history[self._runs[-1]["start"]:]
-        if w is not None and len(run) >= w:
-            med = [float(np.median(h)) for h in run[-w:]]
+        if w is not None and len(self._medians) - self._runs[-1]["start"] >= w:
+            med = self._medians[-w:]
             if np.median(med[w // 2:]) >= np.median(med[:w // 2]):
                 return "stalled"
         return None
@@ -514,6 +515,7 @@ class CMAES(_VectorOptimizer):
             {"x0": to_numpy(r["x0"]), "popsize": int(r["popsize"]), "seed": int(r["seed"]),
              "start": int(r["start"]), "reason": r["reason"]} for r in s.get("runs", [])]
         self.history = [[float(v) for v in h] for h in s["history"]]
+        self._medians = [float(np.median(h)) for h in self.history]
         # only the current search has state beyond its start: rebuild it and replay its part
         run = self._runs[-1]
         self._cma = self._fresh(run["x0"], run["popsize"] if len(self._runs) > 1 else
