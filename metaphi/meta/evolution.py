@@ -518,8 +518,7 @@ class CMAES(_VectorOptimizer):
         self._medians = [float(np.median(h)) for h in self.history]
         # only the current search has state beyond its start: rebuild it and replay its part
         run = self._runs[-1]
-        self._cma = self._fresh(run["x0"], run["popsize"] if len(self._runs) > 1 else
-                                self.popsize_arg, run["seed"])
+        self._cma = self._fresh(run["x0"], run["popsize"], run["seed"])
         self.popsize = run["popsize"]
         xs, center, part = None, None, self.history[run["start"]:]
         for i, fits in enumerate(part):
