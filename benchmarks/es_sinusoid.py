@@ -89,13 +89,15 @@ def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
                          f"with --hidden {' '.join(map(str, hidden))}")
     base = build_learner(spec.learner, seed=cfg["seed"])
     es = CMAES(x0=phi_vector(base), sigma=cfg["sigma"], popsize=cfg["popsize"], seed=cfg["seed"],
-               diagonal=True)
+               diagonal=True, restarts=cfg.get("restarts", 0),
+               stall_generations=cfg.get("stall_generations"))
     es.load_state_dict(state["optimizer"])
     fit = TaskFitness(spec, n_tasks=cfg["fitness_tasks"], seed=cfg["seed"],
                       more_tasks=parse_more_tasks(cfg["more_tasks"]))
-    gens = int(state["generation"])
-    return {"center": np.asarray(es.center), "generations": gens, "evaluations": es.evaluations,
-            "episodes": es.popsize * fit.tasks_before(gens),
+    # each generation's population (it grew where that search restarted itself) x its tasks
+    episodes = sum(len(h) * fit.tasks_at(g) for g, h in enumerate(es.history))
+    return {"center": np.asarray(es.center), "generations": int(state["generation"]),
+            "evaluations": es.evaluations, "episodes": episodes,
             "seconds": float(state["seconds"]), "spread": es.spread}
 
 

@@ -403,7 +403,7 @@ class CMAES(_VectorOptimizer):
                                  f"low < high, got shape {bounds.shape}")
             if not ((bounds[:, 0] <= self.x0) & (self.x0 <= bounds[:, 1])).all():
                 raise ValueError("x0 must lie inside the bounds")
-        self.sigma0, self.popsize_arg, self.bounds = float(sigma), popsize, bounds
+        self.sigma0, self.bounds = float(sigma), bounds
         self.diagonal = bool(diagonal)
         self.restarts, self.popsize_growth, self.restart_at = int(restarts), float(popsize_growth), restart_at
         self.stall_generations = None if stall_generations is None else int(stall_generations)
@@ -411,13 +411,21 @@ class CMAES(_VectorOptimizer):
         self.history: list[list[float]] = []  # every generation's fitnesses, over all searches
         self._medians: list[float] = []  # their medians (the stall test reads a window of them)
         self._cma = self._fresh(self.x0, popsize, self.seed)
-        self.base_popsize = int(self._cma.population_size)
         # one entry per search: where it started (x0, popsize, seed, first generation) and why
         self._runs: list[dict[str, Any]] = [
-            {"x0": self.x0, "popsize": self.base_popsize, "seed": self.seed, "start": 0,
-             "reason": None}]
-        self.popsize = self.base_popsize
+            {"x0": self.x0, "popsize": int(self._cma.population_size), "seed": self.seed,
+             "start": 0, "reason": None}]
         self._pending: list[np.ndarray] | None = None
+
+    @property
+    def popsize(self) -> int:
+        """The current search's population size (it grows at each restart)."""
+        return self._runs[-1]["popsize"]
+
+    @property
+    def base_popsize(self) -> int:
+        """The first search's population size (the one asked for, or the library's default)."""
+        return self._runs[0]["popsize"]
 
     def _fresh(self, x0: np.ndarray, popsize: int | None, seed: int):
         from cmaes import CMA, SepCMA
@@ -471,7 +479,6 @@ class CMAES(_VectorOptimizer):
         popsize = max(2, int(round(self.base_popsize * self.popsize_growth ** k)))
         seed = int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
         self._cma = self._fresh(x0, popsize, seed)
-        self.popsize = popsize
         self._runs.append({"x0": x0, "popsize": popsize, "seed": seed, "start": len(self.history),
                            "reason": reason})
 
@@ -519,7 +526,6 @@ class CMAES(_VectorOptimizer):
         # only the current search has state beyond its start: rebuild it and replay its part
         run = self._runs[-1]
         self._cma = self._fresh(run["x0"], run["popsize"], run["seed"])
-        self.popsize = run["popsize"]
         xs, center, part = None, None, self.history[run["start"]:]
         for i, fits in enumerate(part):
             xs = [self._cma.ask() for _ in range(self.popsize)]
