@@ -80,15 +80,21 @@ def parse_more_tasks(items: list[str]) -> tuple[tuple[int, ...], ...]:
 
 def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
     """The final center of the sep-CMA-ES search checkpointed in ``work`` and what it cost
-    (generations, fitness evaluations, task episodes, seconds)."""
+    (generations, fitness evaluations, task episodes, seconds), with the cost of the searches
+    it restarted in turn added in (``chain``: how many searches that is, the first one
+    included; restart number ``chain`` scores on task stream ``seed + chain``, which none of
+    them saw)."""
     state = load_checkpoint(work / CHECKPOINT)
     cfg = state["config"]
     if cfg.get("optimizer") != "sepcma" or cfg.get("hidden", [40, 40]) != hidden:
         raise ValueError(f"{work} holds a {cfg.get('optimizer')} search of the MLP with hidden "
                          f"{cfg.get('hidden', [40, 40])}; --restart-from needs a sepcma search "
                          f"with --hidden {' '.join(map(str, hidden))}")
-    base = build_learner(spec.learner, seed=cfg["seed"])
-    es = CMAES(x0=phi_vector(base), sigma=cfg["sigma"], popsize=cfg["popsize"], seed=cfg["seed"],
+    # a search that restarted an earlier one started at that one's center
+    earlier = restart_point(Path(cfg["restart_from"]), spec, hidden) if cfg.get("restart_from") else None
+    x0 = (phi_vector(build_learner(spec.learner, seed=cfg["seed"])) if earlier is None
+          else earlier["center"])
+    es = CMAES(x0=x0, sigma=cfg["sigma"], popsize=cfg["popsize"], seed=cfg["seed"],
                diagonal=True, restarts=cfg.get("restarts", 0),
                stall_generations=cfg.get("stall_generations"))
     es.load_state_dict(state["optimizer"])
@@ -96,9 +102,17 @@ def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
                       more_tasks=parse_more_tasks(cfg["more_tasks"]))
     # each generation's population (it grew where that search restarted itself) x its tasks
     episodes = sum(len(h) * fit.tasks_at(g) for g, h in enumerate(es.history))
-    return {"center": np.asarray(es.center), "generations": int(state["generation"]),
-            "evaluations": es.evaluations, "episodes": episodes,
-            "seconds": float(state["seconds"]), "spread": es.spread}
+    point = {"center": np.asarray(es.center), "generations": int(state["generation"]),
+             "evaluations": es.evaluations, "episodes": episodes,
+             "seconds": float(state["seconds"]), "spread": es.spread, "chain": 1,
+             "searches": [{"work": str(work), "generations": int(state["generation"]),
+                           "popsize": cfg["popsize"], "sigma": cfg["sigma"]}]}
+    if earlier is not None:  # count the earlier searches' cost too
+        for k in ("generations", "evaluations", "episodes", "seconds"):
+            point[k] += earlier[k]
+        point["chain"] += earlier["chain"]
+        point["searches"] = earlier["searches"] + point["searches"]
+    return point
 
 
 def preset_maml_mse() -> float | None:
@@ -173,13 +187,6 @@ def main() -> None:
         ap.error(f"--hidden takes positive layer widths, got {args.hidden}")
     spec = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1, inner lr 0.01, 1 step
     spec.learner["hidden"] = list(args.hidden)
-    try:
-        more = parse_more_tasks(args.more_tasks)
-        # a restart scores on tasks the first search never saw (the next seed's task stream)
-        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, more_tasks=more,
-                              seed=args.seed + (1 if args.restart_from else 0))
-    except ValueError as e:
-        ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
     prev = None
     if args.restart_from:
         if args.optimizer != "sepcma":
@@ -188,6 +195,13 @@ def main() -> None:
             prev = restart_point(Path(args.restart_from), spec, args.hidden)
         except (OSError, ValueError) as e:
             ap.error(str(e))
+    try:
+        more = parse_more_tasks(args.more_tasks)
+        # a restart scores on tasks no earlier search saw (the next seed's task stream)
+        fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, more_tasks=more,
+                              seed=args.seed + (0 if prev is None else prev["chain"]))
+    except ValueError as e:
+        ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
     family = build_family(spec.family)
     base = build_learner(spec.learner, seed=args.seed)
     init_mse, init_ci = meta_test(base, family, args.seed, args.test_tasks)
@@ -259,7 +273,8 @@ def main() -> None:
     es_cells = [f"{res.evaluations} fitness evals ({res.generations} gens)", episodes,
                 round(res.seconds, 1)]
     if prev is not None:  # totals: the search it restarts, then the restart
-        es_cells = [f"{prev['evaluations'] + res.evaluations} fitness evals ({prev['generations']}"
+        gens = " + ".join(str(p["generations"]) for p in prev["searches"])
+        es_cells = [f"{prev['evaluations'] + res.evaluations} fitness evals ({gens}"
                     f" + {res.generations} gens after a restart)", prev["episodes"] + episodes,
                     round(prev["seconds"] + res.seconds, 1)]
     maml_cells = [f"{steps} outer steps", steps * 25, round(maml_s, 1)]
@@ -282,7 +297,10 @@ def main() -> None:
                     f"library, φ deployed = the search mean{deployed}; "
                     + ("" if prev is None else
                        f"restarted at the final center of the search in {args.restart_from} "
-                       f"({prev['generations']} generations, {prev['seconds']:.0f} s; its "
+                       + ("" if prev["chain"] == 1 else
+                          f"(itself the last of {prev['chain']} searches, each restarted at the "
+                          f"last one's center: {prev['searches']}) ")
+                       + f"({prev['generations']} generations in all, {prev['seconds']:.0f} s; its "
                        f"candidates' spread had fallen to {prev['spread']:.2g}) with the step "
                        f"size reset to {args.sigma}, scoring tasks that search never saw; ")
                     + ("" if not args.restarts else
@@ -337,7 +355,8 @@ def main() -> None:
                      "restarts": getattr(es, "restart_log", None),
                      "restart_of": None if prev is None else {
                          k: prev[k] for k in ("generations", "evaluations", "episodes", "seconds",
-                                              "spread")} | {"work": args.restart_from},
+                                              "spread", "chain", "searches")}
+                         | {"work": args.restart_from},
                      "last_mse": last["es"][1] if tail else es_mse,
                      "weight_norm": {"start": float(np.linalg.norm(phi_vector(base)[:-1])),
                                      "end": float(np.linalg.norm(np.asarray(res.center)[:-1]))},

@@ -471,12 +471,17 @@ def test_evaluate_population_equals_one_candidate_at_a_time(learner):
         evaluate_population([p[:-2] for p in phis], seeds, spec)
 
 
-@pytest.mark.parametrize("learner, hidden, closed_form", [
-    ("maml", [40, 40], True), ("fomaml", [16, 8, 12], True), ("anil", [40, 40], False)])
-def test_one_step_mlp_fitness_in_closed_form(monkeypatch, learner, hidden, closed_form):
+@pytest.mark.parametrize("learner, hidden, closed_form, chunk", [
+    ("maml", [40, 40], True, False), ("maml", [40, 40], True, True),
+    ("fomaml", [16, 8, 12], True, False), ("anil", [40, 40], False, False)])
+def test_one_step_mlp_fitness_in_closed_form(monkeypatch, learner, hidden, closed_form, chunk):
     """One inner SGD step of a ReLU MLP on MSE is scored without autograd (kernel form); the
-    numbers equal the autograd episodes, and other learners keep the autograd path."""
+    numbers equal the autograd episodes, and other learners keep the autograd path. With
+    ``chunk`` a small cache budget scores the candidates two at a time, with the same numbers."""
     import metaphi.meta.fitness as fitness_mod
+
+    if chunk:  # 9 tasks x 10 points x width 40 per candidate: 2 candidates per chunk
+        monkeypatch.setattr(fitness_mod, "_CHUNK_ELEMENTS", 2 * 9 * 10 * 40)
 
     spec = FitnessSpec(learner={**SPEC.learner, "name": learner, "hidden": hidden})
     base = phi_vector(build_learner(spec.learner, seed=0))
@@ -489,7 +494,7 @@ def test_one_step_mlp_fitness_in_closed_form(monkeypatch, learner, hidden, close
     monkeypatch.setattr(fitness_mod, "_one_step_mlp_losses",
                         lambda *a: calls.append(1) or real(*a))
     together = evaluate_population(phis, seeds, spec)
-    assert bool(calls) is closed_form
+    assert len(calls) == (0 if not closed_form else 3 if chunk else 1)
     alone = [evaluate_fitness(p, seeds, spec) for p in phis]  # autograd episodes
     np.testing.assert_allclose(together, alone, rtol=2e-5)
     assert len(set(together)) == 5
