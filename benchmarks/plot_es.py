@@ -4,7 +4,8 @@ that ``benchmarks/es_sinusoid.py`` writes.
 Left: each search's population-mean fitness per generation (a rolling median: a generation
 whose candidates include a diverging one has a mean in the billions; it includes the
 candidates' sampling spread, so it lies above the search mean's own loss), with the meta-test
-MSE of the deployed φ and of gradient MAML as horizontal lines. Right: gradient MAML's meta-train
+MSE of the deployed φ and of gradient MAML as horizontal lines; a search restarted from earlier
+ones (``--restart-from``) is drawn after their generations. Right: gradient MAML's meta-train
 query loss against wall time.
 
     python benchmarks/plot_es.py es_sinusoid_sepcma_50k_more_tasks es_sinusoid_sepcma_80k
@@ -30,6 +31,8 @@ def plot_es(names: list[str], out: Path, window: int = 250) -> Path:
         rec = json.loads((HERE / "results" / f"{name}.json").read_text())
         es, maml, c = rec["es"], rec["maml"], f"C{i}"
         g, f = np.array(es["curve"], dtype=float).T
+        # a restart continues the searches it restarted: place it after their generations
+        g = g + ((es.get("restart_of") or {}).get("generations") or 0)
         sm = np.median(np.lib.stride_tricks.sliding_window_view(f, min(window, len(f))), axis=1)
         a1.plot(g[len(g) - len(sm):], sm, color=c, label=f"{name}: population mean")
         a1.axhline(es["mse"], color=c, ls="--", lw=1,
