@@ -81,9 +81,8 @@ def parse_more_tasks(items: list[str]) -> tuple[tuple[int, ...], ...]:
 def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
     """The final center of the sep-CMA-ES search checkpointed in ``work`` and what it cost
     (generations, fitness evaluations, task episodes, seconds), with the cost of the searches
-    it restarted in turn added in (``chain``: how many searches that is, the first one
-    included; restart number ``chain`` scores on task stream ``seed + chain``, which none of
-    them saw)."""
+    it restarted in turn added in (``searches``: each of them, the first one first; a restart
+    of n searches scores on task stream ``seed + n``, which none of them saw)."""
     state = load_checkpoint(work / CHECKPOINT)
     cfg = state["config"]
     if cfg.get("optimizer") != "sepcma" or cfg.get("hidden", [40, 40]) != hidden:
@@ -104,13 +103,12 @@ def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
     episodes = sum(len(h) * fit.tasks_at(g) for g, h in enumerate(es.history))
     point = {"center": np.asarray(es.center), "generations": int(state["generation"]),
              "evaluations": es.evaluations, "episodes": episodes,
-             "seconds": float(state["seconds"]), "spread": es.spread, "chain": 1,
+             "seconds": float(state["seconds"]), "spread": es.spread,
              "searches": [{"work": str(work), "generations": int(state["generation"]),
                            "popsize": cfg["popsize"], "sigma": cfg["sigma"]}]}
     if earlier is not None:  # count the earlier searches' cost too
         for k in ("generations", "evaluations", "episodes", "seconds"):
             point[k] += earlier[k]
-        point["chain"] += earlier["chain"]
         point["searches"] = earlier["searches"] + point["searches"]
     return point
 
@@ -199,7 +197,7 @@ def main() -> None:
         more = parse_more_tasks(args.more_tasks)
         # a restart scores on tasks no earlier search saw (the next seed's task stream)
         fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, more_tasks=more,
-                              seed=args.seed + (0 if prev is None else prev["chain"]))
+                              seed=args.seed + (0 if prev is None else len(prev["searches"])))
     except ValueError as e:
         ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
     family = build_family(spec.family)
@@ -297,8 +295,8 @@ def main() -> None:
                     f"library, φ deployed = the search mean{deployed}; "
                     + ("" if prev is None else
                        f"restarted at the final center of the search in {args.restart_from} "
-                       + ("" if prev["chain"] == 1 else
-                          f"(itself the last of {prev['chain']} searches, each restarted at the "
+                       + ("" if len(prev["searches"]) == 1 else
+                          f"(itself the last of {len(prev['searches'])} searches, each restarted at the "
                           f"last one's center: {prev['searches']}) ")
                        + f"({prev['generations']} generations in all, {prev['seconds']:.0f} s; its "
                        f"candidates' spread had fallen to {prev['spread']:.2g}) with the step "
@@ -355,8 +353,8 @@ def main() -> None:
                      "restarts": getattr(es, "restart_log", None),
                      "restart_of": None if prev is None else {
                          k: prev[k] for k in ("generations", "evaluations", "episodes", "seconds",
-                                              "spread", "chain", "searches")}
-                         | {"work": args.restart_from},
+                                              "spread", "searches")}
+                         | {"work": args.restart_from, "chain": len(prev["searches"])},
                      "last_mse": last["es"][1] if tail else es_mse,
                      "weight_norm": {"start": float(np.linalg.norm(phi_vector(base)[:-1])),
                                      "end": float(np.linalg.norm(np.asarray(res.center)[:-1]))},
