@@ -46,7 +46,7 @@ def worker(case: str, out_json: str) -> None:
     from metaphi.loops import distributed as D
     from metaphi.loops.train import build_optimizer, build_schedule, meta_train
     from metaphi.models import conv4, mlp
-    from metaphi.tasks import SinusoidFamily
+    from metaphi.tasks import SinusoidSource
     from metaphi.tasks.fewshot import TensorData, fewshot_splits
 
     ctx, device = D.init_from_env("cpu")
@@ -54,7 +54,7 @@ def worker(case: str, out_json: str) -> None:
     torch.manual_seed(0)
     if case == "sinusoid":
         learner = MAML(mlp(1, (40, 40), 1), loss="mse", inner_lr=0.01, inner_steps=1)
-        train = val = SinusoidFamily(10, 10)
+        train = val = SinusoidSource(10, 10)
     else:
         learner = MAML(conv4(5, 1, 64, 28, 4), loss="ce", inner_lr=0.4, inner_steps=1)
         g = torch.Generator().manual_seed(0)

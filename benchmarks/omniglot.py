@@ -11,7 +11,7 @@ A preset written PRESET+TAG is a variant with its own folder and its own overrid
 (--overrides PRESET+TAG:key=value), e.g. the protonet presets with 5-way meta-train episodes
 (or task.meta_train_classes=trainval: meta-train on train+val classes, as Snell et al. did):
     --presets omniglot-protonet-5w1s+5way --overrides \
-        omniglot-protonet-5w1s+5way:task.train_n_way=null omniglot-protonet-5w1s+5way:task.q_queries=15
+        omniglot-protonet-5w1s+5way:task.train_n_way=null omniglot-protonet-5w1s+5way:task.n_query=15
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def main() -> None:
         step98, sec98 = time_to(out / "metrics.jsonl", 0.98)
         mt = res["meta_test"]
         t = cfg.task
-        train = f"{t.train_n_way or t.n_way}-way, {t.q_queries} queries"
+        train = f"{t.train_n_way or t.n_way}-way, {t.n_query} queries"
         trainval = t.meta_train_classes == "trainval"
         if trainval:
             train += ", train+val classes"

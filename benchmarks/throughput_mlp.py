@@ -19,7 +19,7 @@ from common import write_result  # noqa: E402
 import metaphi.learners as L  # noqa: E402
 from metaphi.loops.evaluate import evaluate  # noqa: E402
 from metaphi.models import mlp  # noqa: E402
-from metaphi.tasks import SinusoidFamily, sample_tasks  # noqa: E402
+from metaphi.tasks import SinusoidSource, sample_tasks  # noqa: E402
 
 
 def main() -> None:
@@ -29,8 +29,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    tasks = sample_tasks(SinusoidFamily(k_shot=10), 0, "train", 0, 25)
-    test_tasks = sample_tasks(SinusoidFamily(k_shot=10, n_query=100), 0, "test", 0, 1000)
+    tasks = sample_tasks(SinusoidSource(k_shot=10), 0, "train", 0, 25)
+    test_tasks = sample_tasks(SinusoidSource(k_shot=10, n_query=100), 0, "test", 0, 1000)
     rows, eval_rows = [], []
     for name, cls, kw in (("maml", L.MAML, {}), ("fomaml", L.FOMAML, {}),
                           ("metasgd", L.MetaSGD, {}), ("anil", L.ANIL, {}),

@@ -1,31 +1,34 @@
-"""The ``metaphi`` command."""
+"""The ``metaphi`` command: parses the command line and dispatches; the work is in
+:mod:`metaphi.runs` (train, test, predict), :mod:`metaphi.data` and :mod:`metaphi.forecasting`."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from .runs.config import ConfigError, apply_overrides, dump_config, load_config_file, validate_config
 
 
-POPULATION = ("es", "cmaes", "reinforce")
-
-
-def _load(target: str) -> dict:
+def _load(target: str) -> tuple[dict, Path | None]:
+    """Config data of a preset name or a YAML file (and the folder of that file)."""
     from .runs.presets import PRESETS, get_preset
 
     if target in PRESETS:
-        return get_preset(target)
+        return get_preset(target), None
     if Path(target).is_file():
-        return load_config_file(target)
-    raise ConfigError(f"{target!r} is neither a preset (see `metaphi presets`) nor a config file")
+        return load_config_file(target), Path(target).resolve().parent
+    if target.endswith((".yaml", ".yml")):
+        raise ConfigError(f"config file {target} does not exist")
+    return get_preset(target), None  # raises with the closest preset names
 
 
-def _resolve_config(target: str, overrides: list[str], seed: int | None, device: str | None,
-                    data_dir: str | None):
-    data = _load(target)
+def resolve_config(target: str, overrides: list[str], seed: int | None = None,
+                   device: str | None = None, data_dir: str | None = None):
+    """A validated run config from a preset or file plus command-line overrides."""
+    data, base = _load(target)
     extra = list(overrides)
     if seed is not None:
         extra.append(f"seed={seed}")
@@ -33,76 +36,51 @@ def _resolve_config(target: str, overrides: list[str], seed: int | None, device:
         extra.append(f"device={device}")
     if data_dir is not None:
         extra.append(f"task.data_dir={data_dir}")
-    return validate_config(apply_overrides(data, extra))
+    return validate_config(apply_overrides(data, extra), base=base)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from .runs.presets import DESCRIPTIONS, PRESETS
 
     if args.show:
-        print(dump_config(_resolve_config(args.show, [], None, None, None)), end="")
+        print(dump_config(resolve_config(args.show, [])), end="")
         return 0
     for name, p in PRESETS.items():
-        fam = name.split("-")[0]
         lc = p["learner"]
         print(f"{name:32s} {p['steps']:>6d} steps  meta-batch {p['meta_batch']:>3d}  "
-              f"inner lr {lc.get('inner_lr', '-')}  {DESCRIPTIONS.get(fam, '')}")
+              f"inner lr {lc.get('inner_lr', '-')}  {DESCRIPTIONS.get(name, '')}")
     return 0
 
 
-def _train_population(args: argparse.Namespace, data: dict) -> int:
-    """Population meta-optimizers (ES, CMA-ES, REINFORCE) for what gradients cannot reach."""
-    from .loops.checkpoint import atomic_write_json, atomic_write_text
-    from .loops.population import population_run
-    from .plots.curves import fitness_curve
-    from .runs.run import library_versions
+def cmd_list(args: argparse.Namespace) -> int:
+    """Registered learners, task sources, backbones and meta-optimizers with their options."""
+    from .registry import BACKBONES, LEARNERS, META_OPTIMIZERS, SOURCES
 
-    extra = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    data = apply_overrides(data, extra)
-    out = Path(args.out)
-    import yaml
-
-    from .loops import distributed as D
-
-    # Under torchrun the ranks join one process group and split each generation's candidates.
-    ctx, _ = D.init_from_env("cpu")
-    try:
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.yaml", yaml.safe_dump(data, sort_keys=False))
-        res = population_run(data, out, resume=args.resume, progress=not args.no_progress)
-    finally:
-        D.shutdown(ctx)
-    if not ctx.is_main:
-        return 0
-    fitness_curve(out / "metrics.jsonl", out / "learning_curve.png", title=str(out.name))
-    small = lambda v: v if isinstance(v, dict) else None  # noqa: E731 (vectors are in checkpoint.pt)
-    atomic_write_json(out / "results.json", {
-        "meta_optimizer": data["meta_optimizer"], "metric": "meta-validation loss (fitness)",
-        "best_fitness": res.best_fitness, "best": small(res.best), "center": small(res.center),
-        "generations": res.generations, "evaluations": res.evaluations,
-        "seconds": round(res.seconds, 2), "versions": library_versions()})
-    print(f"{data['meta_optimizer']}: best fitness {res.best_fitness:.4f} after {res.evaluations} "
-          f"evaluations ({res.generations} generations); best {small(res.center) or '(vector)'}; "
-          f"run folder {out}")
+    registries = {"learners": LEARNERS, "sources": SOURCES, "backbones": BACKBONES,
+                  "meta-optimizers": META_OPTIMIZERS}
+    for title, reg in registries.items():
+        if args.what not in (None, title):
+            continue
+        print(f"{title}:")
+        for name in reg.names():
+            entry = reg.get(name)
+            opts = [f"{f}={_default(i)}" for f, i in entry.options.model_fields.items()
+                    if f != reg.key]
+            print(f"  {name:14s} {', '.join(opts)}")
     return 0
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "(required)"
+    return repr(field.get_default(call_default_factory=True))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs.run import train_run
 
-    data = _load(args.config)
-    if data.get("meta_optimizer") in POPULATION:
-        return _train_population(args, data)
-    cfg = _resolve_config(args.config, args.overrides, args.seed, args.device, args.data_dir)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.task_threads is not None:
-        from .learners import parallel
-
-        parallel.set_default_threads(args.task_threads)
+    cfg = resolve_config(args.config, args.overrides, args.seed, args.device, args.data_dir)
+    _threads(args)
     res = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for all
         return 0
@@ -112,12 +90,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.task_threads is not None:
+        if args.task_threads < 1:
+            raise ConfigError(f"--task-threads must be >= 1, got {args.task_threads}")
+        from .learners import parallel
+
+        parallel.set_default_threads(args.task_threads)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from .runs.run import test_run
 
     res = test_run(args.run_dir, seed=args.seed, n_tasks=args.tasks, device=args.device or "auto",
                    progress=not args.no_progress, batchnorm=args.batchnorm)
     mt = res["meta_test"]
+    if "note" in res and not args.json:
+        print(f"note: {res['note']}", file=sys.stderr)
     print(json.dumps(res, indent=2) if args.json else
           f"{res['name']}: meta-test {res['metric']} {mt['mean']:.4f} ± {mt['ci95']:.4f} "
           f"(95% CI, {mt['tasks']} fresh tasks, seed {res['seed']})")
@@ -126,11 +121,19 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metaphi", description="Meta-learning on PyTorch.")
+    p.add_argument("--debug", action="store_true",
+                   help="show Python tracebacks instead of one-line errors (also METAPHI_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     ps = sub.add_parser("presets", help="list named presets")
     ps.add_argument("--show", metavar="NAME", help="print a preset's full config as YAML")
     ps.set_defaults(func=cmd_presets)
+
+    pl = sub.add_parser("list", help="list registered learners, task sources, backbones and "
+                        "meta-optimizers with their options")
+    pl.add_argument("what", nargs="?", choices=["learners", "sources", "backbones",
+                                                "meta-optimizers"])
+    pl.set_defaults(func=cmd_list)
 
     pt = sub.add_parser("train", help="meta-train a preset or config file into a run folder")
     pt.add_argument("config", help="preset name or YAML config file")
@@ -153,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--seed", type=int, help="meta-test task seed (default: the run's seed + 1)")
     pe.add_argument("--tasks", type=int, help="number of meta-test tasks (default: the run's)")
     pe.add_argument("--device")
-    pe.add_argument("--batchnorm", choices=["episode", "population"],
+    pe.add_argument("--batchnorm", choices=["episode", "running"],
                     help="ProtoNet/Matching Networks/R2-D2: evaluate with these BatchNorm "
-                         "statistics instead of the run's (population: estimated on meta-train "
+                         "statistics instead of the run's (running: estimated on meta-train "
                          "episodes if the run has none)")
     pe.add_argument("--json", action="store_true")
     pe.add_argument("--no-progress", action="store_true")
@@ -170,7 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what the CLI reports as a one-line error (anything else is a bug: a traceback)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError,
+                                                FileExistsError, KeyError, PermissionError,
+                                                ModuleNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .loops.train import NonFiniteError
+
     parser = build_parser()
     # Overrides (field=value) may come anywhere on the line, also after options.
     args, rest = parser.parse_known_args(argv)
@@ -179,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
     if rest:
         args.overrides = list(args.overrides) + rest
+    debug = args.debug or os.environ.get("METAPHI_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+    except (*USER_ERRORS, NonFiniteError) as e:
+        if debug:
+            traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"metaphi: error: {msg}", file=sys.stderr)
         return 2

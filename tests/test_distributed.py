@@ -24,8 +24,9 @@ from metaphi.loops.checkpoint import load_checkpoint
 
 MAML_ARGS = ["sinusoid-maml-5shot", "steps=300", "val_every=100", "val_tasks=10", "test_tasks=20",
              "checkpoint_every=10", "meta_batch=4", "--no-progress"]
-POP_CFG = {"meta_optimizer": "es", "seed": 3, "optimizer": {"popsize": 6, "sigma": 0.05},
-           "fitness": {"phi": "vector", "n_tasks": 4}, "generations": 3, "workers": 0}
+POP_CFG = {"task": {"source": "sinusoid"}, "learner": {"name": "maml"}, "seed": 3,
+           "meta_optimizer": {"name": "es", "popsize": 6, "sigma": 0.05},
+           "fitness": {"phi": "vector"}, "steps": 3, "meta_batch": 4, "workers": 0}
 
 # Run by every rank: the all-reduced second-order MAML meta-gradient of one meta-batch, one
 # generation of ES fitnesses, and a short population run.
@@ -34,28 +35,29 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from metaphi.loops import distributed as D
-    from metaphi.loops.population import population_from_config, population_run
+    from metaphi.loops.population import PopulationOptions, population_train
     from metaphi.runs.build import build_learner, build_sources
     from metaphi.runs.config import validate_config
+    from metaphi.runs.population import build_population_optimizer, task_fitness
     from metaphi.runs.presets import get_preset
     from metaphi.tasks.sources import sample_tasks
 
-    out, pop_cfg = Path(sys.argv[1]), json.loads(sys.argv[2])
+    out, pop_cfg = Path(sys.argv[1]), validate_config(json.loads(sys.argv[2]))
     ctx, _ = D.init_from_env("cpu")
     cfg = validate_config(get_preset("sinusoid-maml-5shot"))
     learner = build_learner(cfg)
     start, n = ctx.shard(4)
-    tasks = sample_tasks(build_sources(cfg)[0], 0, "train", 7, n, start=start)
-    grads, stats = learner.outer_grads(tasks, scale=4)
-    one = D.all_reduce_step(dict(grads), dict(stats), ctx, n, 4)  # the training loop's path
-    grads = D.all_reduce_grads(grads, ctx)
-    stats = D.all_reduce_mean(stats, ctx, n, 4)
-    opt, fitness = population_from_config(pop_cfg)
+    tasks = sample_tasks(build_sources(cfg).train, 0, "train", 7, n, start=start)
+    stats = learner.meta_backward(tasks, normalize_by=4)
+    stats = D.all_reduce_grads_(learner.parameters(), stats, ctx, n, 4)  # the training loop's
+    grads = {k: p.grad for k, p in learner.meta_params().items()}
+    opt, fitness = build_population_optimizer(pop_cfg), task_fitness(pop_cfg)
     with D.DistributedPopulationEvaluator(fitness, ctx) as evaluate:
         fits = evaluate(opt.ask(), 0)
-    res = population_run(pop_cfg, out / "pop", progress=False)
+    res = population_train(build_population_optimizer(pop_cfg), fitness, out / "pop",
+                           PopulationOptions(3, workers=0, progress=False))
     if ctx.is_main:
-        torch.save({"grads": grads, "stats": stats, "one": one, "fits": fits, "center": res.center,
+        torch.save({"grads": grads, "stats": stats, "fits": fits, "center": res.center,
                     "world": ctx.world_size}, out / "worker.pt")
     D.shutdown(ctx)
 """)
@@ -129,8 +131,11 @@ def test_single_process_never_starts_torch_distributed(monkeypatch):
     ctx, dev = D.init_from_env("cpu")
     assert not ctx.enabled and ctx.is_main and dev == torch.device("cpu")
     assert not torch.distributed.is_initialized()
-    grads = {"w": torch.ones(3)}
-    assert D.all_reduce_grads(grads, ctx) is grads  # no collective outside a process group
+    stats = {"loss": 1.0}
+    w = torch.ones(3, requires_grad=True)
+    w.grad = torch.full((3,), 2.0)
+    assert D.all_reduce_grads_([w], stats, ctx, 1, 1) is stats  # no collective outside a group
+    assert torch.equal(w.grad, torch.full((3,), 2.0))
 
 
 def test_torchrun_without_rendezvous_is_a_clear_error(monkeypatch):
@@ -143,27 +148,29 @@ def test_torchrun_without_rendezvous_is_a_clear_error(monkeypatch):
 
 def test_meta_batch_not_divisible_by_processes_fails_before_training(tmp_path):
     from metaphi.learners import MAML
-    from metaphi.loops.train import build_optimizer, build_schedule, meta_train
+    from metaphi.loops.train import TrainOptions, meta_train
     from metaphi.models import mlp
-    from metaphi.tasks import SinusoidFamily
+    from metaphi.tasks import SinusoidSource
 
     learner = MAML(mlp(1, (8,), 1), loss="mse")
-    opt = build_optimizer(learner.parameters(), "adam", 1e-3)
-    src = SinusoidFamily(5, 5)
-    # rank 0 of 2: fails at the split, before any collective, file or step
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    src = SinusoidSource(5, 5)
+    # rank 1 of 2: fails at the split, before any collective, file or step
     with pytest.raises(ValueError, match="meta_batch=3 cannot be split evenly over 2 processes"):
-        meta_train(learner, src, src, steps=2, meta_batch=3, seed=0, out_dir=tmp_path / "run",
-                   optimizer=opt, schedule=build_schedule(opt, "constant", 2), progress=False,
-                   dist=D.DistContext(rank=0, world_size=2))
+        meta_train(learner, src, src, opt, sched, tmp_path / "run",
+                   TrainOptions(steps=2, meta_batch=3, progress=False),
+                   dist=D.DistContext(rank=1, world_size=2))
     assert not (tmp_path / "run").exists()
 
 
 # -- 2 processes vs 1 ----------------------------------------------------------------------
 def test_gradient_and_population_fitness_equal_single_process(tmp_path):
-    from metaphi.loops.population import population_from_config, population_run
-    from metaphi.meta.fitness import PopulationEvaluator
+    from metaphi.loops.population import PopulationOptions, population_train
+    from metaphi.meta import PopulationEvaluator
     from metaphi.runs.build import build_learner, build_sources
     from metaphi.runs.config import validate_config
+    from metaphi.runs.population import build_population_optimizer, task_fitness
     from metaphi.runs.presets import get_preset
     from metaphi.tasks.sources import sample_tasks
 
@@ -175,16 +182,17 @@ def test_gradient_and_population_fitness_equal_single_process(tmp_path):
 
     cfg = validate_config(get_preset("sinusoid-maml-5shot"))
     learner = build_learner(cfg)
-    grads, stats = learner.outer_grads(sample_tasks(build_sources(cfg)[0], 0, "train", 7, 4))
+    stats = learner.meta_backward(sample_tasks(build_sources(cfg).train, 0, "train", 7, 4))
+    grads = {k: p.grad for k, p in learner.meta_params().items()}
     _close(got["grads"], grads)  # second-order MAML: exact up to float summation order
     assert got["stats"]["loss"] == pytest.approx(stats["loss"], rel=1e-6)
-    _close(got["one"][0], grads)
-    assert got["one"][1]["loss"] == pytest.approx(stats["loss"], rel=1e-6)
 
-    opt, fitness = population_from_config(POP_CFG)
+    pop = validate_config(POP_CFG)
+    opt, fitness = build_population_optimizer(pop), task_fitness(pop)
     with PopulationEvaluator(fitness, workers=0) as evaluate:
         assert got["fits"] == pytest.approx(evaluate(opt.ask(), 0), rel=1e-6)
-    single = population_run(POP_CFG, tmp_path / "pop1", progress=False)
+    single = population_train(build_population_optimizer(pop), fitness, tmp_path / "pop1",
+                              PopulationOptions(3, workers=0, progress=False))
     np.testing.assert_allclose(got["center"], single.center, rtol=1e-6, atol=1e-9)
     _same_log(tmp_path / "pop" / "metrics.jsonl", tmp_path / "pop1" / "metrics.jsonl", 1e-6)
 
@@ -263,13 +271,14 @@ def _image_classes(root: Path, n_classes: int = 15, per_class: int = 4) -> Path:
 def test_distributed_protonet_equals_single_process(tmp_path):
     data = _image_classes(tmp_path / "images")
     args = ["omniglot-protonet-5w1s", "task.source=folder", f"task.data_dir={data}",
-            "task.n_way=3", "task.train_n_way=null", "task.k_shot=1", "task.q_queries=2",
-            "task.eval_q_queries=2",
+            "task.n_way=3", "task.train_n_way=null", "task.k_shot=1", "task.n_query=2",
+            "task.eval_n_query=2",
             "model.width=8", "model.depth=3", "steps=8", "meta_batch=4", "val_every=4",
             "val_tasks=6", "test_tasks=10", "checkpoint_every=4", "--no-progress",
             # Conv biases before BatchNorm have a zero meta-gradient, i.e. rounding noise that
             # Adam would scale up to lr-sized steps; SGD keeps the comparison meaningful.
-            "optim.name=sgd", "optim.lr=0.01", "optim.schedule=constant"]
+            "meta_optimizer.name=sgd", "meta_optimizer.lr=0.01",
+            "meta_optimizer.schedule=constant"]
     _run(_torchrun("-m", "metaphi", "train", *args, "--out", str(tmp_path / "dist")))
     assert main(["train", *args, "--out", str(tmp_path / "single")]) == 0
     # Conv-4 sums many more terms than the MLP: rounding differences reach ~1e-6 in 8 steps

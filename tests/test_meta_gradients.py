@@ -18,6 +18,8 @@ from metaphi.learners import ANIL, FOMAML, MAML, MetaSGD, Reptile
 from metaphi.models import Classifier
 from metaphi.tasks import FewShotSource, Task, TensorData, sample_tasks
 
+from helpers import meta_grad
+
 DT = torch.float64
 DEV = torch.device(os.environ.get("METAPHI_TEST_DEVICE", "cpu"))
 
@@ -95,7 +97,7 @@ def test_second_order_meta_gradient_matches_finite_differences(cls, kw, batched)
             for p in learner.lrs.values():
                 p.uniform_(0.1, 0.5)
     params = learner.meta_params()
-    grads, _ = learner.outer_grads(ts)
+    grads, _ = meta_grad(learner, ts)
 
     def meta_loss():
         return float(learner.meta_loss(ts)[0].detach())
@@ -120,7 +122,7 @@ def unrolled_first_order(model, params, task, lr, steps):
 def test_first_order_maml_matches_unrolled_reference(batched):
     learner = make(FOMAML, inner_lr=0.3, inner_steps=3, batched=batched)
     ts = tasks()
-    grads, _ = learner.outer_grads(ts)
+    grads, _ = meta_grad(learner, ts)
     model_params = {k[len("model."):]: v for k, v in learner.meta_params().items()}
     ref = {}
     for t in ts:
@@ -131,15 +133,15 @@ def test_first_order_maml_matches_unrolled_reference(batched):
 
 def test_first_order_differs_from_second_order():
     ts = tasks()
-    g1, _ = make(MAML, inner_lr=0.3, inner_steps=2).outer_grads(ts)
-    g2, _ = make(FOMAML, inner_lr=0.3, inner_steps=2).outer_grads(ts)
+    g1, _ = meta_grad(make(MAML, inner_lr=0.3, inner_steps=2), ts)
+    g2, _ = meta_grad(make(FOMAML, inner_lr=0.3, inner_steps=2), ts)
     assert rel_err(g2, g1) > 1e-3
 
 
 def test_reptile_matches_unrolled_reference():
     learner = make(Reptile, inner_lr=0.1, inner_steps=4)
     ts = tasks()
-    grads, _ = learner.outer_grads(ts)
+    grads, _ = meta_grad(learner, ts)
     params = {k[len("model."):]: v.detach() for k, v in learner.meta_params().items()}
     ref = {"model." + k: torch.zeros_like(v) for k, v in params.items()}
     for t in ts:
@@ -168,9 +170,9 @@ def test_batched_and_loop_paths_agree_in_float32_on_conv4():
     torch.backends.cudnn.allow_tf32 = False  # on a GPU: compare float32 with float32, not TF32
     try:
         learner.batched = False
-        g_loop, s_loop = learner.outer_grads(ts)
+        g_loop, s_loop = meta_grad(learner, ts)
         learner.batched = True
-        g_bat, s_bat = learner.outer_grads(ts)
+        g_bat, s_bat = meta_grad(learner, ts)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     assert abs(s_loop["loss"] - s_bat["loss"]) < 1e-5
@@ -183,23 +185,60 @@ def test_batchnorm_is_transductive_and_keeps_no_running_stats():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             assert m.running_mean is None and not m.track_running_stats
     t = tasks(1)[0]
-    a = learner.adapt(t.support_x, t.support_y)
+    a = learner.eval().adapt(t.support_x, t.support_y)
     # query predictions depend on the query batch's own statistics (transductive)
-    full = learner.predict(a, t.query_x)
-    single = learner.predict(a, t.query_x[:2])
+    full = a(t.query_x)
+    single = a(t.query_x[:2])
     assert not torch.allclose(full[:2], single)
 
 
 def test_three_lines_adapt_and_predict():
-    learner = make(MAML, inner_lr=0.5, inner_steps=5)
+    learner = make(MAML, inner_lr=0.5, inner_steps=2, eval_inner_steps=5).eval()
     t = tasks(1)[0]
-    adapted = learner.adapt(t.support_x, t.support_y)
-    logits = learner.predict(adapted, t.support_x)
+    model = learner.adapt(t.support_x, t.support_y)
+    logits = model(t.support_x)
     assert logits.shape == (len(t.support_y), 3)
     before = F.cross_entropy(learner.model(t.support_x), t.support_y)
     after = F.cross_entropy(logits, t.support_y)
     assert after < before
-    assert not any(v.requires_grad for v in adapted.values())
+    assert not any(v.requires_grad for v in model.params.values())
+
+
+def test_train_and_eval_modes_decide_steps_and_differentiability():
+    learner = make(MAML, inner_lr=0.5, inner_steps=1, eval_inner_steps=4)
+    t = tasks(1)[0]
+    trained = learner.train().adapt(t.support_x, t.support_y)
+    evaluated = learner.eval().adapt(t.support_x, t.support_y)
+    explicit = learner.eval().adapt(t.support_x, t.support_y, steps=1)
+    assert all(v.requires_grad for v in trained.params.values())  # in the graph to φ
+    assert not any(v.requires_grad for v in evaluated.params.values())
+    w = "head.weight"
+    assert torch.allclose(trained.params[w].detach(), explicit.params[w])  # 1 step each
+    assert not torch.allclose(evaluated.params[w], explicit.params[w])  # 4 steps
+    with torch.no_grad():  # no graph without gradients, whatever the mode
+        assert not learner.train().adapt(t.support_x, t.support_y).params[w].requires_grad
+
+
+def test_meta_backward_accumulates_like_backward_and_normalises():
+    ts = tasks()
+    learner = make(MAML, inner_lr=0.3, inner_steps=2)
+    g1, _ = meta_grad(learner, ts)
+    learner.meta_backward(ts)  # a second call adds to .grad, as loss.backward() does
+    twice = {n: p.grad for n, p in learner.meta_params().items()}
+    assert rel_err(twice, {n: 2 * g for n, g in g1.items()}) < 1e-12
+    g7, _ = meta_grad(learner, ts, normalize_by=7)
+    assert rel_err(g7, {n: g * len(ts) / 7 for n, g in g1.items()}) < 1e-12
+
+
+def test_custom_loss_callable():
+    ts = tasks()
+    learner = make(MAML, inner_lr=0.3)
+    custom = MAML(small_net(), loss=lambda out, y: F.cross_entropy(out, y, label_smoothing=0.0),
+                  inner_lr=0.3).to(DEV, DT)
+    ga, sa = meta_grad(learner, ts)
+    gb, sb = meta_grad(custom, ts)
+    assert rel_err(gb, ga) < 1e-12 and sb["loss"] == pytest.approx(sa["loss"])
+    assert custom.metric_name == "loss" and not custom.higher_is_better
 
 
 def test_bad_inner_settings_are_clear_errors():
@@ -214,7 +253,7 @@ def test_the_finite_difference_check_can_fail():
     ts = tasks()
     second = make(MAML, inner_lr=0.3, inner_steps=2)
     first = make(FOMAML, inner_lr=0.3, inner_steps=2)
-    grads, _ = first.outer_grads(ts)
+    grads, _ = meta_grad(first, ts)
     assert directional_fd_check(lambda: float(second.meta_loss(ts)[0].detach()),
                                 second.meta_params(), grads) > 1e-3
 
@@ -223,8 +262,8 @@ def test_reptile_batched_equals_loop():
     ts = tasks()
     a = make(Reptile, inner_lr=0.1, inner_steps=4, batched=False)
     b = make(Reptile, inner_lr=0.1, inner_steps=4, batched=True)
-    ga, sa = a.outer_grads(ts)
-    gb, sb = b.outer_grads(ts)
+    ga, sa = meta_grad(a, ts)
+    gb, sb = meta_grad(b, ts)
     assert b.use_batched(ts) and rel_err(gb, ga) < 1e-10
     assert abs(sa["loss"] - sb["loss"]) < 1e-10
 
@@ -239,12 +278,12 @@ def test_mae_regression_meta_gradient_matches_finite_differences(batched):
     ts = [Task(*(torch.randn(s, generator=g, dtype=DT).to(DEV) for s in ((6, 4), (6, 3), (5, 4), (5, 3))))
           for _ in range(3)]
     params = learner.meta_params()
-    grads, stats = learner.outer_grads(ts)
+    grads, stats = meta_grad(learner, ts)
     loss, _ = learner.meta_loss(ts)
     # the reported loss is the mean absolute error, not a squared one
     assert abs(stats["loss"] - float(loss.detach())) < 1e-10
-    fast = learner.adapt(ts[0].support_x, ts[0].support_y)
-    q = learner.predict(fast, ts[0].query_x).detach()
+    q = learner.eval().adapt(ts[0].support_x, ts[0].support_y)(ts[0].query_x).detach()
+    learner.train()
     assert float(learner.loss_fn(q, ts[0].query_y)) == pytest.approx(
         float((q - ts[0].query_y).abs().mean()))
     assert directional_fd_check(lambda: float(learner.meta_loss(ts)[0].detach()), params,

@@ -7,11 +7,33 @@ import pytest
 import torch
 
 from metaphi.loops.checkpoint import load_checkpoint, save_checkpoint
-from metaphi.loops.population import population_train
+from metaphi.loops.population import PopulationOptions, population_train
 from metaphi.meta import (CMAES, REINFORCE, Categorical, FitnessSpec, Float, Int, OpenAIES,
-                          PopulationEvaluator, Space, TaskFitness, build_learner, centered_ranks,
-                          evaluate_fitness, evaluate_population, fitness_task_seeds,
-                          make_optimizer, phi_vector)
+                          PopulationEvaluator, Space, TaskFitness, centered_ranks,
+                          evaluate_fitness, evaluate_population, fitness_task_seeds, phi_vector)
+from metaphi.registry import META_OPTIMIZERS
+from metaphi.runs import validate_config
+from metaphi.runs.population import build_population_optimizer, fitness_spec
+
+
+def make_optimizer(name, x0=None, space=None, seed=0, steps=100, **options):
+    """A population meta-optimizer built through the registry, as a run config builds it."""
+    entry = META_OPTIMIZERS.get(name)
+    return entry.obj(entry.options.model_validate({"name": name, **options}), x0, space, seed,
+                     steps)
+
+
+def train(optimizer, fn, generations, out, **options):
+    return population_train(optimizer, fn, out, PopulationOptions(generations, **options))
+
+
+def sine_spec(learner="maml", hidden=(40, 40), **learner_options):
+    """The fitness of a sinusoid K=10 run config (MAML 1-40-40-1 by default)."""
+    return fitness_spec(validate_config({
+        "task": {"source": "sinusoid", "k_shot": 10, "n_query": 10},
+        "model": {"name": "mlp", "hidden": list(hidden)},
+        "learner": {"name": learner, "inner_lr": 0.01, **learner_options},
+        "meta_optimizer": {"name": "es"}}))
 
 SHIFT = np.array([1.5, -2.0, 0.5, 3.0, -1.0])
 
@@ -209,19 +231,12 @@ def test_ipop_resume_is_exact_across_restarts(tmp_path):
         CMAES(x0=np.full(4, 3.0), sigma=2.0, popsize=6, seed=1, restarts=4,
               restart_at="x0").load_state_dict(part.state_dict())
     # population_train logs the population size, which grows at each restart
-    population_train(make(), rastrigin, 400, tmp_path / "run", workers=0, progress=False)
+    train(make(), rastrigin, 400, tmp_path / "run", workers=0, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["popsize"] == 6 and rows[-1]["popsize"] > 6
     from metaphi.plots.curves import fitness_curve  # draws the restarts as dotted lines
 
     assert fitness_curve(tmp_path / "run" / "metrics.jsonl", tmp_path / "c.png").is_file()
-    # a state written before restarts existed (no restart keys) still loads
-    old = run(CMAES(x0=np.zeros(5), sigma=0.5, seed=0), sphere, 5).state_dict()
-    for k in ("restarts", "popsize_growth", "restart_at", "stall_generations", "min_spread", "runs"):
-        del old[k]
-    again = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
-    again.load_state_dict(old)
-    assert again.generation == 5 and not again.restart_log
 
 
 def test_cmaes_bounded_space():
@@ -317,8 +332,8 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="schedule"):
         OpenAIES(x0=np.zeros(2), popsize=4).load_state_dict(
             OpenAIES(x0=np.zeros(2), popsize=4, schedule="cosine", horizon=5).state_dict())
-    with pytest.raises(ValueError, match="unknown meta_optimizer"):
-        make_optimizer("pso")
+    with pytest.raises(KeyError, match="unknown meta-optimizer 'pso'"):
+        META_OPTIMIZERS.get("pso")
 
 
 def test_non_finite_fitness_ranks_last():
@@ -342,19 +357,13 @@ def test_spread_is_the_step_size_the_search_takes(tmp_path):
     run(cma, sphere, 200)
     assert cma.spread < first / 100
     # logged per generation, and restored by a resume (CMA-ES replays its generations)
-    res = population_train(CMAES(x0=np.zeros(5), sigma=0.5, seed=0), sphere, 4, tmp_path / "a",
+    res = train(CMAES(x0=np.zeros(5), sigma=0.5, seed=0), sphere, 4, tmp_path / "a",
                            workers=0, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["spread"] > 0 for r in rows) and len(res.history) == 4
     again = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
     again.load_state_dict(load_checkpoint(tmp_path / "a" / "checkpoint.pt")["optimizer"])
     assert again.spread == rows[-1]["spread"]
-    # a state saved before the spread was kept gets it back from the replayed last generation
-    old = again.state_dict()
-    del old["track"]["spread"]
-    older = CMAES(x0=np.zeros(5), sigma=0.5, seed=0)
-    older.load_state_dict(old)
-    assert older.spread == pytest.approx(rows[-1]["spread"], rel=1e-12)
     # the run's fitness curve draws it on a log axis beside the fitness
     from metaphi.plots.curves import fitness_curve
 
@@ -366,9 +375,9 @@ def test_spread_is_the_step_size_the_search_takes(tmp_path):
 
 def test_population_train_resume_equals_straight_run(tmp_path):
     make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=0)  # noqa: E731
-    straight = population_train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
-    population_train(make(), sphere, 3, tmp_path / "b", workers=0, progress=False)
-    resumed = population_train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
+    straight = train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
+    train(make(), sphere, 3, tmp_path / "b", workers=0, progress=False)
+    resumed = train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
                                progress=False)
     assert resumed.best_fitness == straight.best_fitness
     np.testing.assert_array_equal(resumed.center, straight.center)
@@ -381,9 +390,9 @@ def test_population_train_resume_equals_straight_run(tmp_path):
     ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert ck["generation"] == 6
     with pytest.raises(FileExistsError, match="resume=True"):
-        population_train(make(), sphere, 6, tmp_path / "b", workers=0, progress=False)
+        train(make(), sphere, 6, tmp_path / "b", workers=0, progress=False)
     with pytest.raises(ValueError, match="same settings"):
-        population_train(make(), sphere, 9, tmp_path / "b", resume=True, workers=0,
+        train(make(), sphere, 9, tmp_path / "b", resume=True, workers=0,
                          progress=False, config={"other": 1})
 
 
@@ -396,52 +405,52 @@ def noisy_sphere(x, generation=0):
 def test_tail_average_of_the_center_is_the_mean_of_the_centers_and_resumes(tmp_path):
     make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.05, popsize=8, seed=0)  # noqa: E731
     es, centers = make(), []
-    res = population_train(es, noisy_sphere, 400, tmp_path / "a", workers=0, progress=False,
+    res = train(es, noisy_sphere, 400, tmp_path / "a", workers=0, progress=False,
                            average_from=200,
                            on_generation=lambda row: centers.append(es.center.copy()))
     np.testing.assert_allclose(res.center_average, np.mean(centers[200:], axis=0), rtol=1e-12)
     # noise makes the last center wander around the optimum; the average lies closer to it
     assert np.linalg.norm(res.center_average - SHIFT) < 0.7 * np.linalg.norm(res.center - SHIFT)
-    population_train(make(), noisy_sphere, 300, tmp_path / "b", workers=0, progress=False,
+    train(make(), noisy_sphere, 300, tmp_path / "b", workers=0, progress=False,
                      average_from=200)
-    resumed = population_train(make(), noisy_sphere, 400, tmp_path / "b", resume=True,
+    resumed = train(make(), noisy_sphere, 400, tmp_path / "b", resume=True,
                                workers=0, progress=False, average_from=200)
     np.testing.assert_array_equal(resumed.center_average, res.center_average)
     with pytest.raises(ValueError, match="average_from=200, this run has None"):
-        population_train(make(), noisy_sphere, 500, tmp_path / "b", resume=True, workers=0,
+        train(make(), noisy_sphere, 500, tmp_path / "b", resume=True, workers=0,
                          progress=False)
     with pytest.raises(ValueError, match="average_from must be a generation"):
-        population_train(make(), sphere, 5, tmp_path / "c", workers=0, progress=False,
+        train(make(), sphere, 5, tmp_path / "c", workers=0, progress=False,
                          average_from=5)
-    assert population_train(make(), sphere, 3, tmp_path / "d", workers=0,
+    assert train(make(), sphere, 3, tmp_path / "d", workers=0,
                             progress=False).center_average is None
 
 
 def test_population_run_killed_between_checkpoints_resumes_exactly(tmp_path):
     make = lambda: OpenAIES(x0=np.zeros(5), sigma=0.1, lr=0.1, popsize=8, seed=0)  # noqa: E731
-    straight = population_train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
+    straight = train(make(), sphere, 6, tmp_path / "a", workers=0, progress=False)
 
     def crash(row):
         if row["generation"] == 4:
             raise KeyboardInterrupt
 
-    population_train(make(), sphere, 2, tmp_path / "b", workers=0, progress=False)
+    train(make(), sphere, 2, tmp_path / "b", workers=0, progress=False)
     with pytest.raises(KeyboardInterrupt):  # no checkpoint after generation 2: it is replayed
-        population_train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
+        train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
                          progress=False, checkpoint_seconds=1e9, on_generation=crash)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["generation"] == 2
-    resumed = population_train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
+    resumed = train(make(), sphere, 6, tmp_path / "b", resume=True, workers=0,
                                progress=False, checkpoint_seconds=1e9)
     np.testing.assert_array_equal(resumed.center, straight.center)
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == list(range(6))
 
 
-SPEC = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1
+SPEC = sine_spec()  # sinusoid K=10, MAML 1-40-40-1
 
 
 def test_evaluate_fitness_is_pure_and_uses_the_tasks():
-    phi = phi_vector(build_learner(SPEC.learner, seed=0))
+    phi = phi_vector(SPEC.make_learner(None))
     seeds = fitness_task_seeds(0, 0, 5)
     f1 = evaluate_fitness(phi, seeds, SPEC)
     torch.manual_seed(999)
@@ -457,8 +466,8 @@ def test_evaluate_fitness_is_pure_and_uses_the_tasks():
 
 @pytest.mark.parametrize("learner", ["maml", "anil", "metasgd"])
 def test_evaluate_population_equals_one_candidate_at_a_time(learner):
-    spec = FitnessSpec(learner={**SPEC.learner, "name": learner, "inner_steps": 2})
-    base = phi_vector(build_learner(spec.learner, seed=0))
+    spec = sine_spec(learner, inner_steps=2)
+    base = phi_vector(spec.make_learner(None))
     rng = np.random.default_rng(0)
     phis = [base + 0.05 * rng.standard_normal(base.shape) for _ in range(4)]
     phis[1][-1] = np.log(0.05)  # candidates differ in their inner lr too
@@ -478,13 +487,13 @@ def test_one_step_mlp_fitness_in_closed_form(monkeypatch, learner, hidden, close
     """One inner SGD step of a ReLU MLP on MSE is scored without autograd (kernel form); the
     numbers equal the autograd episodes, and other learners keep the autograd path. With
     ``chunk`` a small cache budget scores the candidates two at a time, with the same numbers."""
-    import metaphi.meta.fitness as fitness_mod
+    import metaphi.meta.batched_fitness as fitness_mod
 
     if chunk:  # 9 tasks x 10 points x width 40 per candidate: 2 candidates per chunk
         monkeypatch.setattr(fitness_mod, "_CHUNK_ELEMENTS", 2 * 9 * 10 * 40)
 
-    spec = FitnessSpec(learner={**SPEC.learner, "name": learner, "hidden": hidden})
-    base = phi_vector(build_learner(spec.learner, seed=0))
+    spec = sine_spec(learner, hidden)
+    base = phi_vector(spec.make_learner(None))
     rng = np.random.default_rng(1)
     phis = [base + 0.1 * rng.standard_normal(base.shape) for _ in range(5)]
     phis[2][-1] = np.log(0.04)
@@ -502,7 +511,7 @@ def test_one_step_mlp_fitness_in_closed_form(monkeypatch, learner, hidden, close
 
 def test_population_evaluator_uses_the_batched_fitness_in_workers():
     fitness = TaskFitness(SPEC, n_tasks=4, seed=0)
-    base = phi_vector(build_learner(SPEC.learner, seed=0))
+    base = phi_vector(SPEC.make_learner(None))
     phis = [base + 0.01 * i for i in range(5)]
     with PopulationEvaluator(fitness, workers=0) as serial:
         a = serial(phis, 2)
@@ -515,10 +524,8 @@ def test_population_evaluator_uses_the_batched_fitness_in_workers():
 def test_task_fitness_more_tasks_later():
     fit = TaskFitness(SPEC, n_tasks=2, seed=0, more_tasks=((3, 5), (6, 9)))
     assert [fit.tasks_at(g) for g in (0, 2, 3, 5, 6, 100)] == [2, 2, 5, 5, 9, 9]
-    assert [fit.tasks_before(n) for n in (0, 2, 3, 4, 6, 8)] == [
-        sum(fit.tasks_at(g) for g in range(n)) for n in (0, 2, 3, 4, 6, 8)]
     assert len(fit.task_seeds(4)) == 5
-    phi = phi_vector(build_learner(SPEC.learner, seed=0))
+    phi = phi_vector(SPEC.make_learner(None))
     # generation 4 is scored on its 5 tasks: the mean of their per-task fitnesses
     per_task = [evaluate_fitness(phi, [s], SPEC) for s in fit.task_seeds(4)]
     assert fit(phi, 4) == pytest.approx(np.mean(per_task), rel=1e-5)
@@ -528,20 +535,26 @@ def test_task_fitness_more_tasks_later():
 
 
 def test_hyper_fitness_trains_the_configuration():
-    spec = FitnessSpec(phi="hyper", train_steps=3, train_meta_batch=2)
+    base = validate_config({"task": {"source": "sinusoid"}, "learner": {"name": "maml"},
+                            "meta_optimizer": {"name": "reinforce"}, "fitness": {
+                                "phi": "hyper", "train_steps": 3, "train_meta_batch": 2},
+                            "space": {"learner.inner_lr": {"type": "float", "low": 0.01,
+                                                           "high": 0.1}}})
+    spec = fitness_spec(base)
+    untrained_spec = fitness_spec(base.model_copy(update={"fitness": base.fitness.model_copy(
+        update={"train_steps": 0})}))
     seeds = fitness_task_seeds(0, 0, 3)
-    f = evaluate_fitness({"inner_steps": 2, "inner_lr": 0.02, "width": 20}, seeds, spec)
-    untrained = evaluate_fitness({"inner_steps": 2, "inner_lr": 0.02, "width": 20}, seeds,
-                                 FitnessSpec(phi="hyper"))
-    assert np.isfinite(f) and f != untrained
-    with pytest.raises(ValueError, match="does not know"):
-        evaluate_fitness({"dropout": 0.1}, seeds, spec)
+    phi = {"learner.inner_steps": 2, "learner.inner_lr": 0.02, "model.hidden": [20, 20]}
+    f = evaluate_fitness(phi, seeds, spec)
+    assert np.isfinite(f) and f != evaluate_fitness(phi, seeds, untrained_spec)
+    with pytest.raises(Exception, match="dropout"):
+        evaluate_fitness({"learner.dropout": 0.1}, seeds, spec)
     with pytest.raises(ValueError, match="phi='hyper' only"):
-        FitnessSpec(phi="vector", train_steps=5)
+        FitnessSpec(SPEC.make_learner, SPEC.source, phi="vector", train_steps=5)
 
 
 def test_parallel_and_serial_fitness_are_identical():
-    es = OpenAIES(x0=phi_vector(build_learner(SPEC.learner, seed=0)), sigma=0.02, popsize=4, seed=0)
+    es = OpenAIES(x0=phi_vector(SPEC.make_learner(None)), sigma=0.02, popsize=4, seed=0)
     cands = es.ask()
     fit = TaskFitness(SPEC, n_tasks=4, seed=0)
     with PopulationEvaluator(fit, workers=0) as serial:
@@ -552,36 +565,31 @@ def test_parallel_and_serial_fitness_are_identical():
 
 
 def test_batched_fitness_equals_per_task_episodes():
-    from metaphi.meta.fitness import build_family
-
-    learner = build_learner(SPEC.learner, seed=0)
+    learner = SPEC.make_learner(None).eval()
     seeds = fitness_task_seeds(0, 0, 6)
-    family = build_family(SPEC.family)
-    per_task = np.mean([float(learner.episode(family.sample(np.random.default_rng(s)),
-                                              learner.meta_params())[0]) for s in seeds])
+    per_task = np.mean([float(learner.episode(SPEC.source.sample(np.random.default_rng(s)))[0])
+                        for s in seeds])
     assert evaluate_fitness(phi_vector(learner), seeds, SPEC) == pytest.approx(per_task, rel=1e-5)
 
 
-def test_population_run_from_config(tmp_path):
-    from metaphi.loops.population import population_from_config, population_run
+def test_population_optimizer_from_config():
+    sine = {"task": {"source": "sinusoid"}, "learner": {"name": "maml"}}
+    es = build_population_optimizer(validate_config(
+        {**sine, "meta_optimizer": {"name": "es", "popsize": 4}}))
+    assert es.dim == 1762  # the MAML paper's 1-40-40-1 network and log inner lr
+    es = build_population_optimizer(validate_config(
+        {**sine, "steps": 7, "meta_optimizer": {"name": "es", "popsize": 4, "schedule": "cosine"}}))
+    assert es.horizon == 7  # a cosine schedule anneals over the run's generations
+    from metaphi.runs import ConfigError
 
-    cfg = {"meta_optimizer": "reinforce", "seed": 0,
-           "space": {"inner_lr": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
-                     "inner_steps": {"type": "categorical", "choices": [1, 2]}},
-           "optimizer": {"popsize": 4},
-           "fitness": {"phi": "hyper", "n_tasks": 3}, "generations": 2, "workers": 0}
-    res = population_run(cfg, tmp_path, progress=False)
-    assert res.generations == 2 and res.evaluations == 8
-    assert np.isfinite(res.best_fitness) and set(res.center) == {"inner_lr", "inner_steps"}
-    es, _ = population_from_config({"meta_optimizer": "es", "optimizer": {"popsize": 4}})
-    assert es.dim == 1762
-    es, _ = population_from_config({"meta_optimizer": "es", "generations": 7,
-                                    "optimizer": {"popsize": 4, "schedule": "cosine"}})
-    assert es.horizon == 7  # a cosine schedule anneals over the run's generations by default
-    with pytest.raises(ValueError, match="unknown population config keys"):
-        population_from_config({**cfg, "epochs": 3})
-    with pytest.raises(ValueError, match="bad optimizer settings"):
-        population_from_config({**cfg, "optimizer": {"popsize": 4, "momentum": 0.9}})
+    with pytest.raises(ConfigError, match=r"meta_optimizer\.momentum: 'reinforce' has no option"):
+        validate_config({**sine, "meta_optimizer": {"name": "reinforce", "momentum": 0.9}})
+    with pytest.raises(ConfigError, match=r"fitness\.phi: 'hyper' searches config settings"):
+        validate_config({**sine, "meta_optimizer": {"name": "es"}, "fitness": {"phi": "hyper"}})
+    with pytest.raises(ConfigError, match=r"space entry 'learner.inner_lr'"):
+        validate_config({**sine, "meta_optimizer": {"name": "reinforce"},
+                         "fitness": {"phi": "hyper"},
+                         "space": {"learner.inner_lr": {"type": "float", "low": 1}}})
 
 
 def test_parallel_fitness_needs_a_picklable_function():

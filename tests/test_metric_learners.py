@@ -15,6 +15,8 @@ from metaphi.tasks import fewshot_splits
 from metaphi.tasks.sources import fixed_tasks, sample_tasks
 from metaphi.tasks.task import Task
 
+from helpers import meta_grad
+
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,7 +68,7 @@ def test_meta_gradient_matches_finite_differences(kind: str) -> None:
     tasks = [make_task(gen, (1, 8, 8)) for _ in range(3)]
     params = learner.meta_params()
     names = list(params)
-    grads, info = learner.outer_grads(tasks)
+    grads, info = meta_grad(learner, tasks)
     g = flat(grads, names)
     assert torch.isfinite(g).all() and g.norm() > 0
     base = torch.cat([params[k].detach().flatten() for k in names])
@@ -105,10 +107,10 @@ def test_batched_path_equals_per_task_loop(kind: str, net: str) -> None:
     names = list(learner.meta_params())
 
     learner.batched = True
-    g_b, info_b = learner.outer_grads(tasks, scale=7.0)
+    g_b, info_b = meta_grad(learner, tasks, 7.0)
     loss_b, acc_b = learner.meta_loss(tasks)
     learner.batched = False
-    g_t, info_t = learner.outer_grads(tasks, scale=7.0)
+    g_t, info_t = meta_grad(learner, tasks, 7.0)
     loss_t, acc_t = learner.meta_loss(tasks)
 
     assert info_b["loss"] == pytest.approx(info_t["loss"], rel=1e-10)
@@ -119,27 +121,28 @@ def test_batched_path_equals_per_task_loop(kind: str, net: str) -> None:
     assert float((gb - gt).norm() / gt.norm()) < 1e-10
     # the three-line API gives the same logits as the episode path
     t = tasks[0]
-    logits = learner.predict(learner.adapt(t.support_x, t.support_y), t.query_x)
+    learner.eval()
+    logits = learner.adapt(t.support_x, t.support_y)(t.query_x)
     assert logits.shape == (len(t.query_x), 4) and not logits.requires_grad
     loss0, _ = learner.episode(t)
     ce = torch.nn.functional.cross_entropy(logits, t.query_y)
     assert float(ce) == pytest.approx(float(loss0), rel=1e-12)
 
 
-def test_outer_grads_scale_and_unequal_tasks_fall_back() -> None:
+def test_meta_grads_normalisation_and_unequal_tasks_fall_back() -> None:
     torch.manual_seed(0)
     learner = ProtoNet(small_mlp()).double()
     gen = torch.Generator().manual_seed(3)
     tasks = [make_task(gen, (6,), n=3), make_task(gen, (6,), n=3), make_task(gen, (6,), n=4)]
     names = list(learner.meta_params())
-    g_mixed, _ = learner.outer_grads(tasks)  # unequal N: the per-task loop
+    g_mixed, _ = meta_grad(learner, tasks)  # unequal N: the per-task loop
     learner.batched = False
-    g_loop, _ = learner.outer_grads(tasks)
+    g_loop, _ = meta_grad(learner, tasks)
     assert torch.allclose(flat(g_mixed, names), flat(g_loop, names), rtol=1e-12, atol=0)
     learner.batched = True
     same = tasks[:2]
-    g1, _ = learner.outer_grads(same)
-    g4, _ = learner.outer_grads(same, scale=8.0)  # sum / 8 instead of mean over 2
+    g1, _ = meta_grad(learner, same)
+    g4, _ = meta_grad(learner, same, 8.0)  # sum / 8 instead of mean over 2
     assert torch.allclose(flat(g4, names) * 4, flat(g1, names), rtol=1e-12)
 
 
@@ -158,23 +161,21 @@ def informative_blobs(n_classes: int = 60, per_class: int = 12, seed: int = 0
 
 def meta_test_accuracy(learner: ProtoNet, source, n_tasks: int = 100) -> float:
     tasks = list(fixed_tasks(source, seed=0, stream="test", n=n_tasks))
-    with torch.no_grad():
-        return float(learner.meta_loss(tasks)[1])
+    return float(learner.eval_episodes(tasks)[1].mean())
 
 
 @pytest.mark.parametrize("kind", ["protonet", "matchingnet", "r2d2"])
 def test_learns_on_held_out_classes(kind: str) -> None:
     torch.manual_seed(0)
     train_src, _, test_src = fewshot_splits(informative_blobs(), n_way=5, k_shot=1,
-                                            q_queries=5, seed=0)
+                                            n_query=5, seed=0)
     model = nn.Sequential(nn.Linear(24, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 16))
     learner = LEARNERS[kind](model)
     before = meta_test_accuracy(learner, test_src)
     opt = torch.optim.Adam(learner.parameters(), lr=5e-3)
     for step in range(120):
-        grads, _ = learner.outer_grads(sample_tasks(train_src, 0, "train", step, 8))
-        for name, p in learner.meta_params().items():
-            p.grad = grads[name]
+        opt.zero_grad()
+        learner.meta_backward(sample_tasks(train_src, 0, "train", step, 8))
         opt.step()
     after = meta_test_accuracy(learner, test_src)
     assert after > 0.6 and after > before + 0.3, (
@@ -194,7 +195,7 @@ def test_bad_inputs_give_clear_errors() -> None:
         learner.adapt(x, torch.tensor([0, 1, 0]))
     bad_query = Task(x, torch.tensor([0, 1, 0, 1]), torch.randn(2, 6), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match=r"query labels must be in 0\.\.1"):
-        learner.outer_grads([bad_query, bad_query])
+        meta_grad(learner, [bad_query, bad_query])
     with pytest.raises(ValueError, match=r"query labels must be in 0\.\.1"):
         learner.episode(bad_query)
     with pytest.raises(ValueError, match="loss must be 'ce'"):
@@ -205,19 +206,19 @@ def test_bad_inputs_give_clear_errors() -> None:
         R2D2(small_mlp(), lam=0.0)
 
 
-# BatchNorm population statistics ---------------------------------------------------------------
+# BatchNorm running statistics ---------------------------------------------------------------
 
 def _population_pair(kind: str) -> tuple:
-    """The same φ in episode and in population mode (two learners, shared weights)."""
+    """The same φ in episode and in running-statistics mode (two learners, shared weights)."""
     torch.manual_seed(0)
     model = small_conv().double()
     episode = {"protonet": ProtoNet, "matchingnet": MatchingNet, "r2d2": R2D2}[kind](model)
-    population = type(episode)(model, batchnorm="population")
+    population = type(episode)(model, batchnorm="running")
     return episode, population
 
 
 @pytest.mark.parametrize("kind", ["protonet", "matchingnet", "r2d2"])
-def test_population_statistics_are_the_mean_batch_statistics_and_predict_per_input(kind):
+def test_running_statistics_are_the_mean_batch_statistics_and_predict_per_input(kind):
     episode, population = _population_pair(kind)
     gen = torch.Generator().manual_seed(1)
     tasks = [make_task(gen, (1, 6, 6)) for _ in range(5)]
@@ -228,7 +229,7 @@ def test_population_statistics_are_the_mean_batch_statistics_and_predict_per_inp
     feats = [conv(torch.cat([t.support_x, t.query_x])).detach() for t in tasks]
     ref_mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
     ref_var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
-    buffers = population._population_buffers()
+    buffers = population._running_buffers()
     torch.testing.assert_close(buffers["1.running_mean"], ref_mean)
     torch.testing.assert_close(buffers["1.running_var"], ref_var)
     # evaluation embeds each input on its own, as PyTorch's BatchNorm in eval mode does
@@ -237,13 +238,14 @@ def test_population_statistics_are_the_mean_batch_statistics_and_predict_per_inp
                         "running_var": ref_var, "num_batches_tracked": torch.tensor(5)})
     reference = nn.Sequential(conv, bn.eval(), *list(population.model)[2:])
     x = tasks[0].query_x
-    z_all = population.embed(population.meta_params(), x, population=True)
-    z_one = population.embed(population.meta_params(), x[:1], population=True)
+    z_all = population.embed(population.meta_params(), x, running=True)
+    z_one = population.embed(population.meta_params(), x[:1], running=True)
     torch.testing.assert_close(z_all, reference(x).detach())
     torch.testing.assert_close(z_all[:1], z_one)
     t = tasks[0]
-    out_pop = population.predict(population.adapt(t.support_x, t.support_y), t.query_x)
-    out_epi = episode.predict(episode.adapt(t.support_x, t.support_y), t.query_x)
+    population.eval(), episode.eval()
+    out_pop = population.adapt(t.support_x, t.support_y)(t.query_x)
+    out_epi = episode.adapt(t.support_x, t.support_y)(t.query_x)
     assert not torch.allclose(out_pop, out_epi)  # the two modes differ at evaluation
     # the batched evaluation path gives the per-task path's numbers
     losses_b, acc_b = population.eval_episodes(tasks)
@@ -252,31 +254,32 @@ def test_population_statistics_are_the_mean_batch_statistics_and_predict_per_inp
 
 
 @pytest.mark.parametrize("kind", ["protonet", "r2d2"])
-def test_population_mode_meta_trains_with_episode_statistics(kind):
+def test_running_mode_meta_trains_with_episode_statistics(kind):
     """Only evaluation changes: the meta-gradient is the episode mode's."""
     episode, population = _population_pair(kind)
     gen = torch.Generator().manual_seed(2)
     tasks = [make_task(gen, (1, 6, 6)) for _ in range(3)]
     population.fit_batchnorm(tasks)
-    g_e, s_e = episode.outer_grads(tasks)
-    g_p, s_p = population.outer_grads(tasks)
+    g_e, s_e = meta_grad(episode, tasks)
+    g_p, s_p = meta_grad(population, tasks)
     names = list(episode.meta_params())
     torch.testing.assert_close(flat(g_p, names), flat(g_e, names))
     assert s_p["loss"] == pytest.approx(s_e["loss"])
 
 
-def test_population_mode_errors_are_clear():
-    learner = ProtoNet(small_mlp(), batchnorm="population")
+def test_running_mode_errors_are_clear():
+    learner = ProtoNet(small_mlp(), batchnorm="running").eval()
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 0, 1])
     with pytest.raises(RuntimeError, match="call learner.fit_batchnorm"):
         learner.adapt(x, y)
-    with pytest.raises(ValueError, match="batchnorm='population'"):
+    learner.train().adapt(x, y)  # meta-training needs no running statistics
+    with pytest.raises(ValueError, match="batchnorm='running'"):
         ProtoNet(small_mlp()).fit_batchnorm([])
     with pytest.raises(ValueError, match="got no tasks"):
         learner.fit_batchnorm([])
     with pytest.raises(ValueError, match="batchnorm must be one of"):
-        ProtoNet(small_mlp(), batchnorm="running")
-    with pytest.raises(ValueError, match="population_tasks must be >= 1"):
-        ProtoNet(small_mlp(), batchnorm="population", population_tasks=0)
+        ProtoNet(small_mlp(), batchnorm="population")
+    with pytest.raises(ValueError, match="batchnorm_tasks must be >= 1"):
+        ProtoNet(small_mlp(), batchnorm="running", batchnorm_tasks=0)
     # no BatchNorm in the embedding: nothing to estimate, episode mode it is
-    assert ProtoNet(small_mlp(bn=False), batchnorm="population").batchnorm == "episode"
+    assert ProtoNet(small_mlp(bn=False), batchnorm="running").batchnorm == "episode"

@@ -151,7 +151,7 @@ def test_nearest_resampling_gives_binary_strokes_and_its_own_cache(zipped, tmp_p
     with pytest.raises(ValueError, match=r"resample must be one of \('lanczos', 'nearest'\)"):
         load(zipped, tmp_path, resample="bicubic")
     mini_split(zipped)
-    src = omniglot_sources(zipped, n_way=3, k_shot=2, q_queries=4, split="mini",
+    src = omniglot_sources(zipped, n_way=3, k_shot=2, n_query=4, split="mini",
                            cache_dir=tmp_path / "cache", strict=False, resample="nearest")[0]
     x = src.sample(task_rng(0, "train", 0)).support_x
     assert set(torch.unique(x).tolist()) <= {0.0, 1.0}
@@ -232,7 +232,7 @@ def mini_split(folder: Path) -> dict[str, list[str]]:
 
 def test_split_based_sources(zipped, tmp_path):
     lists = mini_split(zipped)
-    train, val, test = omniglot_sources(zipped, n_way=3, k_shot=2, q_queries=4, eval_q_queries=6,
+    train, val, test = omniglot_sources(zipped, n_way=3, k_shot=2, n_query=4, eval_n_query=6,
                                         split="mini", cache_dir=tmp_path / "cache", strict=False)
     assert (train.name, val.name, test.name) == ("meta-train", "meta-val", "meta-test")
     for src, which in ((train, "train"), (val, "val"), (test, "test")):
@@ -260,14 +260,14 @@ def test_split_based_sources(zipped, tmp_path):
 
 def test_trainval_meta_trains_on_train_and_val_classes_without_meta_val(zipped, tmp_path):
     from metaphi.learners import ProtoNet
-    from metaphi.loops.train import build_optimizer, build_schedule, meta_train
+    from metaphi.loops.train import TrainOptions, meta_train
     from metaphi.models import conv4_features
 
     lists = mini_split(zipped)
     lists["trainval"] = lists["train"] + lists["val"]
     write_split(zipped, "mini", lists)
     im = load(zipped, tmp_path)
-    train, val, test = omniglot_sources(images=im, n_way=3, k_shot=1, q_queries=2,
+    train, val, test = omniglot_sources(images=im, n_way=3, k_shot=1, n_query=2,
                                         split="mini", meta_train="trainval")
     assert val is None and (train.name, test.name) == ("meta-train", "meta-test")
     assert sorted(train.data.class_names[c] for c in train.classes) == sorted(lists["trainval"])
@@ -277,10 +277,10 @@ def test_trainval_meta_trains_on_train_and_val_classes_without_meta_val(zipped, 
     # No meta-validation: the run keeps the last step's φ and logs no val metric.
     torch.manual_seed(0)
     learner = ProtoNet(conv4_features(hidden=4))
-    opt = build_optimizer(learner.parameters(), "adam", 1e-2)
-    state = meta_train(learner, train, None, steps=3, meta_batch=2, seed=0,
-                       out_dir=tmp_path / "run", optimizer=opt,
-                       schedule=build_schedule(opt, "constant", 3), val_every=1, progress=False)
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    constant = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0)  # noqa: E731
+    state = meta_train(learner, train, None, opt, constant(opt), tmp_path / "run",
+                       TrainOptions(steps=3, meta_batch=2, val_every=1, progress=False))
     assert state.best_step == 3 and state.best_value is None
     for k, v in learner.state_dict().items():
         assert torch.equal(state.best_params[k], v)
@@ -288,10 +288,9 @@ def test_trainval_meta_trains_on_train_and_val_classes_without_meta_val(zipped, 
     assert len(rows) == 3 and all("val_metric" not in r for r in rows)
     # Resumed with no step left to do, the checkpoint's (last) φ is the one deployed.
     again = ProtoNet(conv4_features(hidden=4))
-    opt = build_optimizer(again.parameters(), "adam", 1e-2)
-    state2 = meta_train(again, train, None, steps=3, meta_batch=2, seed=0,
-                        out_dir=tmp_path / "run", optimizer=opt, resume=True,
-                        schedule=build_schedule(opt, "constant", 3), progress=False)
+    opt = torch.optim.Adam(again.parameters(), lr=1e-2)
+    state2 = meta_train(again, train, None, opt, constant(opt), tmp_path / "run",
+                        TrainOptions(steps=3, meta_batch=2, resume=True, progress=False))
     assert state2.best_step == 3
     for k, v in state.best_params.items():
         assert torch.equal(state2.best_params[k], v)
@@ -326,7 +325,7 @@ def test_shipped_vinyals_split_lists():
 
 def test_episode_png_marks_mistakes_in_red(zipped, tmp_path):
     lists = mini_split(zipped)
-    train, _, _ = omniglot_sources(zipped, n_way=3, k_shot=2, q_queries=3, split="mini",
+    train, _, _ = omniglot_sources(zipped, n_way=3, k_shot=2, n_query=3, split="mini",
                                    cache_dir=tmp_path / "cache", strict=False)
     assert len(lists["train"]) == 12
     task = train.sample(task_rng(1, "train", 0))

@@ -52,14 +52,14 @@ def test_real_omniglot(tmp_path):
         shipped = (PACKAGE_SPLITS / "omniglot_vinyals" / f"{w}.txt").read_text().split()
         assert shipped == names
 
-    train, val, test = omniglot_sources(n_way=20, k_shot=5, q_queries=15, images=cached)
+    train, val, test = omniglot_sources(n_way=20, k_shot=5, n_query=15, images=cached)
     assert (len(train.classes), len(val.classes), len(test.classes)) == (4112, 688, 1692)
     task = test.sample(task_rng(0, "test", 0))
     assert task.shapes == ((100, 1, 28, 28), (100,), (300, 1, 28, 28), (300,))
     assert len(set(task.meta["classes"])) == 20 and set(task.meta["classes"]) <= set(lists["test"])
     assert 0.0 <= float(task.support_x.min()) and float(task.support_x.max()) <= 1.0
     rng = np.random.default_rng(0)
-    five_way = omniglot_sources(n_way=5, k_shot=1, q_queries=15, images=cached)[0]
+    five_way = omniglot_sources(n_way=5, k_shot=1, n_query=15, images=cached)[0]
     t0 = time.perf_counter()
     for _ in range(200):
         five_way.sample(rng)

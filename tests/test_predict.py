@@ -27,8 +27,8 @@ def train_folder_run(data, out, steps: int, every: int, test_tasks: int, *extra:
     assert main(["train", "omniglot-protonet-5w1s", "--out", str(out), "--no-progress",
                  "task.source=folder", f"task.data_dir={data}", "task.n_way=2",
                  "task.train_n_way=null", "task.k_shot=1",
-                 "task.q_queries=3", "task.eval_q_queries=3", "task.split_seed=1",
-                 "model.width=8", "model.image_size=16", f"steps={steps}", f"val_every={every}",
+                 "task.n_query=3", "task.eval_n_query=3", "task.split_seed=1",
+                 "model.width=8", "task.image_size=16", f"steps={steps}", f"val_every={every}",
                  f"val_tasks={2 * every}", f"test_tasks={test_tasks}",
                  f"checkpoint_every={every}", "meta_batch=2", *extra]) == 0
 
@@ -90,20 +90,23 @@ def test_predict_with_unlabelled_queries_and_a_missing_folder(protonet_run, caps
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_population_batchnorm_run_saves_its_statistics(tmp_path, capsys):
-    """learner.batchnorm=population: the run estimates the statistics on meta-train episodes,
+def test_running_batchnorm_run_saves_its_statistics(tmp_path, capsys):
+    """learner.batchnorm=running: the run estimates the statistics on meta-train episodes,
     saves them with φ, and `metaphi test` / `predict` use the saved ones."""
+    from metaphi.runs import ConfigError
+    from metaphi.runs.build import build_sources
     from metaphi.runs.run import load_run, meta_test
 
     data = make_folder(tmp_path / "data")
     out = tmp_path / "run"
-    train_folder_run(data, out, 6, 3, 10, "learner.batchnorm=population",
-                     "learner.population_tasks=4")
+    train_folder_run(data, out, 6, 3, 10, "learner.batchnorm=running",
+                     "learner.batchnorm_tasks=4")
     res = json.loads((out / "results.json").read_text())
     cfg, learner = load_run(out)
-    assert learner.batchnorm == "population" and bool(learner.population.fitted)
-    assert float(learner.population.get_buffer("0_1_var").sum()) > 0  # loaded, not the initial ones
-    again = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, "cpu", progress=False)
+    assert learner.batchnorm == "running" and bool(learner.bn_stats.fitted)
+    assert float(learner.bn_stats.get_buffer("0_1_var").sum()) > 0  # loaded, not the initial ones
+    again = meta_test(learner, build_sources(cfg), cfg.seed, cfg.test_tasks, "cpu",
+                      progress=False)
     assert again["mean"] == res["meta_test"]["mean"]
     support = tmp_path / "support"
     for c in ("glyph0", "glyph5"):
@@ -113,16 +116,17 @@ def test_population_batchnorm_run_saves_its_statistics(tmp_path, capsys):
                  "--out", str(tmp_path / "pred")]) == 0
     assert "accuracy" in capsys.readouterr().out
     # `metaphi test --batchnorm` evaluates the saved φ the other way; a run made with episode
-    # statistics gets population statistics estimated on its meta-train episodes
+    # statistics gets running statistics estimated on its meta-train episodes
     assert main(["test", str(out), "--tasks", "10", "--json", "--no-progress",
                  "--batchnorm", "episode"]) == 0
     assert json.loads(capsys.readouterr().out)["batchnorm"] == "episode"
     assert (out / "test_seed1_episode.json").exists()
     epi = tmp_path / "episode-run"
     train_folder_run(data, epi, 3, 3, 10, "learner.batchnorm=episode")
-    _, converted = load_run(epi, batchnorm="population")
-    assert converted.batchnorm == "population" and bool(converted.population.fitted)
-    with pytest.raises(RuntimeError, match="Missing key"):  # anything else missing still fails
+    _, converted = load_run(epi, batchnorm="running")
+    assert converted.batchnorm == "running" and bool(converted.bn_stats.fitted)
+    # weights of another run are recognised by the fingerprint of the config they came from
+    with pytest.raises(ConfigError, match="written by another run"):
         broken = tmp_path / "broken"
         broken.mkdir()
         (broken / "config.yaml").write_text((epi / "config.yaml").read_text().replace(

@@ -20,57 +20,89 @@ SMALL = ["steps=40", "val_every=20", "val_tasks=20", "test_tasks=50", "checkpoin
          "meta_batch=4"]
 
 
+SINE = {"task": {"source": "sinusoid"}, "learner": {"name": "maml"}}
+OMNI = {"task": {"source": "omniglot", "n_way": 5}, "model": {"name": "conv4", "width": 4}}
+
+
 def test_bad_field_names_field_and_allowed_values():
     with pytest.raises(ConfigError) as e:
-        validate_config({"learner": {"name": "mamll"}})
+        validate_config({**SINE, "learner": {"name": "mamll"}})
     msg = str(e.value)
-    assert "learner.name" in msg and "'maml'" in msg and "'reptile'" in msg and "mamll" in msg
+    assert "learner.name" in msg and "'mamll'" in msg and "maml" in msg and "reptile" in msg
     with pytest.raises(ConfigError, match=r"learner\.inner_lr: Input should be greater than 0"):
-        validate_config({"learner": {"inner_lr": -1}})
+        validate_config({**SINE, "learner": {"name": "maml", "inner_lr": -1}})
     with pytest.raises(ConfigError, match=r"meta_bach: unknown field"):
-        validate_config({"meta_bach": 3})
-    with pytest.raises(ConfigError, match="sinusoid regression needs one of"):
-        validate_config({"learner": {"name": "protonet"}})
-    omni = {"task": {"source": "omniglot", "n_way": 5, "train_n_way": 60},
-            "model": {"name": "conv4"}}
+        validate_config({**SINE, "meta_bach": 3})
+    with pytest.raises(ConfigError, match=r"learner\.name: 'protonet' cannot learn regression"):
+        validate_config({**SINE, "learner": {"name": "protonet"}})
+    omni = {**OMNI, "task": {**OMNI["task"], "train_n_way": 60}, "learner": {"name": "maml"}}
     with pytest.raises(ConfigError, match=r"task\.train_n_way: 'maml' has a 5-unit"):
         validate_config(omni)
     assert validate_config({**omni, "learner": {"name": "protonet"}}).task.train_n_way == 60
-    with pytest.raises(ConfigError, match=r"task\.resample: applies to Omniglot's drawings"):
-        validate_config({"task": {"resample": "nearest"}})
+    with pytest.raises(ConfigError, match=r"task\.resample: 'sinusoid' has no option 'resample'"):
+        validate_config({**SINE, "task": {"source": "sinusoid", "resample": "nearest"}})
     assert validate_config({**omni, "learner": {"name": "protonet"},
                             "task": {**omni["task"], "resample": "nearest"}}).task.resample == "nearest"
-    with pytest.raises(ConfigError, match=r"task\.meta_train_classes: 'trainval' needs a split"):
-        validate_config({"task": {"meta_train_classes": "trainval"}})
+    with pytest.raises(ConfigError, match=r"model\.name: 'conv4' does not take vector inputs"):
+        validate_config({**SINE, "model": {"name": "conv4"}})
+    with pytest.raises(ConfigError, match=r"task\.source: missing; one of"):
+        validate_config({"learner": {"name": "maml"}})
+    with pytest.raises(ConfigError, match=r"task\.q_queries: renamed to task\.n_query"):
+        validate_config({**SINE, "task": {"source": "sinusoid", "q_queries": 3}})
+    with pytest.raises(ConfigError, match=r"fitness: for population meta-optimizers only"):
+        validate_config({**SINE, "fitness": {"phi": "vector"}})
 
 
 def test_learner_options_reach_the_learner_and_are_refused_where_they_do_not_apply():
     from metaphi.runs.build import build_learner
 
-    omni = {"task": {"source": "omniglot", "n_way": 5}, "model": {"name": "conv4", "width": 4}}
-    cfg = validate_config({**omni, "learner": {"name": "matchingnet", "scale": 10, "learn_scale": True}})
+    cfg = validate_config({**OMNI, "learner": {"name": "matchingnet", "scale": 10,
+                                               "learn_scale": True}})
     mn = build_learner(cfg)
     assert mn.learn_scale and dict(mn.named_parameters())["scale"].item() == 10  # meta-learned
-    cfg = validate_config({**omni, "learner": {"name": "protonet", "distance": "cosine"}})
+    cfg = validate_config({**OMNI, "learner": {"name": "protonet", "distance": "cosine"}})
     assert build_learner(cfg).distance == "cosine"
-    cfg = validate_config({**omni, "learner": {"name": "r2d2", "lam": 0.5, "learn_scale": False}})
+    cfg = validate_config({**OMNI, "learner": {"name": "r2d2", "lam": 0.5, "learn_scale": False}})
     r2 = build_learner(cfg)
     assert abs(r2.log_lam.exp().item() - 0.5) < 1e-6 and not r2.learn_scale
-    with pytest.raises(ConfigError, match=r"learner\.lam: 'protonet' has no lam option; it is for 'r2d2'"):
-        validate_config({**omni, "learner": {"name": "protonet", "lam": 0.5}})
-    with pytest.raises(ConfigError, match=r"learner\.distance: 'maml' has no distance option"):
-        validate_config({**omni, "learner": {"name": "maml", "distance": "cosine"}})
+    with pytest.raises(ConfigError, match=r"learner\.lam: 'protonet' has no option 'lam'; its "
+                                          r"options: .*distance"):
+        validate_config({**OMNI, "learner": {"name": "protonet", "lam": 0.5}})
+    with pytest.raises(ConfigError, match=r"learner\.distance: 'maml' has no option 'distance'"):
+        validate_config({**OMNI, "learner": {"name": "maml", "distance": "cosine"}})
+    # an inner learning rate is not silently dropped by learners without an inner loop
+    with pytest.raises(ConfigError, match=r"learner\.inner_lr: 'protonet' has no option"):
+        validate_config({**OMNI, "learner": {"name": "protonet", "inner_lr": 0.1}})
     with pytest.raises(ConfigError, match=r"learner\.scale: Input should be greater than 0"):
-        validate_config({**omni, "learner": {"name": "matchingnet", "scale": 0}})
-    cfg = validate_config({**omni, "learner": {"name": "protonet", "batchnorm": "population",
-                                                "population_tasks": 7}})
+        validate_config({**OMNI, "learner": {"name": "matchingnet", "scale": 0}})
+    cfg = validate_config({**OMNI, "learner": {"name": "protonet", "batchnorm": "running",
+                                               "batchnorm_tasks": 7}})
     pn = build_learner(cfg)
-    assert pn.batchnorm == "population" and pn.population_tasks == 7
-    with pytest.raises(ConfigError, match=r"learner\.batchnorm: 'maml' has no batchnorm option"):
-        validate_config({**omni, "learner": {"name": "maml", "batchnorm": "population"}})
+    assert pn.batchnorm == "running" and pn.batchnorm_tasks == 7
+    with pytest.raises(ConfigError, match=r"learner\.batchnorm: 'maml' has no option"):
+        validate_config({**OMNI, "learner": {"name": "maml", "batchnorm": "running"}})
     with pytest.raises(ConfigError, match=r"learner\.batchnorm: Input should be 'episode' or "
-                                          r"'population'"):
-        validate_config({**omni, "learner": {"name": "protonet", "batchnorm": "running"}})
+                                          r"'running'"):
+        validate_config({**OMNI, "learner": {"name": "protonet", "batchnorm": "population"}})
+
+
+def test_every_learners_options_defaults_are_its_constructors():
+    """One default per option: the config's (options model) and the Python API's agree."""
+    import inspect
+
+    from metaphi.registry import LEARNERS
+
+    for name in LEARNERS.names():
+        entry = LEARNERS.get(name)
+        sig = inspect.signature(entry.obj.__init__)
+        for field, info in entry.options.model_fields.items():
+            if field == "name":
+                continue
+            if field in sig.parameters:
+                assert sig.parameters[field].default == info.get_default(), (name, field)
+            else:  # passed through **kw to the parent class
+                parent = inspect.signature(entry.obj.__mro__[1].__init__).parameters[field]
+                assert parent.default == info.get_default(), (name, field)
 
 
 def test_overrides_parse_yaml_values():
@@ -119,7 +151,7 @@ def test_meta_training_improves_on_sinusoid(tmp_path):
     out = tmp_path / "run"
     main(["train", "sinusoid-maml-10shot", "--out", str(out), "--no-progress", "steps=300",
           "val_every=300", "val_tasks=100", "test_tasks=100", "checkpoint_every=300",
-          "meta_batch=10", "optim.lr=0.003"])
+          "meta_batch=10", "meta_optimizer.lr=0.003"])
     res = json.loads((out / "results.json").read_text())
     # An untrained MLP predicting ~0 gets the signal variance (about 4.2); meta-learning must
     # clearly beat that after 300 steps.
@@ -221,7 +253,8 @@ def test_resume_with_fewer_steps_finishes_a_stopped_run_early(tmp_path, monkeypa
         def on_step(step, record):
             if step == 45:
                 raise KeyboardInterrupt
-        return meta_train(*a, **kw, on_step=on_step)
+        a[-1].on_step = on_step  # the TrainOptions
+        return meta_train(*a, **kw)
 
     meta_train = run_mod.meta_train
     monkeypatch.setattr(run_mod, "meta_train", stop_at_45)
@@ -278,11 +311,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_adapt_a_saved_learner_in_three_lines(tmp_path):
     out = tmp_path / "run"
     main(["train", "sinusoid-maml-10shot", "--out", str(out), "--no-progress", *SMALL])
-    _, learner = load_run(out)
+    _, learner = load_run(out)  # in evaluation mode
     x = torch.linspace(-5, 5, 10)[:, None]
-    adapted = learner.adapt(x, 2 * torch.sin(x))
-    y = learner.predict(adapted, torch.zeros(3, 1))
-    assert y.shape == (3, 1) and torch.isfinite(y).all()
+    model = learner.adapt(x, 2 * torch.sin(x))
+    y = model(torch.zeros(3, 1))
+    assert y.shape == (3, 1) and torch.isfinite(y).all() and not y.requires_grad
 
 
 def test_missing_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
@@ -292,21 +325,51 @@ def test_missing_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
-def test_population_config_trains_through_the_cli(tmp_path, capsys):
+def test_population_config_trains_through_the_cli_and_tests_like_any_run(tmp_path, capsys):
     cfg = tmp_path / "search.yaml"
     cfg.write_text(
-        "meta_optimizer: reinforce\nseed: 0\n"
-        "space:\n  inner_lr: {type: float, low: 0.001, high: 0.5, log: true}\n"
-        "  inner_steps: {type: categorical, choices: [1, 2]}\n"
-        "optimizer: {popsize: 4, lr: 0.2}\nfitness: {phi: hyper, train_steps: 3, n_tasks: 4}\n"
-        "generations: 2\nworkers: 1\n")
+        "task: {source: sinusoid}\nlearner: {name: maml}\nseed: 0\n"
+        "meta_optimizer: {name: reinforce, popsize: 4, lr: 0.2}\n"
+        "space:\n  learner.inner_lr: {type: float, low: 0.001, high: 0.5, log: true}\n"
+        "  learner.inner_steps: {type: categorical, choices: [1, 2]}\n"
+        "fitness: {phi: hyper, train_steps: 3}\nsteps: 2\nmeta_batch: 4\nworkers: 1\n"
+        "test_tasks: 40\n")
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["generations"] == 2 and res["evaluations"] == 8
-    assert set(res["center"]) == {"inner_lr", "inner_steps"}
-    assert 0.001 <= res["center"]["inner_lr"] <= 0.5
-    assert (out / "learning_curve.png").exists()
+    assert res["kind"] == "population" and res["generations"] == 2 and res["evaluations"] == 8
+    assert res["meta_test"]["tasks"] == 40 and res["metric"] == "mse"
+    center = res["deployed_overrides"]
+    assert set(center) == {"learner.inner_lr", "learner.inner_steps"}
+    assert 0.001 <= center["learner.inner_lr"] <= 0.5
+    assert (out / "learning_curve.png").exists() and (out / "best.pt").exists()
+    capsys.readouterr()
+    # `metaphi test` re-evaluates it like a gradient run, with the deployed settings
+    assert main(["test", str(out), "--no-progress", "--json", "--seed", "0"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["meta_test"] == res["meta_test"]
+    _, learner = load_run(out)
+    assert learner.inner_lr == pytest.approx(center["learner.inner_lr"])
+    # a different config into the same folder is refused before anything there changes
+    before = (out / "config.yaml").read_text()
+    cfg.write_text(cfg.read_text().replace("popsize: 4", "popsize: 6"))
+    assert main(["train", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_es_over_the_initialisation_resumes_and_deploys_the_center(tmp_path):
+    cfg = tmp_path / "es.yaml"
+    cfg.write_text("task: {source: sinusoid}\nlearner: {name: maml}\nmodel: {name: mlp, "
+                   "hidden: [8]}\nmeta_optimizer: {name: es, popsize: 4, sigma: 0.02}\n"
+                   "steps: 6\nmeta_batch: 3\nworkers: 1\ntest_tasks: 20\n")
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main(["train", str(cfg), "--out", str(full), "--no-progress"]) == 0
+    assert main(["train", str(cfg), "--out", str(split), "--no-progress", "steps=3"]) == 0
+    assert main(["train", str(cfg), "--out", str(split), "--no-progress", "--resume"]) == 0
+    a = json.loads((full / "results.json").read_text())
+    b = json.loads((split / "results.json").read_text())
+    assert a["meta_test"] == b["meta_test"] and a["generations"] == b["generations"] == 6
+    assert "learner.inner_lr" in a["deployed_overrides"]
 
 
 def test_loader_workers_give_the_same_run_and_may_change_on_resume(tmp_path):
@@ -318,4 +381,4 @@ def test_loader_workers_give_the_same_run_and_may_change_on_resume(tmp_path):
                  str(tmp_path / "workers"), "--resume"]) == 0
     _assert_same_run(tmp_path / "in_loop", tmp_path / "workers", steps=40)
     with pytest.raises(ConfigError, match=r"loader_workers: Input should be greater than or equal to 0"):
-        validate_config({"loader_workers": -1})
+        validate_config({**SINE, "loader_workers": -1})

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metaphi.tasks import (FewShotSource, ImageFolderData, SinusoidFamily, TensorData,
+from metaphi.tasks import (FewShotSource, ImageFolderData, SinusoidSource, TensorData,
                            fewshot_splits, fixed_tasks, sample_tasks, stack_tasks, task_rng)
 
 
@@ -17,7 +17,7 @@ def toy_data(n_classes=10, per_class=8, dim=3):
 
 
 def test_sinusoid_family_is_reproducible_and_in_range():
-    fam = SinusoidFamily(k_shot=5, n_query=7)
+    fam = SinusoidSource(k_shot=5, n_query=7)
     a = fam.sample(task_rng(3, "train", 10, 2))
     b = fam.sample(task_rng(3, "train", 10, 2))
     c = fam.sample(task_rng(3, "train", 11, 2))
@@ -31,7 +31,7 @@ def test_sinusoid_family_is_reproducible_and_in_range():
 
 
 def test_streams_are_independent():
-    fam = SinusoidFamily()
+    fam = SinusoidSource()
     tr = fam.sample(task_rng(0, "train", 0, 0))
     va = fam.sample(task_rng(0, "val", 0, 0))
     assert tr.meta["amplitude"] != va.meta["amplitude"]
@@ -39,7 +39,7 @@ def test_streams_are_independent():
 
 def test_fewshot_task_shapes_labels_and_disjoint_support_query():
     x, y = toy_data()
-    src = FewShotSource(TensorData(x, y), classes=range(10), n_way=4, k_shot=2, q_queries=3)
+    src = FewShotSource(TensorData(x, y), classes=range(10), n_way=4, k_shot=2, n_query=3)
     t = src.sample(np.random.default_rng(0))
     assert t.support_x.shape == (8, 3) and t.query_x.shape == (12, 3)
     assert t.support_y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
@@ -56,14 +56,14 @@ def test_fewshot_task_shapes_labels_and_disjoint_support_query():
 def test_too_many_ways_is_a_clear_error():
     x, y = toy_data(n_classes=3)
     with pytest.raises(ValueError, match=r"5-way tasks need at least 5 classes, but this split has 3"):
-        FewShotSource(TensorData(x, y), classes=range(3), n_way=5, k_shot=1, q_queries=1)
+        FewShotSource(TensorData(x, y), classes=range(3), n_way=5, k_shot=1, n_query=1)
 
 
 def test_too_many_shots_names_the_class_and_numbers():
     x, y = toy_data(n_classes=4, per_class=8)
     keep = ~((y == 2) & (torch.arange(len(y)) % 8 >= 3))  # class 2 keeps 3 examples
-    with pytest.raises(ValueError, match=r"class '2' has 3 examples, but k_shot \+ q_queries = 1 \+ 5 = 6"):
-        FewShotSource(TensorData(x[keep], y[keep]), classes=range(4), n_way=2, k_shot=1, q_queries=5)
+    with pytest.raises(ValueError, match=r"class '2' has 3 examples, but k_shot \+ n_query = 1 \+ 5 = 6"):
+        FewShotSource(TensorData(x[keep], y[keep]), classes=range(4), n_way=2, k_shot=1, n_query=5)
 
 
 def test_nan_inputs_are_rejected():
@@ -108,7 +108,7 @@ def test_sampling_is_fast_after_indexing():
 
 
 def test_fixed_tasks_depend_only_on_seed():
-    fam = SinusoidFamily()
+    fam = SinusoidSource()
     a = [t.meta["phase"] for t in fixed_tasks(fam, 5, "test", 4)]
     b = [t.meta["phase"] for t in fixed_tasks(fam, 5, "test", 4)]
     c = [t.meta["phase"] for t in fixed_tasks(fam, 6, "test", 4)]
@@ -116,7 +116,7 @@ def test_fixed_tasks_depend_only_on_seed():
 
 
 def test_stack_requires_equal_shapes():
-    fam5, fam10 = SinusoidFamily(k_shot=5), SinusoidFamily(k_shot=10)
+    fam5, fam10 = SinusoidSource(k_shot=5), SinusoidSource(k_shot=10)
     rng = np.random.default_rng(0)
     batch = stack_tasks([fam5.sample(rng), fam5.sample(rng)])
     assert batch.support_x.shape == (2, 5, 1)
@@ -133,7 +133,7 @@ def test_image_folder_source(tmp_path):
             Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(d / f"{i}.png")
     data = ImageFolderData(tmp_path, size=(10, 10))
     assert data.class_names == ["class0", "class1", "class2", "class3"]
-    src = FewShotSource(data, range(4), n_way=3, k_shot=2, q_queries=2)
+    src = FewShotSource(data, range(4), n_way=3, k_shot=2, n_query=2)
     t = src.sample(np.random.default_rng(1))
     assert t.support_x.shape == (6, 1, 10, 10) and 0 <= float(t.support_x.min()) <= 1
     (tmp_path / "class0" / "broken.png").write_bytes(b"not a png")
@@ -160,7 +160,7 @@ def test_meta_batches_from_worker_processes_equal_in_process_sampling(ragged):
 
     x, y = toy_data()
     src = _RaggedSource() if ragged else FewShotSource(TensorData(x, y), range(10), n_way=3,
-                                                        k_shot=2, q_queries=2)
+                                                        k_shot=2, n_query=2)
     # steps 5..12 of the stream, tasks 1..4 of each step (a distributed rank's block)
     ref = list(meta_batches(src, 9, "train", 5, 13, 4, start=1))
     got = list(meta_batches(src, 9, "train", 5, 13, 4, start=1, workers=2))

@@ -26,13 +26,20 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..tasks.fewshot import FewShotSource, fewshot_splits
+if TYPE_CHECKING:
+    from PIL import Image
+
+from pydantic import Field
+
+from ..registry import register_source
+from ..tasks.fewshot import FewShotOptions, FewShotSource, fewshot_splits
+from ..tasks.sources import Splits, TaskInfo
 from .cache import default_cache_dir, is_writable_dir, load_arrays, save_arrays
 from .download import RemoteFile, check_archive, download, safe_extract
 
@@ -260,22 +267,58 @@ RESAMPLING = ("lanczos", "nearest")
 
 
 def decode_png(data: bytes, size: int, resample: str = "lanczos") -> np.ndarray:
-    """One Omniglot PNG (black ink on white) as a ``size`` x ``size`` uint8 array with ink = 255.
+    """One Omniglot PNG file's bytes as :func:`preprocess_drawing` makes it."""
+    from PIL import Image
 
-    ``"lanczos"`` downsampling keeps the strokes' anti-aliased coverage at low resolution (as
-    Finn et al.'s MAML code); ``"nearest"`` keeps binary strokes (0 or 255), what Snell et al.'s
-    ProtoNet code gets from PIL, which resizes the 1-bit PNGs with nearest-neighbour sampling.
+    with Image.open(io.BytesIO(data)) as im:
+        return preprocess_drawing(im, size, resample)
+
+
+def preprocess_drawing(image: "np.ndarray | Image.Image", size: int = 28,
+                       resample: str = "lanczos") -> np.ndarray:
+    """A drawing as an Omniglot model expects it: a ``size`` x ``size`` uint8 array, ink = 255.
+
+    ``image``: a PIL image or an array (H, W) or (H, W, C) with dark ink on a light background,
+    uint8 in 0..255 or float in [0, 1]. Transparent pixels count as background (white), so a
+    drawing exported with a transparent background reads as drawn. ``"lanczos"`` downsampling
+    keeps the strokes' anti-aliased coverage at low resolution (as Finn et al.'s MAML code);
+    ``"nearest"`` keeps binary strokes (0 or 255), what Snell et al.'s ProtoNet code gets from
+    PIL, which resizes the 1-bit PNGs with nearest-neighbour sampling. A model's input is this
+    array divided by 255, as a (1, size, size) float tensor.
     """
     from PIL import Image
 
     if resample not in RESAMPLING:
         raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("L")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.LANCZOS if resample == "lanczos"
-                           else Image.Resampling.NEAREST)
-        return 255 - np.asarray(im, dtype=np.uint8)
+    im = image if isinstance(image, Image.Image) else Image.fromarray(_as_uint8(image))
+    im = _on_white(im).convert("L")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS if resample == "lanczos"
+                       else Image.Resampling.NEAREST)
+    return 255 - np.asarray(im, dtype=np.uint8)
+
+
+def _as_uint8(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        if not np.isfinite(a).all():
+            raise ValueError("the drawing contains NaN or inf")
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
+    return a
+
+
+def _on_white(im: "Image.Image") -> "Image.Image":
+    """The image with any transparency composited onto a white background."""
+    from PIL import Image
+
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im
 
 
 def _iter_members(part: _Part) -> Iterator[tuple[str, bytes | Exception]]:
@@ -593,7 +636,7 @@ def read_split(split: str | Path, which: str, folder: Path | None = None) -> lis
 
 
 def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int = 1,
-                     q_queries: int = 15, eval_q_queries: int | None = None,
+                     n_query: int = 15, eval_n_query: int | None = None,
                      split: str | Path = "vinyals", *, train_n_way: int | None = None,
                      meta_train: str = "train", images: OmniglotImages | None = None,
                      cache_dir: str | Path | None = None, strict: bool = True,
@@ -602,7 +645,7 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
     """Meta-train / meta-val / meta-test N-way K-shot task sources over Omniglot's rotated
     characters, from the ``train``, ``val`` and ``test`` lists of ``split``.
 
-    ``eval_q_queries`` (default ``q_queries``) sets the queries per class of meta-val/meta-test,
+    ``eval_n_query`` (default ``n_query``) sets the queries per class of meta-val/meta-test,
     ``train_n_way`` (default ``n_way``) the ways of meta-train episodes.
     ``meta_train="trainval"`` meta-trains on the split's ``trainval`` list (train + val, as
     Snell et al. 2017 did for their published models) and returns no meta-val source: classes
@@ -622,7 +665,53 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
     for names in lists:
         ids.append(np.arange(start, start + len(names)))
         start += len(names)
-    srcs = fewshot_splits(data, n_way, k_shot, q_queries, splits=ids,
-                          eval_q_queries=eval_q_queries, train_n_way=train_n_way,
+    srcs = fewshot_splits(data, n_way, k_shot, n_query, splits=ids,
+                          eval_n_query=eval_n_query, train_n_way=train_n_way,
                           names=[f"meta-{'train' if w == 'trainval' else w}" for w in which])
     return srcs if meta_train == "train" else (srcs[0], None, srcs[1])  # type: ignore[return-value]
+
+
+class OmniglotOptions(FewShotOptions):
+    """``task:`` options of the Omniglot source."""
+
+    source: str = "omniglot"
+    data_dir: str | None = Field(None, description="the data folder holding omniglot/ (or the "
+                                 "Omniglot folder itself; default: $METAPHI_DATA)")
+    split: str = Field("vinyals", description="class split: a shipped one ('vinyals') or a "
+                       "folder with train.txt, val.txt, test.txt")
+    meta_train_classes: Literal["train", "trainval"] = Field(
+        "train", description="meta-train on the split's train classes (meta-validation chooses "
+        "φ), or on train+val (Snell et al.'s final models: no meta-validation, φ is the last "
+        "step's, so fix `steps` from a train-classes run)")
+    resample: Literal["lanczos", "nearest"] = Field(
+        "lanczos", description="how the 105 px drawings are downsampled: anti-aliased "
+        "('lanczos', as Finn et al.'s MAML code) or to binary strokes ('nearest', as Snell et "
+        "al.'s ProtoNet code)")
+    image_size: int = Field(28, ge=4, description="side of the square images, in pixels")
+
+    def info(self) -> TaskInfo:
+        return TaskInfo("classification", "image", (1, self.image_size, self.image_size),
+                        n_way=self.n_way, default_model="conv4")
+
+    def load_file(self, path: Path) -> Tensor:
+        """A user's drawing as this source's models expect it (:func:`preprocess_drawing`)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                arr = preprocess_drawing(im, self.image_size, self.resample)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+        return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
+
+
+@register_source("omniglot", options=OmniglotOptions)
+def omniglot_splits(o: OmniglotOptions) -> Splits:
+    """Omniglot's meta-train / meta-val / meta-test sources from a config's options."""
+    images = load_omniglot(o.data_dir or os.environ.get("METAPHI_DATA"),
+                           image_size=o.image_size, resample=o.resample)
+    train, val, test = omniglot_sources(images=images, n_way=o.n_way, k_shot=o.k_shot,
+                                        n_query=o.n_query, eval_n_query=o.eval_n_query,
+                                        split=o.split, train_n_way=o.train_n_way,
+                                        meta_train=o.meta_train_classes)
+    return Splits(train, val, test, o.info())

@@ -7,7 +7,7 @@ divided by the mean absolute value of its input, so one network serves series of
 
 Training has two phases, both across many series: (1) plain minibatch training of the global
 network on windows (the N-BEATS recipe; cheap and batched), then (2) MAML meta-training with the
-core's :class:`metaphi.learners.MAML` (``loss="mae"``) via ``learner.outer_grads(tasks)`` and
+core's :class:`metaphi.learners.MAML` (``loss="mae"``) via ``learner.meta_backward(tasks)`` and
 Adam, so that a few SGD steps on a series' own windows improve its forecast. The MAML phase
 uses an absolute error, like pretraining: a squared error pulled the network toward mean
 forecasts and cost 0.6 sMAPE on M3 monthly. At meta-test each series is adapted with the inner
@@ -308,10 +308,8 @@ class NeuralForecaster:
                 t = self.train_task(taskable[int(rng.integers(len(taskable)))], rng)
                 if t is not None:
                     tasks.append(t)
-            grads, stats = self.learner.outer_grads(tasks)
             meta_opt.zero_grad()
-            for n, p in self.learner.meta_params().items():
-                p.grad = grads[n]
+            stats = self.learner.meta_backward(tasks)
             nn.utils.clip_grad_norm_(self.learner.parameters(), 1.0)
             meta_opt.step()
             losses.append(stats["loss"])
@@ -337,11 +335,11 @@ class NeuralForecaster:
             base = self.net(x)
         if sup is None or steps == 0:
             return base
-        fast = self.learner.adapt_steps(sup[0], sup[1], None, steps, create_graph=False)
+        fast = self.learner.adapt(sup[0], sup[1], create_graph=False, steps=steps)
         with torch.no_grad():
             before = float(self.learner.loss_fn(self.net(sup[0]), sup[1]))
-            after = float(self.learner.loss_fn(self.learner.predict(fast, sup[0]), sup[1]))
-            pred = self.learner.predict(fast, x)
+            after = float(self.learner.loss_fn(fast(sup[0]), sup[1]))
+            pred = fast(x)
         if not (np.isfinite(after) and after <= before and torch.isfinite(pred).all()):
             self.guarded += 1
             return base

@@ -2,38 +2,92 @@
 
 A learner is an ``nn.Module`` whose parameters are the meta-parameters φ (``meta_params()``).
 Its functional core takes φ explicitly as a dict, so the same code serves meta-training
-(gradients to φ), evaluation and distributed or population meta-optimizers.
+(gradients to φ), evaluation and distributed or population meta-optimizers. The outer step is
+PyTorch-shaped::
+
+    opt.zero_grad()
+    stats = learner.meta_backward(tasks)    # fills .grad of φ, one task's graph at a time
+    opt.step()
+
+and adapting is a call that returns a callable model::
+
+    learner.eval()
+    model = learner.adapt(support_x, support_y)
+    logits = model(query_x)
+
+``train()`` / ``eval()`` decide how :meth:`Learner.adapt` runs, as they decide dropout for a
+module: in training mode adaptation is differentiable (the inner loop stays in the autograd
+graph) and runs ``inner_steps``; in evaluation mode it runs ``eval_inner_steps`` with φ fixed,
+and metric learners use their running BatchNorm statistics where they keep them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..tasks.task import Task
 from . import parallel
-from .functional import Params, loss_and_metric
+from .functional import LossSpec, Params, loss_and_metric
 
-Adapted = Any
 R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class Adapted:
+    """A model adapted to one task's support set: what f_φ returns. Call it on inputs.
+
+    ``params`` holds the adapted weights (the fast weights of the MAML family, φ for metric
+    learners); subclasses add what their learner's prediction needs (prototypes, a fitted head).
+    """
+
+    learner: "Learner"
+    params: Params
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Outputs (logits or regression values) of the adapted model on ``x``."""
+        return self.learner.predict(self, x)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module.eval()`` inside the block, its previous mode restored after."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
+
+
+@contextmanager
+def train_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module.train()`` inside the block, its previous mode restored after."""
+    was = module.training
+    module.train()
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 class Learner(nn.Module):
     """Base class. Subclasses implement :meth:`adapt` and :meth:`predict`.
 
-    Three lines adapt a meta-trained learner to a new task and predict::
-
-        adapted = learner.adapt(support_x, support_y)
-        y_hat = learner.predict(adapted, new_x)
+    Args:
+        loss: ``"ce"`` (classification), ``"mse"`` or ``"mae"`` (regression), or a callable
+            ``loss(outputs, targets) -> scalar`` (its value is then also the reported metric).
     """
 
-    def __init__(self, loss: str = "ce") -> None:
+    def __init__(self, loss: LossSpec = "ce") -> None:
         super().__init__()
         # Threads running a meta-batch's tasks side by side in the per-task loop (see
         # metaphi.learners.parallel); None: one per intra-op thread on CPU, 1 on a GPU.
         self.task_threads: int | None = None
-        self.loss_kind = loss
+        self.loss_kind = loss if isinstance(loss, str) else "custom"
         self.loss_fn, self.metric_fn, self.metric_name, self.higher_is_better = loss_and_metric(loss)
 
     # φ ---------------------------------------------------------------------------------------
@@ -41,64 +95,97 @@ class Learner(nn.Module):
         """φ as a name -> tensor dict (the learner's trainable parameters)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
+    def graph(self, create_graph: bool | None) -> bool:
+        """Whether adaptation stays in the autograd graph: as asked, or by default in training
+        mode with gradients enabled."""
+        if create_graph is None:
+            return self.training and torch.is_grad_enabled()
+        return bool(create_graph)
+
     # f_φ -------------------------------------------------------------------------------------
-    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
-              create_graph: bool = False) -> Adapted:
-        """Learn from a support set; return what :meth:`predict` needs."""
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None, *,
+              create_graph: bool | None = None, steps: int | None = None) -> Adapted:
+        """Learn from a support set; return the adapted model (an :class:`Adapted`).
+
+        ``params``: φ to adapt from (default: the learner's own); ``create_graph``: keep the
+        adaptation differentiable in φ (default: in training mode); ``steps``: inner steps
+        (default: ``inner_steps`` in training mode, ``eval_inner_steps`` in evaluation mode;
+        ignored by learners without an inner loop)."""
         raise NotImplementedError
 
     def predict(self, adapted: Adapted, x: Tensor) -> Tensor:
-        """Outputs (logits or regression values) of the adapted model on ``x``."""
+        """Outputs of ``adapted`` on ``x`` (what ``adapted(x)`` calls)."""
         raise NotImplementedError
 
     # episodes --------------------------------------------------------------------------------
     def episode(self, task: Task, params: Params | None = None,
-                create_graph: bool = False) -> tuple[Tensor, Tensor]:
+                create_graph: bool | None = None) -> tuple[Tensor, Tensor]:
         """Inner-task training on the support set, inner-task testing on the query set.
 
         Returns ``(query loss, query metric)``; the loss carries the graph to φ when
-        ``create_graph`` is set.
+        adaptation is differentiable (see :meth:`adapt`).
         """
-        adapted = self.adapt(task.support_x, task.support_y, params, create_graph=create_graph)
-        out = self.predict(adapted, task.query_x)
+        out = self.adapt(task.support_x, task.support_y, params, create_graph=create_graph)(
+            task.query_x)
         return self.loss_fn(out, task.query_y), self.metric_fn(out, task.query_y).detach()
 
     def eval_episodes(self, tasks: list[Task]) -> tuple[Tensor, Tensor]:
         """Per-task query losses and metrics ``(T,)`` with φ fixed (cross-task testing), for
-        tasks already on the learner's device. Here one task at a time; learners with a
-        task-batched path run equally shaped tasks together where that path is the faster one
-        (see :meth:`use_batched`)."""
-        pairs = [self.episode(t) for t in tasks]
+        tasks already on the learner's device, in evaluation mode. Here one task at a time;
+        learners with a task-batched path run equally shaped tasks together where that path
+        is the faster one."""
+        with eval_mode(self):
+            pairs = [self.episode(t, create_graph=False) for t in tasks]
         return (torch.stack([loss.detach() for loss, _ in pairs]),
                 torch.stack([metric for _, metric in pairs]))
 
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
-        """The meta-objective: mean query loss over tasks (and the mean metric)."""
-        losses, metrics = zip(*(self.episode(t, params, create_graph=True) for t in tasks))
-        return torch.stack(losses).mean(), torch.stack(metrics).mean()
+        """The meta-objective as one differentiable value: the mean query loss over ``tasks``
+        (and the mean metric), holding every task's graph at once; :meth:`meta_backward` is
+        the memory-lean way to its gradient."""
+        with train_mode(self):
+            pairs = [self.episode(t, params, create_graph=True) for t in tasks]
+        return (torch.stack([loss for loss, _ in pairs]).mean(),
+                torch.stack([metric for _, metric in pairs]).mean())
 
-    def outer_grads(self, tasks: list[Task], params: Params | None = None,
-                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
-        """Meta-gradient of the meta-objective w.r.t. φ, per-task accumulated.
+    # the meta-gradient -----------------------------------------------------------------------
+    def meta_backward(self, tasks: list[Task], normalize_by: float | None = None
+                      ) -> dict[str, float]:
+        """Accumulate the meta-gradient of the mean query loss over ``tasks`` into φ's
+        ``.grad``, as ``loss.backward()`` would, one task's graph at a time.
 
-        Each task's graph is freed before the next one is built, so memory stays at one task's
-        graph, not the meta-batch's. ``scale`` divides the sum (the *global* meta-batch size in a
-        distributed run). Returns ``(grads, {"loss", "metric"})``.
-        """
+        ``normalize_by`` divides the sum of the task losses instead of ``len(tasks)`` (the
+        global meta-batch size in a distributed run). Returns ``{"loss", "metric"}``, the
+        tasks' mean query loss and metric."""
+        params = self.meta_params()
+        grads, stats = self.meta_grads(tasks, params, normalize_by)
+        # backward through the leaves: accumulates into .grad exactly as loss.backward() does
+        names = [n for n in params if grads[n] is not None]
+        torch.autograd.backward([params[n] for n in names], [grads[n] for n in names])
+        return stats
+
+    def meta_grads(self, tasks: list[Task], params: Params | None = None,
+                   normalize_by: float | None = None) -> tuple[Params, dict[str, float]]:
+        """The functional form of :meth:`meta_backward`: ``(d meta-loss / d params, stats)``
+        with the gradients returned as a dict instead of accumulated.
+
+        Each task's graph is freed before the next one is built; tasks may run side by side
+        on :attr:`task_threads` threads, and the per-task gradients are summed in task order,
+        so the result does not depend on thread timing."""
         params = self.meta_params() if params is None else params
-        n = max(len(tasks), 1) if scale == 1.0 else scale
+        n = float(normalize_by) if normalize_by is not None else max(len(tasks), 1)
 
         def one(learner: "Learner", task: Task) -> tuple[Params, float, float]:
             loss, metric = learner.episode(task, params, create_graph=True)
             return self.grads_of(loss / n, params), float(loss.detach()), float(metric)
 
-        per_task = self.map_tasks(one, tasks, list(params.values()))
+        with train_mode(self):
+            per_task = self.map_tasks(one, tasks, list(params.values()))
         total = {k: torch.zeros_like(p) for k, p in params.items()}
-        for grads, _, _ in per_task:  # task order: the sum does not depend on thread timing
+        for grads, _, _ in per_task:
             for k, g in grads.items():
                 total[k] += g
-        return total, {"loss": sum(r[1] for r in per_task) / len(tasks),
-                       "metric": sum(r[2] for r in per_task) / len(tasks)}
+        return total, mean_stats([(loss, metric) for _, loss, metric in per_task])
 
     def map_tasks(self, fn: Callable[["Learner", Task], R], tasks: list[Task],
                   tensors: list[Tensor]) -> list[R]:
@@ -116,8 +203,11 @@ class Learner(nn.Module):
 
     def prepare_eval(self, source: Any, seed: int) -> None:
         """Called before every meta-validation and meta-test with the meta-train task source:
-        learners whose evaluation needs statistics of φ on meta-train tasks (BatchNorm
-        population statistics) compute them here, as a function of (φ, seed). Default: nothing."""
+        learners whose evaluation needs statistics of φ on meta-train tasks (running BatchNorm
+        statistics) compute them here, as a function of (φ, seed). Default: nothing."""
 
-    def extra_config(self) -> dict[str, Any]:
-        return {}
+
+def mean_stats(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """``{"loss", "metric"}``: the means of per-task (loss, metric) pairs."""
+    n = max(len(pairs), 1)
+    return {"loss": sum(p[0] for p in pairs) / n, "metric": sum(p[1] for p in pairs) / n}

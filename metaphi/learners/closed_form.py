@@ -11,15 +11,24 @@ of an episode normalised together with that episode's statistics); see there.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from ..registry import register_learner
 from .functional import Params
-from .metric import EmbeddingLearner
+from .metric import EmbeddingLearner, EmbeddingOptions
 
 
+class R2D2Options(EmbeddingOptions):
+    name: str = "r2d2"
+    lam: float = Field(1.0, gt=0, description="initial ridge penalty λ")
+    scale: float = Field(1.0, gt=0, description="initial logit scale")
+    learn_lam: bool = Field(True, description="meta-learn λ")
+    learn_scale: bool = Field(True, description="meta-learn the logit scale")
+
+
+@register_learner("r2d2", options=R2D2Options, model="embedding", kinds=("classification",))
 class R2D2(EmbeddingLearner):
     """Ridge Regression Differentiable Discriminator (Bertinetto et al., 2019).
 
@@ -28,13 +37,20 @@ class R2D2(EmbeddingLearner):
     set is smaller than the embedding) and the logits are ``scale * Z_query W``. λ and the scale
     are meta-learned. The paper's extra output bias is left out: one scalar added to every
     class's logit does not change the softmax, so it gets no gradient.
+
+    Args:
+        model, loss, batched, batchnorm, batchnorm_tasks: as :class:`~metaphi.learners.ProtoNet`.
+        lam: initial ridge penalty λ.
+        scale: initial logit scale.
+        learn_lam: meta-learn λ.
+        learn_scale: meta-learn the scale.
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", lam: float = 1.0,
                  scale: float = 1.0, learn_lam: bool = True, learn_scale: bool = True,
                  batched: bool | None = None, batchnorm: str = "episode",
-                 population_tasks: int = 50) -> None:
-        super().__init__(model, loss, batched, batchnorm, population_tasks)
+                 batchnorm_tasks: int = 50) -> None:
+        super().__init__(model, loss, batched, batchnorm, batchnorm_tasks)
         if not lam > 0:
             raise ValueError(f"lam (the ridge penalty) must be > 0, got {lam}")
         if not scale > 0:
@@ -62,7 +78,3 @@ class R2D2(EmbeddingLearner):
 
     def head_logits(self, head: Tensor, z_query: Tensor, params: Params) -> Tensor:
         return params.get("scale", self.scale) * torch.bmm(z_query, head)
-
-    def extra_config(self) -> dict[str, Any]:
-        return {**super().extra_config(), "learn_lam": self.learn_lam,
-                "learn_scale": self.learn_scale}

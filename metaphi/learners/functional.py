@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 Params = dict[str, Tensor]
+LossSpec = str | Callable[[Tensor, Tensor], Tensor]
 
 
 def forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
@@ -62,14 +63,17 @@ def transductive_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def loss_and_metric(kind: str) -> tuple[Callable[[Tensor, Tensor], Tensor],
-                                         Callable[[Tensor, Tensor], Tensor], str, bool]:
-    """(loss, metric, metric name, higher is better) for ``'ce'``, ``'mse'`` or ``'mae'``."""
+def loss_and_metric(kind: LossSpec) -> tuple[Callable[[Tensor, Tensor], Tensor],
+                                              Callable[[Tensor, Tensor], Tensor], str, bool]:
+    """(loss, metric, metric name, higher is better) for ``'ce'``, ``'mse'``, ``'mae'``, or a
+    callable loss (which is then its own metric, lower is better)."""
+    if callable(kind):
+        return kind, kind, "loss", False
     if kind == "ce":
         return F.cross_entropy, lambda out, y: (out.argmax(-1) == y).float().mean(), "accuracy", True
     if kind == "mse":
         return F.mse_loss, F.mse_loss, "mse", False
     if kind == "mae":
         return F.l1_loss, F.l1_loss, "mae", False
-    raise ValueError(f"loss must be 'ce' (classification), 'mse' or 'mae' (regression), "
-                     f"got {kind!r}")
+    raise ValueError(f"loss must be 'ce' (classification), 'mse' or 'mae' (regression), or a "
+                     f"callable loss(outputs, targets), got {kind!r}")

@@ -10,14 +10,35 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from ..registry import Options, register_learner
 from ..tasks.task import Task, stack_tasks
-from .base import Learner
-from .functional import Params, forward, inner_loop, sgd_step, transductive_batchnorm
+from .base import Adapted, Learner, train_mode
+from .functional import LossSpec, Params, forward, inner_loop, sgd_step, transductive_batchnorm
 from . import batched
 
 MODEL_PREFIX = "model."
+
+
+class InnerLoopOptions(Options):
+    """Options of learners with an SGD inner loop."""
+
+    name: str
+    inner_lr: float = Field(0.01, gt=0, description="inner-loop SGD step size")
+    inner_steps: int = Field(1, ge=1, description="inner steps at meta-training")
+    eval_inner_steps: int | None = Field(
+        None, ge=1, description="inner steps in evaluation mode: meta-validation, meta-test, "
+        "prediction (default: inner_steps)")
+    batched: bool | None = Field(
+        None, description="run a meta-batch of equally shaped tasks as one task-batched pass "
+        "per layer (None: where it is the faster path)")
+
+
+class MAMLOptions(InnerLoopOptions):
+    name: str = "maml"
+    first_order: bool = Field(False, description="treat inner gradients as constants")
 
 
 def _check_inner(inner_lr: float, inner_steps: int) -> None:
@@ -27,19 +48,24 @@ def _check_inner(inner_lr: float, inner_steps: int) -> None:
         raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
 
 
+@register_learner("maml", options=MAMLOptions)
 class MAML(Learner):
     """Model-Agnostic Meta-Learning (Finn et al., 2017).
 
-    ``first_order=True`` gives first-order MAML (inner gradients treated as constants).
-    ``eval_inner_steps`` (default: ``inner_steps``) is used when adapting outside meta-training.
-    ``batched`` runs a meta-batch of equal-shape tasks through one task-batched pass per layer
-    (:mod:`metaphi.learners.batched`) when the model's layers allow it; the result equals the
-    per-task loop's. ``None`` (default) picks the faster path measured here
-    (:func:`metaphi.learners.batched.auto`: batched for dense networks or on a GPU, the
-    per-task loop for convolutional networks on CPU).
+    Args:
+        model: the network whose initialisation is φ.
+        loss: ``"ce"``, ``"mse"``, ``"mae"`` or a callable (see :class:`Learner`).
+        inner_lr: step size of the inner SGD loop.
+        inner_steps: inner steps at meta-training (training mode).
+        first_order: treat inner gradients as constants (first-order MAML).
+        eval_inner_steps: inner steps in evaluation mode (default ``inner_steps``).
+        batched: run a meta-batch of equal-shape tasks through one task-batched pass per layer
+            (:mod:`metaphi.learners.batched`), equal to the per-task loop's result. ``None``
+            picks the faster path (:func:`metaphi.learners.batched.auto`: batched for dense
+            networks or on a GPU, the per-task loop for convolutional networks on CPU).
     """
 
-    def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
+    def __init__(self, model: nn.Module, loss: LossSpec = "ce", inner_lr: float = 0.01,
                  inner_steps: int = 1, first_order: bool = False,
                  eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
         super().__init__(loss)
@@ -61,15 +87,20 @@ class MAML(Learner):
     def inner_lrs(self, params: Params) -> float | Params:
         return self.inner_lr
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
-              create_graph: bool = False) -> Params:
-        steps = self.inner_steps if create_graph else self.eval_inner_steps
-        return self.adapt_steps(support_x, support_y, params, steps, create_graph)
+    def default_steps(self) -> int:
+        """Inner steps of the current mode: ``inner_steps`` (train) or ``eval_inner_steps``."""
+        return self.inner_steps if self.training else self.eval_inner_steps
 
-    def adapt_steps(self, support_x: Tensor, support_y: Tensor, params: Params | None,
-                    steps: int, create_graph: bool) -> Params:
-        """:meth:`adapt` with an explicit number of inner steps."""
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None, *,
+              create_graph: bool | None = None, steps: int | None = None) -> Adapted:
+        create_graph = self.graph(create_graph)
+        steps = self.default_steps() if steps is None else int(steps)
         params = self.meta_params() if params is None else params
+        return Adapted(self, self.fast_weights(support_x, support_y, params, steps, create_graph))
+
+    def fast_weights(self, support_x: Tensor, support_y: Tensor, params: Params, steps: int,
+                     create_graph: bool) -> Params:
+        """The model's weights after ``steps`` inner SGD steps on the support set."""
         with torch.enable_grad():
             fast = inner_loop(self.model, self.model_params(params), support_x, support_y,
                               self.loss_fn, self.adapted_names(), steps, self.inner_lrs(params),
@@ -78,23 +109,25 @@ class MAML(Learner):
             fast = {n: p.detach() for n, p in fast.items()}
         return fast
 
-    def predict(self, adapted: Params, x: Tensor) -> Tensor:
-        return forward(self.model, adapted, x)
+    def predict(self, adapted: Adapted, x: Tensor) -> Tensor:
+        return forward(self.model, adapted.params, x)
 
     def use_batched(self, tasks: list[Task]) -> bool:
-        if len(tasks) < 2 or len({t.shapes for t in tasks}) != 1 or not batched.supports(self.model):
+        if (len(tasks) < 2 or self.loss_kind == "custom" or len({t.shapes for t in tasks}) != 1
+                or not batched.supports(self.model)):
             return False
         if self.batched is None:
             return batched.auto(self.model, tasks[0].support_x)
         return self.batched
 
-    def outer_grads(self, tasks: list[Task], params: Params | None = None,
-                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
+    def meta_grads(self, tasks: list[Task], params: Params | None = None,
+                   normalize_by: float | None = None) -> tuple[Params, dict[str, float]]:
         if not self.use_batched(tasks):
-            return super().outer_grads(tasks, params, scale)
+            return super().meta_grads(tasks, params, normalize_by)
         params = self.meta_params() if params is None else params
-        losses, metrics = self.batched_episodes(stack_tasks(tasks), params, create_graph=True)
-        n = len(tasks) if scale == 1.0 else scale
+        n = float(normalize_by) if normalize_by is not None else len(tasks)
+        with train_mode(self):
+            losses, metrics = self.batched_episodes(stack_tasks(tasks), params, create_graph=True)
         return (self.grads_of(losses.sum() / n, params),
                 {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())})
 
@@ -156,27 +189,39 @@ class MAML(Learner):
             losses = batched.per_task_loss(self.loss_kind, out, batch.query_y)
         return losses, batched.per_task_metric(self.loss_kind, out, batch.query_y).detach()
 
-    def extra_config(self) -> dict[str, Any]:
-        return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
-                "first_order": self.first_order, "eval_inner_steps": self.eval_inner_steps}
+
+class FOMAMLOptions(InnerLoopOptions):
+    name: str = "fomaml"
 
 
+@register_learner("fomaml", options=FOMAMLOptions)
 class FOMAML(MAML):
-    """First-order MAML."""
+    """First-order MAML: MAML with the inner gradients treated as constants (arguments as
+    :class:`MAML`'s, without ``first_order``)."""
 
     def __init__(self, model: nn.Module, **kw: Any) -> None:
-        kw["first_order"] = True
-        super().__init__(model, **kw)
+        if "first_order" in kw:
+            raise TypeError("FOMAML is first-order by definition; use MAML(first_order=...) to "
+                            "choose")
+        super().__init__(model, first_order=True, **kw)
 
 
 def _lr_key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class MetaSGD(MAML):
-    """Meta-SGD (Li et al., 2017): φ also holds a learning rate per parameter entry."""
+class MetaSGDOptions(MAMLOptions):
+    name: str = "metasgd"
+    inner_lr: float = Field(0.01, gt=0, description="initial value of every per-parameter "
+                            "inner learning rate (meta-learned)")
 
-    def __init__(self, model: nn.Module, loss: str = "ce", inner_lr: float = 0.4,
+
+@register_learner("metasgd", options=MetaSGDOptions)
+class MetaSGD(MAML):
+    """Meta-SGD (Li et al., 2017): φ also holds a learning rate per parameter entry,
+    initialised at ``inner_lr`` (other arguments as :class:`MAML`)."""
+
+    def __init__(self, model: nn.Module, loss: LossSpec = "ce", inner_lr: float = 0.01,
                  inner_steps: int = 1, first_order: bool = False,
                  eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
         super().__init__(model, loss, inner_lr, inner_steps, first_order, eval_inner_steps,
@@ -196,12 +241,19 @@ def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module, str]:
     if isinstance(model, nn.Sequential) and len(model) >= 2:
         last = str(len(model) - 1)
         return model[:-1], model[-1], last + "."
-    raise ValueError("ANIL needs a model with `features` and `head` sub-modules, or an "
-                     "nn.Sequential whose last layer is the head")
+    raise ValueError("ANIL needs a model with `features` and `head` sub-modules (e.g. "
+                     "metaphi.models.Classifier(features, head)), or an nn.Sequential whose last "
+                     "layer is the head")
 
 
+class ANILOptions(MAMLOptions):
+    name: str = "anil"
+
+
+@register_learner("anil", options=ANILOptions)
 class ANIL(MAML):
-    """Almost No Inner Loop (Raghu et al., 2020): the inner loop adapts the head only.
+    """Almost No Inner Loop (Raghu et al., 2020): the inner loop adapts the head only
+    (arguments as :class:`MAML`).
 
     The backbone runs once per batch (support and query), and its output is reused by every
     inner step, which is where ANIL's speed comes from.
@@ -219,18 +271,25 @@ class ANIL(MAML):
         return {n[len(prefix):]: p for n, p in params.items()
                 if n.startswith(prefix) and not (exclude and n.startswith(exclude))}
 
-    def features(self, params: Params, x: Tensor) -> Tensor:
-        mp = self.model_params(params) if any(n.startswith(MODEL_PREFIX) for n in params) else params
-        return forward(self.backbone, self._sub(mp, self._backbone_prefix, self.head_prefix), x)
+    def features(self, model_params: Params, x: Tensor) -> Tensor:
+        """The backbone's output for ``x`` (with the model's weights ``model_params``)."""
+        out = forward(self.backbone, self._sub(model_params, self._backbone_prefix,
+                                               self.head_prefix), x)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"ANIL's backbone ({type(self.backbone).__name__}) returned a "
+                f"{type(out).__name__}, not a tensor of features; a recurrent layer such as "
+                "nn.GRU returns (outputs, hidden): wrap it in a module that returns the "
+                "features the head takes (e.g. the last hidden state)")
+        return out
 
-    def adapt_steps(self, support_x: Tensor, support_y: Tensor, params: Params | None,
-                    steps: int, create_graph: bool) -> Params:
-        params = self.meta_params() if params is None else params
+    def fast_weights(self, support_x: Tensor, support_y: Tensor, params: Params, steps: int,
+                     create_graph: bool) -> Params:
+        mp = self.model_params(params)
         with torch.enable_grad():
-            feats = self.features(params, support_x)
+            feats = self.features(mp, support_x)
             if not create_graph:
                 feats = feats.detach()
-            mp = self.model_params(params)
             head = self._sub(mp, self.head_prefix)
             fast_head = inner_loop(self.head, head, feats, support_y, self.loss_fn, list(head),
                                    steps, self.inner_lr,
@@ -241,6 +300,6 @@ class ANIL(MAML):
             fast = {n: p.detach() for n, p in fast.items()}
         return fast
 
-    def predict(self, adapted: Params, x: Tensor) -> Tensor:
-        feats = forward(self.backbone, self._sub(adapted, self._backbone_prefix, self.head_prefix), x)
-        return forward(self.head, self._sub(adapted, self.head_prefix), feats)
+    def predict(self, adapted: Adapted, x: Tensor) -> Tensor:
+        return forward(self.head, self._sub(adapted.params, self.head_prefix),
+                       self.features(adapted.params, x))

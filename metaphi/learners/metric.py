@@ -11,34 +11,36 @@ with the statistics of that episode's support+query images, at meta-train and me
 never with statistics of other tasks (:func:`~metaphi.learners.functional.transductive_batchnorm`).
 Consequently :meth:`EmbeddingLearner.predict` embeds the support set together with the inputs
 it is asked about, and a prediction depends on the other inputs of the batch.
-``"population"``: meta-training is the same, but evaluation and prediction normalise with
-population statistics that :meth:`EmbeddingLearner.fit_batchnorm` estimates for the final φ
-from meta-train episodes (the mean of their batch means and unbiased variances), so every
-input is embedded on its own. This is how the Prototypical Networks reference code evaluates
-(``model.eval()``: running statistics kept during meta-training). For an embedding without
-BatchNorm, or in population mode, the head is built once in :meth:`~EmbeddingLearner.adapt`
-and reused.
+``"running"``: meta-training is the same, but in evaluation mode (``learner.eval()``:
+meta-validation, meta-test, prediction) BatchNorm normalises with running statistics that
+:meth:`EmbeddingLearner.fit_batchnorm` estimates for the final φ from meta-train episodes (the
+mean of their batch means and unbiased variances), so every input is embedded on its own. This
+is how the Prototypical Networks reference code evaluates (``model.eval()``: running statistics
+kept during meta-training). For an embedding without BatchNorm, or with running statistics,
+the head is built once in :meth:`~EmbeddingLearner.adapt` and reused.
 
 All heads are written with a leading task dimension, so one code path serves a single task
-(task dimension 1) and the batched fast path of :meth:`EmbeddingLearner.outer_grads`, which
+(task dimension 1) and the batched fast path of :meth:`EmbeddingLearner.meta_grads`, which
 embeds all tasks of a meta-batch in one call (``torch.func.vmap`` over tasks keeps per-task
 BatchNorm statistics) and builds all heads with batched matrix products.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import vmap
 
 from ..models import conv4_features
+from ..registry import Options, register_learner
 from ..tasks.sources import TaskSource, fixed_tasks
 from ..tasks.task import Task
 from . import batched
-from .base import Learner
+from .base import Adapted, Learner, eval_mode, train_mode
 from .functional import Params, forward, transductive_batchnorm
 
 MODEL_PREFIX = "model."
@@ -77,84 +79,97 @@ def check_query_labels(query_y: Tensor, n_way: int) -> None:
                          f"classes), got labels in {int(query_y.min())}..{int(query_y.max())}")
 
 
-@dataclass
-class EpisodeSupport:
-    """What :meth:`EmbeddingLearner.adapt` returns: the support set and φ, plus the head when
-    it can be built without the query inputs (an embedding without BatchNorm)."""
+@dataclass(eq=False)
+class EpisodeSupport(Adapted):
+    """What :meth:`EmbeddingLearner.adapt` returns (call it on query inputs): φ and the support
+    set, plus the head when it can be built without the query inputs (an embedding without
+    BatchNorm, or with running statistics)."""
 
-    params: Params
-    support_x: Tensor
-    support_y: Tensor
-    n_way: int
+    support_x: Tensor | None = None
+    support_y: Tensor | None = None
+    n_way: int = 0
     head: Head | None = None
-    population: bool = False  # BatchNorm with the learner's population statistics
+    running: bool = False  # BatchNorm with the learner's running statistics
+
+
+class EmbeddingOptions(Options):
+    """Options shared by the learners that embed a task and build a head from the support set."""
+
+    name: str
+    batched: bool | None = Field(
+        None, description="embed a meta-batch of equally shaped tasks in one call (None: where "
+        "it is the faster path)")
+    batchnorm: Literal["episode", "running"] = Field(
+        "episode", description="BatchNorm statistics in evaluation mode: the episode's own, or "
+        "running statistics estimated on meta-train episodes")
+    batchnorm_tasks: int = Field(50, ge=1, description="batchnorm=running: meta-train episodes "
+                                 "for the estimate")
 
 
 class EmbeddingLearner(Learner):
-    """Base for learners that embed a task's images and classify the query with a closed-form
+    """Base for learners that embed a task's inputs and classify the query with a closed-form
     head built from the support embeddings. Subclasses implement :meth:`fit_head` and
     :meth:`head_logits` with a leading task dimension.
 
-    ``batched`` switches the fast path of :meth:`meta_loss`/:meth:`outer_grads` on meta-batches
-    of equally shaped tasks (it gives the same results as the per-task loop). It pays off where
-    per-operation overhead dominates (small embeddings; many small kernels on an accelerator):
-    measured 7-9x the per-task loop for a small MLP embedding on CPU. For a compute-bound
-    embedding on CPU (Conv-4 on 28x28 images) one big batch is slower than the loop, because the
-    per-task activations fit in cache and the meta-batch's do not. ``None`` (default) picks
-    the faster path (:func:`metaphi.learners.batched.auto`).
+    ``batched`` switches the fast path of :meth:`meta_grads` on meta-batches of equally shaped
+    tasks (it gives the same results as the per-task loop). It pays off where per-operation
+    overhead dominates (small embeddings; many small kernels on an accelerator); for a
+    compute-bound embedding on CPU (Conv-4 on 28x28 images) one big batch is slower than the
+    loop, because the per-task activations fit in cache and the meta-batch's do not. ``None``
+    (default) picks the faster path (:func:`metaphi.learners.batched.auto`).
     A model with dropout draws different masks on the two paths (vmap's ``randomness="different"``).
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  batched: bool | None = None, batchnorm: str = "episode",
-                 population_tasks: int = 50) -> None:
+                 batchnorm_tasks: int = 50) -> None:
         if loss != "ce":
             raise ValueError(f"{type(self).__name__} is a classifier: loss must be 'ce', got "
                              f"{loss!r}")
         if batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
-        if int(population_tasks) < 1:
-            raise ValueError(f"population_tasks must be >= 1, got {population_tasks}")
+        if int(batchnorm_tasks) < 1:
+            raise ValueError(f"batchnorm_tasks must be >= 1, got {batchnorm_tasks}")
         super().__init__(loss)
         self.model = transductive_batchnorm(model if model is not None else conv4_features())
         self.batched = batched
         self._bn_layers = [n for n, m in self.model.named_modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.batchnorm = batchnorm if self._bn_layers else "episode"
-        self.population_tasks = int(population_tasks)
-        if self.batchnorm == "population":
+        self.batchnorm_tasks = int(batchnorm_tasks)
+        if self.batchnorm == "running":
             # buffers, not parameters: they are saved with φ but are not meta-learned
-            self.population = nn.Module()
+            self.bn_stats = nn.Module()
             for n in self._bn_layers:
                 bn = self.model.get_submodule(n)
                 like = next(iter(bn.parameters()), torch.zeros(()))  # dtype and device
                 c = bn.num_features
-                self.population.register_buffer(_key(n, "mean"), like.new_zeros(c))
-                self.population.register_buffer(_key(n, "var"), like.new_ones(c))
-            self.population.register_buffer("fitted", torch.tensor(False))
+                self.bn_stats.register_buffer(_key(n, "mean"), like.new_zeros(c))
+                self.bn_stats.register_buffer(_key(n, "var"), like.new_ones(c))
+            self.bn_stats.register_buffer("fitted", torch.tensor(False))
 
-    # BatchNorm population statistics --------------------------------------------------------
-    def uses_population(self) -> bool:
-        """Whether evaluation and prediction use population BatchNorm statistics; a clear
-        error if they should but have not been estimated yet."""
-        if self.batchnorm != "population":
+    # running BatchNorm statistics -------------------------------------------------------------
+    def uses_running(self) -> bool:
+        """Whether evaluation mode uses running BatchNorm statistics; a clear error if it
+        should but they have not been estimated yet."""
+        if self.batchnorm != "running":
             return False
-        if not bool(self.population.fitted):
+        if not bool(self.bn_stats.fitted):
             raise RuntimeError(
-                f"{type(self).__name__}(batchnorm='population') has no population statistics "
-                "yet: call learner.fit_batchnorm(meta_train_tasks) after meta-training "
+                f"{type(self).__name__}(batchnorm='running') has no running statistics yet: "
+                "call learner.fit_batchnorm(meta_train_tasks) after meta-training "
                 "(`metaphi train` does this), or use batchnorm='episode'")
         return True
 
     @torch.no_grad()
     def fit_batchnorm(self, tasks: Iterable[Task], params: Params | None = None) -> int:
-        """Estimate every BatchNorm layer's population mean and variance for φ (``params``,
+        """Estimate every BatchNorm layer's running mean and variance for φ (``params``,
         default the learner's own) as the mean over ``tasks`` of the batch mean and unbiased
-        batch variance of its input when the task's support+query images are embedded together
+        batch variance of its input when the task's support+query inputs are embedded together
         (what meta-training normalised with; PyTorch's running statistics with
         ``momentum=None``). Returns the number of tasks used."""
-        if self.batchnorm != "population":
-            raise ValueError("fit_batchnorm needs batchnorm='population' (this learner uses "
+        if self.batchnorm != "running":
+            raise ValueError("fit_batchnorm needs batchnorm='running' (this learner uses "
                              "episode statistics, which need no estimate)")
         sums: dict[str, list[Tensor]] = {}
 
@@ -186,17 +201,17 @@ class EmbeddingLearner(Learner):
         if n == 0:
             raise ValueError("fit_batchnorm got no tasks; pass meta-train tasks")
         for name, (mean, var) in sums.items():
-            getattr(self.population, _key(name, "mean")).copy_(mean / n)
-            getattr(self.population, _key(name, "var")).copy_(var / n)
-        self.population.fitted.fill_(True)
+            getattr(self.bn_stats, _key(name, "mean")).copy_(mean / n)
+            getattr(self.bn_stats, _key(name, "var")).copy_(var / n)
+        self.bn_stats.fitted.fill_(True)
         return n
 
     def prepare_eval(self, source: TaskSource, seed: int) -> None:
-        if self.batchnorm == "population":
-            self.fit_batchnorm(fixed_tasks(source, seed, "batchnorm", self.population_tasks))
+        if self.batchnorm == "running":
+            self.fit_batchnorm(fixed_tasks(source, seed, "batchnorm", self.batchnorm_tasks))
 
-    def _population_buffers(self) -> dict[str, Tensor]:
-        return {f"{n}.{stat}": getattr(self.population, _key(n, s))
+    def _running_buffers(self) -> dict[str, Tensor]:
+        return {f"{n}.{stat}": getattr(self.bn_stats, _key(n, s))
                 for n in self._bn_layers for stat, s in (("running_mean", "mean"),
                                                           ("running_var", "var"))}
 
@@ -213,22 +228,22 @@ class EmbeddingLearner(Learner):
     def model_params(self, params: Params) -> Params:
         return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
-    def embed(self, params: Params, x: Tensor, population: bool = False) -> Tensor:
+    def embed(self, params: Params, x: Tensor, running: bool = False) -> Tensor:
         """Embeddings ``(B, D)`` of one batch (one episode's BatchNorm statistics, or with
-        ``population`` the learner's population statistics: each input on its own)."""
+        ``running`` the learner's running statistics: each input on its own)."""
         mp = self.model_params(params)
-        if population:
+        if running:
             for n in self._bn_layers:
                 # BatchNorm in eval mode takes the statistics it is given; without them (episode
                 # mode) it still normalises with the batch's own, so this never needs undoing
                 self.model.get_submodule(n).training = False
-            mp = {**mp, **self._population_buffers()}
+            mp = {**mp, **self._running_buffers()}
         return forward(self.model, mp, x).flatten(1)
 
-    def embed_tasks(self, params: Params, xs: Tensor, population: bool = False) -> Tensor:
+    def embed_tasks(self, params: Params, xs: Tensor, running: bool = False) -> Tensor:
         """Embeddings ``(T, B, D)`` of ``T`` episodes' inputs ``(T, B, ...)`` in one call;
-        vmap gives each episode its own BatchNorm statistics (or all use the population's)."""
-        if population:
+        each episode gets its own BatchNorm statistics (or all use the running ones)."""
+        if running:
             return self.embed(params, xs.flatten(0, 1), True).unflatten(0, xs.shape[:2])
         mp = self.model_params(params)
         if batched.supports(self.model):
@@ -243,33 +258,33 @@ class EmbeddingLearner(Learner):
         return self.head_logits(self.fit_head(z_s, onehot, params), z_q, params)
 
     # the learner interface -----------------------------------------------------------------
-    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None,
-              create_graph: bool = False) -> EpisodeSupport:
+    def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None, *,
+              create_graph: bool | None = None, steps: int | None = None) -> EpisodeSupport:
         n_way = check_support_labels(support_x, support_y)
+        create_graph = self.graph(create_graph)
         params = self.meta_params() if params is None else params
         if not create_graph:
             params = {n: p.detach() for n, p in params.items()}
         head = None
-        # meta-training (create_graph) normalises with the episode's statistics in either mode
-        population = not create_graph and self.uses_population()
-        if not self._bn_layers or population:
+        # training mode normalises with the episode's statistics in either BatchNorm mode
+        running = not self.training and self.uses_running()
+        if not self._bn_layers or running:
             with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-                z = self.embed(params, support_x, population)[None]
+                z = self.embed(params, support_x, running)[None]
                 onehot = F.one_hot(support_y.long(), n_way).to(z.dtype)[None]
                 head = self.fit_head(z, onehot, params)
-        return EpisodeSupport(params, support_x, support_y, n_way, head, population)
+        return EpisodeSupport(self, params, support_x, support_y, n_way, head, running)
 
     def predict(self, adapted: EpisodeSupport, x: Tensor) -> Tensor:
         p = adapted.params
         if adapted.head is not None:
-            return self.head_logits(adapted.head, self.embed(p, x, adapted.population)[None],
-                                    p)[0]
+            return self.head_logits(adapted.head, self.embed(p, x, adapted.running)[None], p)[0]
         s = len(adapted.support_x)
         z = self.embed(p, torch.cat([adapted.support_x, x]))
         return self._logits(p, z[None, :s], adapted.support_y[None], adapted.n_way, z[None, s:])[0]
 
     def episode(self, task: Task, params: Params | None = None,
-                create_graph: bool = False) -> tuple[Tensor, Tensor]:
+                create_graph: bool | None = None) -> tuple[Tensor, Tensor]:
         n_way = check_support_labels(task.support_x, task.support_y)
         check_query_labels(task.query_y, n_way)
         return super().episode(task, params, create_graph)
@@ -290,14 +305,14 @@ class EmbeddingLearner(Learner):
         return ways[0]
 
     def batched_episodes(self, tasks: list[Task], params: Params, n_way: int,
-                         population: bool = False) -> tuple[Tensor, Tensor]:
+                         running: bool = False) -> tuple[Tensor, Tensor]:
         """Per-task query losses and accuracies ``(T,)`` of equally shaped tasks, all at once
-        (``population``: BatchNorm with the population statistics, at evaluation)."""
+        (``running``: BatchNorm with the running statistics, in evaluation mode)."""
         s = len(tasks[0].support_x)
         xs = torch.stack([torch.cat([t.support_x, t.query_x]) for t in tasks])
         y_s = torch.stack([t.support_y for t in tasks])
         y_q = torch.stack([t.query_y for t in tasks])
-        z = self.embed_tasks(params, xs, population)
+        z = self.embed_tasks(params, xs, running)
         logits = self._logits(params, z[:, :s], y_s, n_way, z[:, s:])
         losses = F.cross_entropy(logits.flatten(0, 1), y_q.flatten(), reduction="none")
         acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
@@ -307,8 +322,8 @@ class EmbeddingLearner(Learner):
         n_way = self._batchable(tasks)
         if n_way is None:
             return super().eval_episodes(tasks)
-        with torch.no_grad():
-            return self.batched_episodes(tasks, self.meta_params(), n_way, self.uses_population())
+        with torch.no_grad(), eval_mode(self):
+            return self.batched_episodes(tasks, self.meta_params(), n_way, self.uses_running())
 
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
         n_way = self._batchable(tasks)
@@ -318,24 +333,22 @@ class EmbeddingLearner(Learner):
         losses, accs = self.batched_episodes(tasks, params, n_way)
         return losses.mean(), accs.mean()
 
-    def outer_grads(self, tasks: list[Task], params: Params | None = None,
-                    scale: float = 1.0) -> tuple[Params, dict[str, float]]:
-        """Meta-gradient as in :meth:`Learner.outer_grads`; one batched graph for a meta-batch
-        of equally shaped tasks (memory: the whole meta-batch's graph), else the per-task loop."""
+    def meta_grads(self, tasks: list[Task], params: Params | None = None,
+                   normalize_by: float | None = None) -> tuple[Params, dict[str, float]]:
+        """As :meth:`Learner.meta_grads`; one batched graph for a meta-batch of equally shaped
+        tasks (memory: the whole meta-batch's graph), else the per-task loop."""
         n_way = self._batchable(tasks)
         if n_way is None:
-            return super().outer_grads(tasks, params, scale)
+            return super().meta_grads(tasks, params, normalize_by)
         params = self.meta_params() if params is None else params
-        n = len(tasks) if scale == 1.0 else scale  # same convention as Learner.outer_grads
-        losses, accs = self.batched_episodes(tasks, params, n_way)
+        n = float(normalize_by) if normalize_by is not None else len(tasks)
+        with train_mode(self):
+            losses, accs = self.batched_episodes(tasks, params, n_way)
         return (self.grads_of(losses.sum() / n, params),
                 {"loss": float(losses.detach().mean()), "metric": float(accs.mean())})
 
-    def extra_config(self) -> dict[str, Any]:
-        return {"batched": self.batched, "batchnorm": self.batchnorm}
 
-
-BATCHNORM_MODES = ("episode", "population")
+BATCHNORM_MODES = ("episode", "running")
 
 
 def _key(layer: str, stat: str) -> str:
@@ -354,6 +367,17 @@ def _scale(learner: nn.Module, params: Params) -> Tensor:
     return params.get("scale", learner.scale)
 
 
+class ProtoNetOptions(EmbeddingOptions):
+    name: str = "protonet"
+    distance: Literal["sqeuclidean", "cosine"] = Field(
+        "sqeuclidean", description="distance from a query to the prototypes")
+    scale: float | None = Field(None, gt=0, description="initial logit scale (None: 1 for "
+                                "sqeuclidean, 10 for cosine)")
+    learn_scale: bool | None = Field(None, description="meta-learn the logit scale (None: "
+                                     "for cosine only)")
+
+
+@register_learner("protonet", options=ProtoNetOptions, model="embedding", kinds=("classification",))
 class ProtoNet(EmbeddingLearner):
     """Prototypical Networks (Snell et al., 2017).
 
@@ -361,13 +385,23 @@ class ProtoNet(EmbeddingLearner):
     ``-scale * squared Euclidean distance`` to the prototypes (``distance="sqeuclidean"``, the
     paper's choice, scale fixed at 1) or ``scale * cosine similarity`` (``distance="cosine"``,
     with a learnable scale initialised at 10, since cosines in [-1, 1] make too flat a softmax).
+
+    Args:
+        model: the embedding network (default: Conv-4 features).
+        loss: ``"ce"`` (a classifier).
+        distance: ``"sqeuclidean"`` or ``"cosine"``.
+        scale: initial logit scale (None: 1 for sqeuclidean, 10 for cosine).
+        learn_scale: meta-learn the scale (None: for cosine only).
+        batched: see :class:`EmbeddingLearner`.
+        batchnorm: ``"episode"`` or ``"running"`` statistics in evaluation mode (module docstring).
+        batchnorm_tasks: meta-train episodes for the running statistics.
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  distance: str = "sqeuclidean", scale: float | None = None,
                  learn_scale: bool | None = None, batched: bool | None = None,
-                 batchnorm: str = "episode", population_tasks: int = 50) -> None:
-        super().__init__(model, loss, batched, batchnorm, population_tasks)
+                 batchnorm: str = "episode", batchnorm_tasks: int = 50) -> None:
+        super().__init__(model, loss, batched, batchnorm, batchnorm_tasks)
         if distance not in ("sqeuclidean", "cosine"):
             raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
         self.distance = distance
@@ -392,11 +426,15 @@ class ProtoNet(EmbeddingLearner):
         # and a well-defined gradient at zero distance
         return -s * (z_query.unsqueeze(2) - head.unsqueeze(1)).pow(2).sum(-1)
 
-    def extra_config(self) -> dict[str, Any]:
-        return {**super().extra_config(), "distance": self.distance,
-                "learn_scale": self.learn_scale}
+
+class MatchingNetOptions(EmbeddingOptions):
+    name: str = "matchingnet"
+    scale: float = Field(1.0, gt=0, description="initial scale of the cosine attention")
+    learn_scale: bool = Field(False, description="meta-learn the attention scale")
 
 
+@register_learner("matchingnet", options=MatchingNetOptions, model="embedding",
+                  kinds=("classification",))
 class MatchingNet(EmbeddingLearner):
     """Matching Networks (Vinyals et al., 2016), without full context embeddings.
 
@@ -404,12 +442,17 @@ class MatchingNet(EmbeddingLearner):
     ``p(c|x) = sum_i softmax_i(scale * cos(f(x), f(x_i))) [y_i = c]``, with one embedding network
     for support and query. :meth:`predict` returns ``log p(c|x)``, so softmax cross-entropy on
     these logits is exactly the paper's negative log-likelihood.
+
+    Args:
+        model, loss, batched, batchnorm, batchnorm_tasks: as :class:`ProtoNet`.
+        scale: initial attention scale (the paper's: 1).
+        learn_scale: meta-learn the scale.
     """
 
     def __init__(self, model: nn.Module | None = None, loss: str = "ce", scale: float = 1.0,
                  learn_scale: bool = False, batched: bool | None = None,
-                 batchnorm: str = "episode", population_tasks: int = 50) -> None:
-        super().__init__(model, loss, batched, batchnorm, population_tasks)
+                 batchnorm: str = "episode", batchnorm_tasks: int = 50) -> None:
+        super().__init__(model, loss, batched, batchnorm, batchnorm_tasks)
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.learn_scale = bool(learn_scale)
@@ -426,6 +469,3 @@ class MatchingNet(EmbeddingLearner):
         mask = onehot.transpose(1, 2).unsqueeze(1) > 0  # (T, 1, N, S)
         per_class = att.unsqueeze(2).masked_fill(~mask, float("-inf")).logsumexp(-1)
         return per_class - att.logsumexp(-1, keepdim=True)
-
-    def extra_config(self) -> dict[str, Any]:
-        return {**super().extra_config(), "learn_scale": self.learn_scale}

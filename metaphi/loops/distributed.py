@@ -29,7 +29,7 @@ import os
 import pickle
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -200,64 +200,40 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def all_reduce_grads(grads: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
-    """Sum gradients over ranks, in place, with one ``all_reduce`` per dtype (a flat buffer).
+def all_reduce_grads_(params: Iterable[torch.Tensor], stats: dict[str, float],
+                      ctx: DistContext, local_count: int, global_count: int) -> dict[str, float]:
+    """Sum the parameters' ``.grad`` over ranks, in place, and turn per-rank stat means over
+    ``local_count`` tasks into global means over ``global_count``.
 
-    The gradients are plain tensors already computed by ``torch.autograd.grad`` (second-order
-    terms included), so summing them is exactly the meta-gradient of the summed losses.
+    One collective per (dtype, device) group: the flattened gradients, with the per-rank stat
+    sums riding at the end of the first buffer (with small networks a step costs little
+    compute, so the number of synchronisations per step matters). The gradients already hold
+    the second-order terms, so their sum is exactly the meta-gradient of the summed losses.
     """
     if not ctx.enabled:
-        return grads
-    groups: dict[tuple[torch.dtype, torch.device], list[str]] = {}
-    for k, g in grads.items():
-        groups.setdefault((g.dtype, g.device), []).append(k)
-    for keys in groups.values():
-        flat = torch.cat([grads[k].reshape(-1) for k in keys]).to(_comm_device(ctx))
+        return stats
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    keys = list(stats)
+    dev = _comm_device(ctx)
+    out = dict(stats)
+    for i, grads in enumerate(groups.values() or [[]]):
+        dtype = grads[0].dtype if grads else torch.float64
+        parts = [g.reshape(-1).to(dev) for g in grads]
+        if i == 0:  # the stats ride with the first group
+            parts.append(torch.tensor([stats[k] * local_count for k in keys], dtype=dtype,
+                                      device=dev))
+        flat = torch.cat(parts)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
-        for k in keys:
-            g = grads[k]
-            grads[k] = flat[offset:offset + g.numel()].view_as(g).to(g.device)
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-    return grads
-
-
-def all_reduce_mean(values: dict[str, float], ctx: DistContext, local_count: int,
-                    global_count: int) -> dict[str, float]:
-    """Global means from per-rank means over ``local_count`` items (``global_count`` in all)."""
-    if not ctx.enabled:
-        return values
-    keys = list(values)
-    t = torch.tensor([values[k] * local_count for k in keys], dtype=torch.float64,
-                     device=_comm_device(ctx))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {k: float(v) / global_count for k, v in zip(keys, t.tolist())}
-
-
-def all_reduce_step(grads: dict[str, torch.Tensor], stats: dict[str, float], ctx: DistContext,
-                    local_count: int, global_count: int
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """:func:`all_reduce_grads` and :func:`all_reduce_mean` in one collective: the per-rank
-    stat sums ride at the end of the gradient buffer. With small networks a step costs little
-    compute, so the number of synchronisations per step matters."""
-    if not ctx.enabled:
-        return grads, stats
-    dtypes = {g.dtype for g in grads.values()}
-    if len(dtypes) != 1:
-        return (all_reduce_grads(grads, ctx),
-                all_reduce_mean(stats, ctx, local_count, global_count))
-    dev = _comm_device(ctx)
-    keys, skeys = list(grads), list(stats)
-    flat = torch.cat([grads[k].reshape(-1).to(dev) for k in keys]
-                     + [torch.tensor([stats[k] * local_count for k in skeys],
-                                     dtype=dtypes.pop(), device=dev)])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    out, offset = {}, 0
-    for k in keys:
-        g = grads[k]
-        out[k] = flat[offset:offset + g.numel()].view_as(g).to(g.device)
-        offset += g.numel()
-    return out, {k: float(v) / global_count for k, v in zip(skeys, flat[offset:].tolist())}
+        if i == 0:
+            out = {k: float(v) / global_count for k, v in zip(keys, flat[offset:].tolist())}
+    return out
 
 
 def check_in_sync(tensors: dict[str, torch.Tensor], ctx: DistContext, what: str = "φ") -> None:
@@ -328,7 +304,7 @@ class DistributedPopulationEvaluator:
 
     def __init__(self, fitness_fn: Callable[[Any, int], float], ctx: DistContext | None = None,
                  workers: int | None = 1, start_method: str = "spawn") -> None:
-        from ..meta.fitness import PopulationEvaluator
+        from ..meta.evaluator import PopulationEvaluator
 
         self.ctx = current() if ctx is None else ctx
         # Several ranks usually share a machine: one process each unless asked otherwise.

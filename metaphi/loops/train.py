@@ -1,15 +1,17 @@
 """Cross-task training with a gradient meta-optimizer.
 
-One outer step: sample a meta-batch of tasks (a pure function of seed and step), ask the learner
-for the meta-gradient of the mean query loss, clip, step the ``torch.optim`` optimizer and the
-schedule. Meta-validation runs every ``val_every`` steps on a fixed task set and the best φ is
-kept. State is checkpointed atomically, so a killed run resumes and ends with the same numbers
-an uninterrupted run gives. Under ``torchrun`` the meta-batch is split over the processes and
+One outer step: sample a meta-batch of tasks (a pure function of seed and step), let the
+learner accumulate the meta-gradient of the mean query loss into φ's ``.grad``
+(``learner.meta_backward``), clip, step the ``torch.optim`` optimizer and the schedule.
+Meta-validation runs every ``val_every`` steps on a fixed task set and the best φ is kept.
+State is checkpointed atomically, so a killed run resumes and ends with the same numbers an
+uninterrupted run gives. Under ``torchrun`` the meta-batch is split over the processes and
 their meta-gradients are all-reduced (:mod:`metaphi.loops.distributed`).
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,31 +22,42 @@ import torch
 from ..learners.base import Learner
 from ..tasks.prefetch import meta_batches
 from ..tasks.sources import TaskSource, task_rng
-from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import (DistContext, all_reduce_step, check_in_sync, evaluate_gathered,
+from ..tasks.task import Task
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .distributed import (DistContext, all_reduce_grads_, check_in_sync, evaluate_gathered,
                           fixed_task_block, load_on_main)
 
-
-def build_optimizer(params, name: str, lr: float, weight_decay: float = 0.0,
-                    momentum: float = 0.0) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
 
 
-def build_schedule(opt: torch.optim.Optimizer, name: str, steps: int, step_size: int = 1000,
-                   gamma: float = 0.5) -> torch.optim.lr_scheduler.LRScheduler:
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
-    raise ValueError(f"schedule must be 'constant', 'cosine' or 'step', got {name!r}")
+class NonFiniteError(RuntimeError):
+    """Meta-training produced a NaN or infinite loss or gradient."""
+
+
+@dataclass
+class TrainOptions:
+    """How :func:`meta_train` runs: the budget, validation, checkpoints and where it runs.
+
+    ``steps`` outer steps on meta-batches of ``meta_batch`` tasks drawn with ``seed``;
+    meta-validation on ``val_tasks`` fixed tasks every ``val_every`` steps; a checkpoint every
+    ``checkpoint_every`` steps; ``resume`` continues from the run folder's checkpoint;
+    ``loader_workers`` processes sample meta-batches ahead (the tasks are the same with any
+    number); ``on_step(step, record)`` is called after each step.
+    """
+
+    steps: int
+    meta_batch: int
+    seed: int = 0
+    val_every: int = 500
+    val_tasks: int = 200
+    checkpoint_every: int = 500
+    clip_grad_norm: float | None = None
+    resume: bool = False
+    device: torch.device | str = "cpu"
+    loader_workers: int = 0
+    progress: bool = True
+    on_step: Callable[[int, dict[str, float]], None] | None = None
 
 
 @dataclass
@@ -56,18 +69,178 @@ class TrainState:
     seconds: float = 0.0
 
 
+def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSource | None,
+               optimizer: torch.optim.Optimizer,
+               schedule: torch.optim.lr_scheduler.LRScheduler, out_dir: str | Path,
+               options: TrainOptions, dist: DistContext | None = None) -> TrainState:
+    """Meta-train ``learner`` (its parameters are φ) and return the final :class:`TrainState`
+    (``best_params`` holds φ with the best meta-validation metric; without a ``val_source``,
+    φ of the last step). ``dist``: the process group of a distributed run
+    (:func:`metaphi.loops.distributed.init_from_env`): each rank draws its block of every
+    meta-batch and only rank 0 writes files."""
+    o, ctx, out = options, dist or DistContext(), Path(out_dir)
+    first, local_batch = ctx.shard(o.meta_batch)  # fails before any collective or file
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    state = _restore(learner, optimizer, schedule, out, o, ctx)
+    log = MetricsLog(out / METRICS, state.step if o.resume else None) if ctx.is_main else None
+    val_set = ([] if val_source is None else [t.to(o.device) for t in fixed_task_block(
+        val_source, o.seed, "val", o.val_tasks, ctx)])
+    bar = _progress_bar(o, state, ctx)
+    t0 = time.perf_counter() - state.seconds
+    batches = meta_batches(train_source, o.seed, "train", state.step, o.steps, local_batch,
+                           start=first, workers=o.loader_workers, device=o.device)
+    learner.train()
+    try:
+        for step, tasks in zip(range(state.step, o.steps), batches):
+            # forward, backward, update
+            record = _outer_step(learner, tasks, optimizer, schedule, step, o, ctx)
+            # evaluate on the meta-validation tasks and keep the best φ
+            if val_source is not None and ((step + 1) % o.val_every == 0 or step + 1 == o.steps):
+                record.update(_validate(learner, train_source, val_set, o, ctx))
+                _keep_best(learner, state, record["val_metric"], step + 1)
+            # timing, logging and checkpoints
+            record["seconds"] = state.seconds = time.perf_counter() - t0
+            state.step = step + 1
+            _log(record, log, bar, state, o)
+            if ctx.is_main and (state.step % o.checkpoint_every == 0 or state.step == o.steps):
+                _checkpoint(out, learner, optimizer, schedule, state)
+    finally:
+        batches.close()  # stops the loader's worker processes
+        for closer in (log, bar):
+            if closer is not None:
+                closer.close()
+    if val_source is None:
+        # Nothing to choose with: deploy the last φ (also when a resumed run had no step left).
+        state.best_step, state.best_params = state.step, _copy_state(learner)
+    check_in_sync(learner.state_dict(), ctx)
+    return state
+
+
+# -- the stanzas of meta_train -----------------------------------------------------------------
+def _restore(learner: Learner, optimizer: torch.optim.Optimizer, schedule: Any, out: Path,
+             o: TrainOptions, ctx: DistContext) -> TrainState:
+    """The state to start from: a fresh one, or the run folder's checkpoint when resuming.
+    Rank 0 reads it and sends it to the others (no shared disk needed)."""
+    path = out / CHECKPOINT
+
+    def read() -> dict[str, Any] | None:
+        if not (o.resume and path.exists()):
+            return None
+        # distributed: CPU tensors travel to the other ranks, which move them to their devices
+        return load_checkpoint(path, map_location="cpu" if ctx.enabled else o.device)
+
+    ck = load_on_main(ctx, read, o.device)
+    if ck is None:
+        return TrainState()
+    learner.load_state_dict(ck["learner"])
+    optimizer.load_state_dict(ck["optimizer"])
+    schedule.load_state_dict(ck["schedule"])
+    return TrainState(step=ck["step"], best_value=ck["best_value"], best_step=ck["best_step"],
+                      best_params=ck["best_params"], seconds=ck["seconds"])
+
+
+def _outer_step(learner: Learner, tasks: list[Task], optimizer: torch.optim.Optimizer,
+                schedule: Any, step: int, o: TrainOptions, ctx: DistContext) -> dict[str, Any]:
+    """One outer step; returns the step's log record (loss, metric, lr, grad norm)."""
+    # Anything stochastic inside the step (dropout, augmentation) is a function of (seed, step)
+    # too, so a resumed run replays it exactly.
+    torch.manual_seed(int(task_rng(o.seed, "train", step, 1 << 30).integers(2**62)))
+    optimizer.zero_grad(set_to_none=True)
+    # dividing by the global meta-batch makes the sum over ranks the mean gradient
+    stats = learner.meta_backward(tasks, normalize_by=o.meta_batch)
+    if ctx.enabled:
+        stats = all_reduce_grads_(learner.parameters(), stats, ctx, len(tasks), o.meta_batch)
+    params = [p for p in learner.parameters() if p.grad is not None]
+    if o.clip_grad_norm is not None:
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, o.clip_grad_norm))
+    check_finite(stats, params, step)
+    optimizer.step()
+    record = {"step": step, "loss": stats["loss"], "metric": stats["metric"],
+              "lr": optimizer.param_groups[0]["lr"], **({"grad_norm": stats["grad_norm"]}
+                                                         if "grad_norm" in stats else {})}
+    schedule.step()
+    return record
+
+
+def check_finite(stats: dict[str, float], params: list[torch.Tensor], step: int) -> None:
+    """Stop before a non-finite loss or gradient reaches φ (the last checkpoint is kept)."""
+    loss = stats["loss"]
+    bad = not math.isfinite(loss) or any(not bool(torch.isfinite(p.grad).all()) for p in params)
+    if bad:
+        raise NonFiniteError(
+            f"meta-training diverged at step {step}: the query loss is {loss} or φ's gradient "
+            "is not finite, so φ was not updated and the run folder keeps its last checkpoint. "
+            "Lower the learning rates (meta_optimizer.lr, learner.inner_lr) or set "
+            "meta_optimizer.clip_grad_norm")
+
+
+def _validate(learner: Learner, train_source: TaskSource, val_set: list[Task],
+              o: TrainOptions, ctx: DistContext) -> dict[str, float]:
+    learner.prepare_eval(train_source, o.seed)
+    val = evaluate_gathered(learner, val_set, ctx, o.device)
+    learner.train()
+    return {"val_metric": val["mean"], "val_ci95": val["ci95"], "val_loss": val["loss"]}
+
+
+def _keep_best(learner: Learner, state: TrainState, value: float, step: int) -> None:
+    if _better(value, state.best_value, learner.higher_is_better):
+        state.best_value, state.best_step = value, step
+        state.best_params = _copy_state(learner)
+
+
+def _copy_state(learner: Learner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
+
+
+def _log(record: dict[str, Any], log: "MetricsLog | None", bar: Any, state: TrainState,
+         o: TrainOptions) -> None:
+    if log is not None:
+        log.write(record)
+    if bar is not None:
+        bar.update(1)
+        post = {"loss": f"{record['loss']:.4g}"}
+        if state.best_value is not None:
+            post["best_val"] = f"{state.best_value:.4g}"
+        bar.set_postfix(post)
+    if o.on_step is not None:
+        o.on_step(record["step"], record)
+
+
+def _checkpoint(out: Path, learner: Learner, optimizer: torch.optim.Optimizer, schedule: Any,
+                state: TrainState) -> None:
+    save_checkpoint(out / CHECKPOINT, {
+        "step": state.step, "learner": learner.state_dict(),
+        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "best_value": state.best_value, "best_step": state.best_step,
+        "best_params": state.best_params, "seconds": state.seconds})
+
+
+def _progress_bar(o: TrainOptions, state: TrainState, ctx: DistContext) -> Any:
+    if not (o.progress and ctx.is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=o.steps, initial=state.step, desc="meta-train", unit="step",
+                dynamic_ncols=True)
+
+
+def _better(value: float, best: float | None, higher: bool) -> bool:
+    return best is None or (value > best if higher else value < best)
+
+
 class MetricsLog:
     """Per-step metrics as JSON lines; on resume, lines past the checkpoint are dropped so the
     log equals an uninterrupted run's."""
 
-    def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
+    def __init__(self, path: Path, keep_before_step: int | None = None,
+                 key: str = "step") -> None:
         self.path = path
+        kept: list[str] = []
         if keep_before_step is not None and path.exists():
-            kept = [l for l in path.read_text().splitlines()
-                    if l.strip() and json.loads(l)["step"] < keep_before_step]
-            path.write_text("".join(l + "\n" for l in kept))
-        elif keep_before_step is None:
-            path.write_text("")
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)[key] < keep_before_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
         self._f = open(path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -76,122 +249,3 @@ class MetricsLog:
 
     def close(self) -> None:
         self._f.close()
-
-
-def _better(value: float, best: float | None, higher: bool) -> bool:
-    return best is None or (value > best if higher else value < best)
-
-
-def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSource | None, *,
-               steps: int, meta_batch: int, seed: int, out_dir: str | Path,
-               optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
-               clip_grad_norm: float | None = None, val_every: int = 500, val_tasks: int = 200,
-               checkpoint_every: int = 500, resume: bool = False,
-               device: torch.device | str = "cpu", progress: bool = True,
-               on_step: Callable[[int, dict[str, float]], None] | None = None,
-               dist: DistContext | None = None, loader_workers: int = 0) -> TrainState:
-    """Meta-train ``learner`` (its parameters are φ) and return the final :class:`TrainState`
-    (``best_params`` holds φ with the best meta-validation metric; without a ``val_source``,
-    φ of the last step).
-
-    ``dist``: the process group of a distributed run (see
-    :func:`metaphi.loops.distributed.init_from_env`); each rank then draws its block of every
-    meta-batch and only rank 0 writes files. ``loader_workers``: processes that sample the
-    meta-batches a few steps ahead (:func:`metaphi.tasks.meta_batches`; worth it on a GPU, where
-    sampling in the loop leaves the device idle); the tasks are the same with any number."""
-    ctx = dist or DistContext()
-    first, local_batch = ctx.shard(meta_batch)
-    out = Path(out_dir)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    state = TrainState()
-
-    def read_checkpoint() -> dict[str, Any] | None:
-        if not (resume and ckpt_path.exists()):
-            return None
-        # Distributed: CPU tensors travel to the other ranks, which move them to their devices.
-        return load_checkpoint(ckpt_path, map_location="cpu" if ctx.enabled else device)
-
-    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed.
-    ck = load_on_main(ctx, read_checkpoint, device)
-    if ck is not None:
-        learner.load_state_dict(ck["learner"])
-        optimizer.load_state_dict(ck["optimizer"])
-        schedule.load_state_dict(ck["schedule"])
-        state = TrainState(step=ck["step"], best_value=ck["best_value"], best_step=ck["best_step"],
-                           best_params=ck["best_params"], seconds=ck["seconds"])
-    log = (MetricsLog(out / "metrics.jsonl", keep_before_step=state.step if resume else None)
-           if ctx.is_main else None)
-    val_set = ([] if val_source is None else
-               [t.to(device) for t in fixed_task_block(val_source, seed, "val", val_tasks, ctx)])
-    params = dict(learner.named_parameters())
-
-    bar = None
-    if progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=state.step, desc="meta-train", unit="step",
-                   dynamic_ncols=True)
-    t0 = time.perf_counter() - state.seconds
-    batches = meta_batches(train_source, seed, "train", state.step, steps, local_batch,
-                           start=first, workers=loader_workers, device=device)
-    try:
-        for step, tasks in zip(range(state.step, steps), batches):
-            # Anything stochastic inside the step (dropout, augmentation) is a function of
-            # (seed, step) too, so a resumed run replays it exactly.
-            torch.manual_seed(int(task_rng(seed, "train", step, 1 << 30).integers(2**62)))
-            # Dividing by the global meta-batch makes the sum over ranks the mean gradient.
-            grads, stats = learner.outer_grads(tasks, scale=meta_batch)
-            if ctx.enabled:
-                grads, stats = all_reduce_step(grads, stats, ctx, local_batch, meta_batch)
-            for n, g in grads.items():
-                params[n].grad = g
-            if clip_grad_norm is not None:
-                stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                    [params[n] for n in grads], clip_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            record = {"step": step, "loss": stats["loss"], "metric": stats["metric"],
-                      "lr": optimizer.param_groups[0]["lr"]}
-            schedule.step()
-            last = step + 1 == steps
-            if val_source is not None and ((step + 1) % val_every == 0 or last):
-                learner.prepare_eval(train_source, seed)
-                val = evaluate_gathered(learner, val_set, ctx, device)
-                record.update(val_metric=val["mean"], val_ci95=val["ci95"], val_loss=val["loss"])
-                if _better(val["mean"], state.best_value, learner.higher_is_better):
-                    state.best_value, state.best_step = val["mean"], step + 1
-                    state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-            record["seconds"] = time.perf_counter() - t0
-            if log is not None:
-                log.write(record)
-            state.step = step + 1
-            state.seconds = record["seconds"]
-            if bar is not None:
-                bar.update(1)
-                post = {"loss": f"{stats['loss']:.4g}"}
-                if state.best_value is not None:
-                    post["best_val"] = f"{state.best_value:.4g}"
-                bar.set_postfix(post)
-            if on_step is not None:
-                on_step(step, record)
-            if ctx.is_main and (state.step % checkpoint_every == 0 or last):
-                save_checkpoint(ckpt_path, {
-                    "step": state.step, "learner": learner.state_dict(),
-                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "best_value": state.best_value, "best_step": state.best_step,
-                    "best_params": state.best_params, "seconds": state.seconds})
-    finally:
-        batches.close()  # stops the loader's worker processes
-        if log is not None:
-            log.close()
-        if bar is not None:
-            bar.close()
-    if val_source is None:
-        # Nothing left to choose with: deploy the last φ (also when a resumed run had no step
-        # left to do, e.g. one finished early at its last checkpoint).
-        state.best_step = state.step
-        state.best_params = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-    check_in_sync(learner.state_dict(), ctx)
-    return state

@@ -109,7 +109,7 @@ class _Tracker:
         self.best_f = float(s["best_f"])
         self.generation = int(s["generation"])
         self.evaluations = int(s["evaluations"])
-        self.spread = s.get("spread")  # absent in checkpoints written before it was tracked
+        self.spread = s["spread"]
 
 
 class _Tracked:
@@ -329,7 +329,7 @@ class OpenAIES(_VectorOptimizer):
         self._check_state(s)
         for k in ("seed", "popsize", "shaping", "schedule", "horizon", "lr_final", "sigma_final",
                   "anchor"):
-            if k in s and s[k] != getattr(self, k):  # older checkpoints lack the schedule keys
+            if s[k] != getattr(self, k):
                 raise ValueError(f"state_dict has {k}={s[k]}, this optimizer {getattr(self, k)}; "
                                  "resume with the same settings")
         self.sigma, self.lr = float(s["sigma"]), float(s["lr"])
@@ -510,29 +510,21 @@ class CMAES(_VectorOptimizer):
             raise ValueError("the CMA-ES state was saved with another seed, popsize, sigma, x0 or "
                              "diagonal setting; "
                              "rebuild the optimizer with the settings of the saved run")
-        # states written before restarts existed lack these keys: they had none
-        saved = {"restarts": s.get("restarts", 0), "popsize_growth": s.get("popsize_growth", 2.0),
-                 "restart_at": s.get("restart_at", "center"),
-                 "stall_generations": s.get("stall_generations"), "min_spread": s.get("min_spread")}
-        for k, v in saved.items():
+        for k in ("restarts", "popsize_growth", "restart_at", "stall_generations", "min_spread"):
+            v = s[k]
             if v != getattr(self, k):
                 raise ValueError(f"the CMA-ES state has {k}={v!r}, this optimizer "
                                  f"{getattr(self, k)!r}; resume with the same restart settings")
         self._runs = self._runs[:1] + [
             {"x0": to_numpy(r["x0"]), "popsize": int(r["popsize"]), "seed": int(r["seed"]),
-             "start": int(r["start"]), "reason": r["reason"]} for r in s.get("runs", [])]
+             "start": int(r["start"]), "reason": r["reason"]} for r in s["runs"]]
         self.history = [[float(v) for v in h] for h in s["history"]]
         self._medians = [float(np.median(h)) for h in self.history]
         # only the current search has state beyond its start: rebuild it and replay its part
         run = self._runs[-1]
         self._cma = self._fresh(run["x0"], run["popsize"], run["seed"])
-        xs, center, part = None, None, self.history[run["start"]:]
-        for i, fits in enumerate(part):
+        for fits in self.history[run["start"]:]:
             xs = [self._cma.ask() for _ in range(self.popsize)]
-            if i == len(part) - 1:  # the library updates its mean in place: keep the one xs came from
-                center = np.array(self._cma.mean, dtype=np.float64)
             self._cma.tell(list(zip(xs, fits)))
         self._pending = None
         self.track.load(s["track"])
-        if self.track.spread is None and xs is not None:  # a state saved before spread was kept
-            self.track.spread = spread_of(xs, center)

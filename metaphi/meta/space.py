@@ -117,7 +117,8 @@ class Int:
 
 @dataclass(frozen=True)
 class Categorical:
-    """One of a list of choices (numbers, strings or booleans), unordered."""
+    """One of a list of choices (numbers, strings, booleans, or lists of them such as layer
+    widths), unordered."""
 
     choices: tuple
 
@@ -129,10 +130,12 @@ class Categorical:
             raise ValueError("Categorical needs at least one choice, got an empty list")
         if len(set(map(repr, choices))) != len(choices):
             raise ValueError(f"Categorical choices must be distinct, got {list(choices)}")
+        choices = tuple(list(c) if isinstance(c, (list, tuple)) else c for c in choices)
         for c in choices:
-            if not isinstance(c, (int, float, str, bool)):
-                raise TypeError(f"Categorical choices must be numbers, strings or booleans so that "
-                                f"they can be checkpointed; got {c!r} ({type(c).__name__})")
+            if not all(isinstance(v, (int, float, str, bool))
+                       for v in (c if isinstance(c, list) else [c])):
+                raise TypeError(f"Categorical choices must be numbers, strings, booleans or lists "
+                                f"of them so that they can be checkpointed; got {c!r}")
         object.__setattr__(self, "choices", choices)
 
     @property
@@ -141,6 +144,7 @@ class Categorical:
 
     def index(self, name: str, v: Any) -> int:
         for i, c in enumerate(self.choices):
+            v = list(v) if isinstance(v, tuple) else v
             if type(c) is type(v) and c == v or (_is_number(c) and _is_number(v) and c == v):
                 return i
         raise ValueError(f"{name}={v!r} is not one of its choices {list(self.choices)}")
@@ -179,11 +183,6 @@ class Space:
 
     def __repr__(self) -> str:
         return f"Space({self.dims!r})"
-
-    @property
-    def is_continuous(self) -> bool:
-        """True when every dimension is Float or Int (what ES and CMA-ES can search)."""
-        return all(isinstance(d, (Float, Int)) for d in self.dims.values())
 
     def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` checked against the space (a clear error on a missing, unknown or

@@ -1,4 +1,5 @@
-"""Backbones (Conv-4, MLP); any nn.Module works with the learners."""
-from .backbones import Classifier, conv4, conv4_features, mlp
+"""Backbones (Conv-4, MLP); any nn.Module works with the learners. Each is registered in
+:data:`metaphi.registry.BACKBONES` under the name configs use."""
+from .backbones import Classifier, conv4, conv4_features, mlp, mlp_features
 
-__all__ = ["Classifier", "conv4", "conv4_features", "mlp"]
+__all__ = ["Classifier", "conv4", "conv4_features", "mlp", "mlp_features"]

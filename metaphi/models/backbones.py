@@ -5,7 +5,16 @@ ANIL and the metric-based learners can tell them apart.
 """
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+from pydantic import Field
 from torch import Tensor, nn
+
+from ..registry import Options, register_backbone
+
+if TYPE_CHECKING:
+    from ..tasks.sources import TaskInfo
 
 
 class Classifier(nn.Module):
@@ -51,3 +60,44 @@ def conv4(n_way: int, in_channels: int = 1, hidden: int = 64, image_size: int = 
     for _ in range(depth):
         side //= 2
     return Classifier(conv4_features(in_channels, hidden, depth), nn.Linear(hidden * side * side, n_way))
+
+
+def mlp_features(in_dim: int = 1, hidden: tuple[int, ...] = (40, 40)) -> nn.Sequential:
+    """The hidden layers of :func:`mlp` (Linear + ReLU each): an embedding network."""
+    return mlp(in_dim, hidden, 1).features
+
+
+# -- registered backbones -------------------------------------------------------------------
+class MLPOptions(Options):
+    """``model:`` options of the MLP (vector inputs)."""
+
+    name: str = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1,
+                              description="hidden layer widths")
+
+
+@register_backbone("mlp", options=MLPOptions, inputs=("vector",))
+def build_mlp(o: MLPOptions, info: "TaskInfo", out_dim: int | None) -> nn.Module:
+    in_dim = math.prod(info.input_shape)
+    if out_dim is None:
+        return mlp_features(in_dim, tuple(o.hidden))
+    return mlp(in_dim, tuple(o.hidden), out_dim)
+
+
+class Conv4Options(Options):
+    """``model:`` options of Conv-4 (image inputs)."""
+
+    name: str = "conv4"
+    width: int = Field(64, ge=1, description="filters per block")
+    depth: int = Field(4, ge=1, le=5, description="conv blocks")
+
+
+@register_backbone("conv4", options=Conv4Options, inputs=("image",))
+def build_conv4(o: Conv4Options, info: "TaskInfo", out_dim: int | None) -> nn.Module:
+    channels, side = info.input_shape[0], info.input_shape[-1]
+    if side < 2 ** o.depth:
+        raise ValueError(f"model.depth: {o.depth} max-pooling blocks need images of at least "
+                         f"{2 ** o.depth} px, the tasks have {side} px; lower model.depth")
+    if out_dim is None:
+        return conv4_features(channels, o.width, o.depth)
+    return conv4(out_dim, channels, o.width, side, o.depth)

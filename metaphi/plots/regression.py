@@ -9,11 +9,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..tasks.sinusoid import SinusoidFamily  # noqa: E402
+from ..learners.base import eval_mode  # noqa: E402
+from ..tasks.sinusoid import SinusoidSource  # noqa: E402
 from ..tasks.sources import task_rng  # noqa: E402
 
 
-def sinusoid_fits(learner, family: SinusoidFamily, seed: int, out_path: str | Path,
+def sinusoid_fits(learner, source: SinusoidSource, seed: int, out_path: str | Path,
                   n_tasks: int = 6, device: torch.device | str = "cpu") -> Path:
     """A grid of meta-test sinusoid tasks: support points, truth, φ before and after adaptation."""
     cols = 3
@@ -23,15 +24,15 @@ def sinusoid_fits(learner, family: SinusoidFamily, seed: int, out_path: str | Pa
         if i >= n_tasks:
             ax.axis("off")
             continue
-        task = family.sample(task_rng(seed, "test", 0, i)).to(device)
-        xs, ys = family.curve(task.meta["amplitude"], task.meta["phase"])
+        task = source.sample(task_rng(seed, "test", 0, i)).to(device)
+        xs, ys = source.curve(task.meta["amplitude"], task.meta["phase"])
         grid = torch.tensor(xs, dtype=torch.float32, device=device)[:, None]
-        adapted = learner.adapt(task.support_x, task.support_y)
-        with torch.no_grad():
-            after = learner.predict(adapted, grid).cpu().numpy().ravel()
-            init = {k[len("model."):]: v for k, v in learner.meta_params().items()
-                    if k.startswith("model.")}
-            before = learner.predict(init, grid)
+        with eval_mode(learner):
+            adapted = learner.adapt(task.support_x, task.support_y)
+            before = learner.adapt(task.support_x, task.support_y, steps=0)  # φ itself
+            with torch.no_grad():
+                after = adapted(grid).cpu().numpy().ravel()
+                before = before(grid)
         ax.plot(xs, ys, "k-", lw=1.2, label="truth")
         ax.plot(xs, before.cpu().numpy().ravel(), ":", color="C7", label="φ (before)")
         ax.plot(xs, after, "-", color="C3", label="adapted")

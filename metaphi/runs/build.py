@@ -1,83 +1,59 @@
-"""From a validated :class:`RunConfig` to the objects of a run: model, learner, task sources."""
+"""From a validated :class:`RunConfig` to the objects of a run: model, learner, task sources,
+meta-optimizer. Everything is looked up in the registries (:mod:`metaphi.registry`)."""
 from __future__ import annotations
 
-import os
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..learners.base import Learner
-from ..models import conv4, conv4_features, mlp
-from ..tasks.sinusoid import SinusoidFamily
-from ..tasks.sources import TaskSource, task_rng
-from .config import EMBEDDING_LEARNERS, RunConfig
-
-GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
+from ..registry import BACKBONES, LEARNERS, META_OPTIMIZERS, SOURCES
+from ..tasks.sources import Splits, task_rng
+from .config import RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: metaphi runs on cpu or cuda; use one of those")
     return dev
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
-    m = cfg.model
-    if m.name == "mlp":
-        return mlp(1, tuple(m.hidden), 1)
-    if cfg.learner.name in EMBEDDING_LEARNERS:
-        return conv4_features(m.in_channels, m.width, m.depth)
-    return conv4(cfg.task.n_way, m.in_channels, m.width, m.image_size, m.depth)
+    """The backbone, with an output layer of the tasks' size for learners that adapt one."""
+    entry = BACKBONES.get(cfg.model.name)
+    head = LEARNERS.get(cfg.learner.name).info["model"] == "head"
+    return entry.obj(cfg.model, cfg.info, cfg.info.outputs if head else None)
 
 
 def build_learner(cfg: RunConfig) -> Learner:
-    """The learner with φ initialised from the run's seed."""
-    torch.manual_seed(int(task_rng(cfg.seed, "init", 0).integers(2**62)))
-    model = build_model(cfg)
-    lc, loss = cfg.learner, cfg.loss_kind
-    from .. import learners as L
-
-    if lc.name in GRADIENT_LEARNERS:
-        cls = {"maml": L.MAML, "fomaml": L.FOMAML, "metasgd": L.MetaSGD, "anil": L.ANIL,
-               "reptile": L.Reptile}[lc.name]
-        kw = dict(loss=loss, inner_lr=lc.inner_lr, inner_steps=lc.inner_steps,
-                  eval_inner_steps=lc.eval_inner_steps)
-        return cls(model, **kw)
-    cls = {"protonet": "ProtoNet", "matchingnet": "MatchingNet", "r2d2": "R2D2"}[lc.name]
-    return getattr(L, cls)(model, **lc.options())
+    """The learner with φ initialised from the run's seed (the caller's torch RNG is left as
+    it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(task_rng(cfg.seed, "init", 0).integers(2**62)))
+        model = build_model(cfg)
+        entry = LEARNERS.get(cfg.learner.name)
+        return entry.obj(model, loss=cfg.loss_kind, **cfg.learner.kwargs())
 
 
-def data_dir(cfg: RunConfig) -> str | None:
-    return cfg.task.data_dir or os.environ.get("METAPHI_DATA")
+def build_sources(cfg: RunConfig) -> Splits:
+    """Meta-train, meta-val and meta-test task sources (they never share classes); meta-val is
+    None where the source has none (e.g. Omniglot meta-trained on train+val classes)."""
+    return SOURCES.get(cfg.task.source).obj(cfg.task)
 
 
-def build_sources(cfg: RunConfig) -> tuple[TaskSource, TaskSource | None, TaskSource]:
-    """(meta-train, meta-val, meta-test) task sources; they never share classes. Meta-val is
-    None when the validation classes are meta-trained on (``task.meta_train_classes=trainval``)."""
-    t = cfg.task
-    eval_q = t.eval_q_queries or t.q_queries
-    if t.source == "sinusoid":
-        # A parametric family has no classes to share: the three streams differ by seed.
-        return (SinusoidFamily(t.k_shot, t.q_queries), SinusoidFamily(t.k_shot, eval_q),
-                SinusoidFamily(t.k_shot, eval_q))
-    if t.source == "omniglot":
-        from ..data.omniglot import omniglot_sources
-
-        return tuple(omniglot_sources(data_dir(cfg), n_way=t.n_way, k_shot=t.k_shot,
-                                      q_queries=t.q_queries, eval_q_queries=eval_q,
-                                      train_n_way=t.train_n_way,
-                                      meta_train=t.meta_train_classes, resample=t.resample))
-    if t.source == "folder":
-        from ..tasks.fewshot import ImageFolderData, fewshot_splits
-
-        if not t.data_dir:
-            raise ValueError("task.data_dir: a 'folder' task source needs the folder of class "
-                             "sub-folders (task.data_dir=PATH)")
-        size = cfg.model.image_size
-        data = ImageFolderData(t.data_dir, size=(size, size), grayscale=cfg.model.in_channels == 1)
-        return fewshot_splits(data, t.n_way, t.k_shot, t.q_queries, seed=t.split_seed,
-                              eval_q_queries=eval_q, train_n_way=t.train_n_way)
-    raise ValueError(f"task.source: unknown source {t.source!r}")
+def build_meta_optimizer(cfg: RunConfig, learner: Learner) -> tuple[Any, Any]:
+    """A gradient meta-optimizer over φ and its learning-rate schedule."""
+    entry = META_OPTIMIZERS.get(cfg.meta_optimizer.name)
+    if entry.info["kind"] != "gradient":
+        raise ValueError(f"meta_optimizer.name: {cfg.meta_optimizer.name!r} is a population "
+                         "meta-optimizer, not a gradient one")
+    return entry.obj(cfg.meta_optimizer, learner.parameters(), cfg.steps)

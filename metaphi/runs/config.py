@@ -1,183 +1,275 @@
 """Run configuration: one validated, serialisable description of a meta-learning run.
 
-pydantic validates every field before any work starts; a bad value is reported with its dotted
-path and the allowed values (``config error: learner.name: Input should be 'maml', ...``).
+The sections that name an extension are validated by that extension's options model from its
+registry (:mod:`metaphi.registry`): ``task`` (by ``task.source``), ``model`` (by
+``model.name``), ``learner`` and ``meta_optimizer`` (by ``name``). pydantic validates every field
+before any work starts; a bad value is reported with its dotted path and what is allowed
+(``config error: learner.inner_lr: protonet has no option 'inner_lr' ...``).
+
+One config serves both kinds of cross-task training: a gradient meta-optimizer (``adam``,
+``sgd``...) takes ``steps`` outer steps on meta-batches of ``meta_batch`` tasks; a population
+one (``es``, ``cmaes``, ``reinforce``) runs ``steps`` generations whose candidates are scored on
+``meta_batch`` tasks each (the ``fitness`` and ``space`` sections say what a candidate is).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
+import hashlib
+
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError,
+                      model_validator)
 
-LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "matchingnet", "r2d2")
-EMBEDDING_LEARNERS = ("protonet", "matchingnet", "r2d2")
-# options of the metric / closed-form learners, and the learners that take each
-LEARNER_OPTIONS = {"distance": ("protonet",), "scale": EMBEDDING_LEARNERS,
-                   "learn_scale": EMBEDDING_LEARNERS, "lam": ("r2d2",),
-                   "batchnorm": EMBEDDING_LEARNERS, "population_tasks": EMBEDDING_LEARNERS}
+from ..registry import (BACKBONES, LEARNERS, META_OPTIMIZERS, SOURCES, Options, Registry,
+                        import_extensions)
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TaskConfig(_Strict):
-    """Where tasks come from and their shape."""
-
-    source: Literal["sinusoid", "omniglot", "folder"] = "sinusoid"
-    n_way: int = Field(5, ge=1)
-    k_shot: int = Field(10, ge=1)
-    q_queries: int = Field(10, ge=1, description="query examples per class (per task for regression)")
-    eval_q_queries: int | None = Field(None, ge=1, description="queries at meta-val/test time")
-    train_n_way: int | None = Field(None, ge=2, description="ways of meta-train episodes "
-                                    "(default n_way; metric learners only)")
-    data_dir: str | None = Field(None, description="dataset folder (default: $METAPHI_DATA)")
-    meta_train_classes: Literal["train", "trainval"] = Field(
-        "train", description="omniglot: meta-train on the split's train classes (meta-validation "
-        "chooses φ), or on train+val (Snell et al.'s final models: no meta-validation, φ is the "
-        "last step's, so fix `steps` from a train-classes run)")
-    resample: Literal["lanczos", "nearest"] = Field(
-        "lanczos", description="omniglot: how the 105 px drawings are downsampled, anti-aliased "
-        "('lanczos', as Finn et al.'s MAML code) or to binary strokes ('nearest', as Snell et "
-        "al.'s ProtoNet code)")
-    split_seed: int = 0
-
-
-class ModelConfig(_Strict):
-    """The network whose initialisation (or embedding) is meta-learned."""
-
-    name: Literal["mlp", "conv4"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [40, 40])
-    width: int = Field(64, ge=1, description="conv4 filters")
-    depth: int = Field(4, ge=1, le=5, description="conv4 blocks")
-    in_channels: int = Field(1, ge=1)
-    image_size: int = Field(28, ge=4)
-
-
-class LearnerConfig(_Strict):
-    """f_φ and its inner loop."""
-
-    name: Literal[LEARNERS] = "maml"  # type: ignore[valid-type]
-    inner_lr: float = Field(0.01, gt=0)
-    inner_steps: int = Field(1, ge=1)
-    eval_inner_steps: int | None = Field(None, ge=1)
-    # None keeps the learner's own default (see its class docstring)
-    distance: Literal["sqeuclidean", "cosine"] | None = Field(
-        None, description="protonet: distance to the prototypes")
-    scale: float | None = Field(
-        None, gt=0, description="protonet/matchingnet/r2d2: initial scale of the logits")
-    learn_scale: bool | None = Field(
-        None, description="protonet/matchingnet/r2d2: meta-learn the logit scale")
-    lam: float | None = Field(None, gt=0, description="r2d2: initial ridge penalty λ")
-    batchnorm: Literal["episode", "population"] | None = Field(
-        None, description="protonet/matchingnet/r2d2: BatchNorm statistics at evaluation: the "
-        "episode's own ('episode') or population statistics estimated on meta-train episodes")
-    population_tasks: int | None = Field(
-        None, ge=1, description="batchnorm=population: meta-train episodes for the estimate")
-
-    @model_validator(mode="after")
-    def _options_apply(self) -> "LearnerConfig":
-        for field, takers in LEARNER_OPTIONS.items():
-            if getattr(self, field) is not None and self.name not in takers:
-                raise ValueError(f"learner.{field}: {self.name!r} has no {field} option; it is "
-                                 f"for {', '.join(map(repr, takers))} (or leave it unset)")
-        return self
-
-    def options(self) -> dict[str, Any]:
-        """The options set for this learner, as keyword arguments of its class."""
-        return {f: getattr(self, f) for f in LEARNER_OPTIONS if getattr(self, f) is not None}
-
-
-class OptimConfig(_Strict):
-    """The gradient meta-optimizer (outer loop)."""
-
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["constant", "cosine", "step"] = "constant"
-    step_size: int = Field(10000, ge=1, description="'step' schedule: steps between decays")
-    gamma: float = Field(0.5, gt=0, le=1, description="'step' schedule: decay factor")
-    clip_grad_norm: float | None = Field(None, gt=0)
-
-
-class RunConfig(_Strict):
-    """A complete run: tasks, model, learner, meta-optimizer, budget and evaluation."""
-
-    name: str = "run"
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    learner: LearnerConfig = Field(default_factory=LearnerConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    meta_optimizer: Literal["gradient"] = "gradient"
-    loss: Literal["auto", "mse", "mae", "ce"] = "auto"
-    steps: int = Field(1000, ge=1, description="outer-loop steps (meta-batches)")
-    meta_batch: int = Field(25, ge=1)
-    val_every: int = Field(500, ge=1)
-    val_tasks: int = Field(200, ge=1)
-    test_tasks: int = Field(1000, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    loader_workers: int | None = Field(
-        None, ge=0, description="processes that sample meta-train tasks a few steps ahead "
-        "(None: 1 on a GPU, where sampling in the loop leaves the device idle; 0 on a CPU, "
-        "where a worker would take a core from the step)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
-        if self.task.source == "sinusoid" and self.learner.name in EMBEDDING_LEARNERS:
-            raise ValueError(f"learner.name: {self.learner.name!r} is a classifier; sinusoid "
-                             "regression needs one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile'")
-        if self.task.source == "sinusoid" and self.model.name != "mlp":
-            raise ValueError("model.name: sinusoid tasks take 1-d inputs; use 'mlp'")
-        t = self.task
-        if (t.train_n_way not in (None, t.n_way)
-                and self.learner.name not in EMBEDDING_LEARNERS):
-            raise ValueError(f"task.train_n_way: {self.learner.name!r} has a {t.n_way}-unit "
-                             "output layer, so it meta-trains on n_way-way tasks; train_n_way "
-                             "is for 'protonet', 'matchingnet', 'r2d2' (or leave it unset)")
-        if t.resample != "lanczos" and t.source != "omniglot":
-            raise ValueError(f"task.resample: applies to Omniglot's drawings, not to {t.source!r} "
-                             "tasks; leave it 'lanczos'")
-        if t.meta_train_classes == "trainval" and t.source != "omniglot":
-            raise ValueError("task.meta_train_classes: 'trainval' needs a split with a trainval "
-                             f"list (source 'omniglot'), not {t.source!r}; leave it 'train'")
-        if self.task.source != "sinusoid" and self.model.name != "conv4":
-            raise ValueError(f"model.name: {self.task.source} tasks are images; use 'conv4'")
-        return self
-
-    @property
-    def loss_kind(self) -> str:
-        if self.loss != "auto":
-            return self.loss
-        return "mse" if self.task.source == "sinusoid" else "ce"
+# config sections validated through a registry: section -> registry
+SECTIONS: dict[str, Registry] = {"task": SOURCES, "model": BACKBONES, "learner": LEARNERS,
+                                 "meta_optimizer": META_OPTIMIZERS}
+# where and how a run executes, and how much of it is tested: these may change on resume
+HOW = ("device", "loader_workers", "test_tasks", "workers", "max_seconds")
+RENAMED = {"optim": "meta_optimizer", "task.q_queries": "task.n_query",
+           "task.eval_q_queries": "task.eval_n_query",
+           "learner.population_tasks": "learner.batchnorm_tasks"}
 
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the user."""
 
 
-def _format(err: ValidationError) -> str:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FitnessOptions(_Strict):
+    """What a population candidate is and how it is scored (population meta-optimizers)."""
+
+    phi: Literal["vector", "hyper"] = Field(
+        "vector", description="vector: φ is the learner's initialisation as one flat vector "
+        "(plus log inner_lr); hyper: φ is a point of `space`, config overrides that are "
+        "meta-trained for train_steps before scoring")
+    learn_inner_lr: bool = Field(True, description="vector: φ also holds log(inner_lr)")
+    train_steps: int = Field(0, ge=0, description="hyper: gradient meta-training steps per "
+                             "candidate before it is scored")
+    train_meta_batch: int = Field(10, ge=1)
+    train_lr: float = Field(1e-3, gt=0, description="hyper: Adam's outer lr for that training")
+    resample: bool = Field(True, description="fresh fitness tasks every generation (shared by "
+                           "its candidates); False: generation 0's tasks throughout")
+    more_tasks: list[tuple[int, int]] = Field(
+        default_factory=list, description="(generation, n): from that generation on, score on n "
+        "tasks instead of meta_batch")
+
+
+class RunConfig(_Strict):
+    """A complete run: tasks, model, learner, meta-optimizer, budget and evaluation."""
+
+    name: str = "run"
+    imports: list[str] = Field(default_factory=list, description="modules (or .py files) that "
+                               "register learners, sources or backbones this config uses")
+    task: SerializeAsAny[Options]
+    model: SerializeAsAny[Options] | None = Field(
+        None, description="the backbone (default: the task source's)")
+    learner: SerializeAsAny[Options]
+    meta_optimizer: SerializeAsAny[Options]
+    loss: Literal["auto", "mse", "mae", "ce"] = "auto"
+    steps: int = Field(1000, ge=1, description="outer steps: meta-batches (gradient) or "
+                       "generations (population)")
+    meta_batch: int = Field(25, ge=1, description="tasks per outer step (gradient) or per "
+                            "generation's fitness (population)")
+    val_every: int = Field(500, ge=1)
+    val_tasks: int = Field(200, ge=1)
+    test_tasks: int = Field(1000, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    loader_workers: int | None = Field(
+        None, ge=0, description="processes that sample meta-train tasks a few steps ahead "
+        "(None: 1 on a GPU, where sampling in the loop leaves the device idle; 0 on a CPU, "
+        "where a worker would take a core from the step)")
+    # population meta-optimizers
+    fitness: FitnessOptions | None = Field(
+        None, description="population: what a candidate is and how it is scored (defaults "
+        "filled in for a population meta-optimizer)")
+    space: dict[str, dict[str, Any]] | None = Field(
+        None, description="population, phi=hyper: the search space, config paths -> "
+        "{type: float|int|categorical, ...} (e.g. learner.inner_lr)")
+    workers: int | None = Field(None, ge=0, description="population: fitness processes "
+                                "(default: one per core; 0 or 1: in this process)")
+    max_seconds: float | None = Field(None, gt=0, description="population: stop after this "
+                                      "much wall time")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dispatch(cls, data: Any) -> Any:
+        return dispatch_sections(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.model is None:  # the task source's default backbone, written out
+            object.__setattr__(self, "model", BACKBONES.options({"name": self.info.default_model}))
+        check_consistent(self)
+        return self
+
+    # derived --------------------------------------------------------------------------------
+    @property
+    def info(self):
+        """What the tasks look like (:class:`~metaphi.tasks.TaskInfo`)."""
+        return self.task.info()
+
+    @property
+    def loss_kind(self) -> str:
+        if self.loss != "auto":
+            return self.loss
+        return "ce" if self.info.kind == "classification" else "mse"
+
+    @property
+    def population(self) -> bool:
+        """Whether the meta-optimizer is a population one (else gradient)."""
+        return META_OPTIMIZERS.get(self.meta_optimizer.name).info["kind"] == "population"
+
+
+def dispatch_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate the registry-named sections of raw config data with their options models
+    (after importing the config's ``imports``); errors name the section's fields."""
+    data = dict(data)
+    _check_renamed(data)
+    base = data.pop("_base", None)
+    # .py paths become absolute, so the config still finds them when saved in a run folder
+    data["imports"] = [str((Path(base or ".") / m).resolve()) if str(m).endswith(".py")
+                       and not Path(m).is_absolute() else str(m)
+                       for m in data.get("imports") or []]
+    try:
+        import_extensions(data["imports"])
+    except (ImportError, FileNotFoundError) as e:
+        raise ConfigError(f"invalid run configuration:\n  imports: {e}") from None
+    lines = []
+    for section, registry in SECTIONS.items():
+        raw = data.get(section)
+        if raw is None and section == "model" or isinstance(raw, Options):
+            continue
+        if raw is None:
+            raw = {"meta_optimizer": {"name": "adam"}}.get(section, {})
+        if not isinstance(raw, dict):
+            lines.append(f"  {section}: must be a mapping with `{registry.key}:`, got {raw!r}")
+            continue
+        if registry.key not in raw:
+            lines.append(f"  {section}.{registry.key}: missing; one of "
+                         f"{', '.join(registry.names())}")
+            continue
+        try:
+            data[section] = registry.options(raw)
+        except KeyError as e:
+            lines.append(f"  {section}.{registry.key}: {e.args[0]}")
+        except ValidationError as e:
+            lines += _error_lines(e, section, registry, str(raw[registry.key]))
+    if lines:
+        raise ConfigError("invalid run configuration:\n" + "\n".join(lines))
+    return data
+
+
+def _check_renamed(data: dict[str, Any]) -> None:
+    for old, new in RENAMED.items():
+        head, _, tail = old.partition(".")
+        node = data.get(head)
+        if (tail and isinstance(node, dict) and tail in node) or (not tail and head in data):
+            raise ConfigError(f"invalid run configuration:\n  {old}: renamed to {new}; rename "
+                              "it in your config")
+
+
+def _error_lines(err: ValidationError, prefix: str, registry: Registry | None = None,
+                 name: str = "") -> list[str]:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
+        where = ".".join([prefix] + [str(p) for p in e["loc"]] if prefix else
+                         [str(p) for p in e["loc"]]) or "config"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field; check the spelling (see `metaphi presets --show NAME` for all fields)"
+            if registry is not None:
+                allowed = [f for f in registry.get(name).options.model_fields if f != registry.key]
+                msg = (f"{name!r} has no option {e['loc'][-1]!r}; its options: "
+                       f"{', '.join(allowed) or 'none'}")
+                got_s = ""
+            else:
+                msg = ("unknown field; check the spelling (see `metaphi presets --show NAME` "
+                       "for all fields)")
         lines.append(f"  {where}: {msg}{got_s}")
-    return "invalid run configuration:\n" + "\n".join(lines)
+    return lines
 
 
-def validate_config(data: dict[str, Any]) -> RunConfig:
+def check_consistent(cfg: RunConfig) -> None:
+    """Cross-section checks: the learner can learn these tasks, the backbone takes their
+    inputs, population settings fit the meta-optimizer."""
+    info = cfg.info
+    entry = LEARNERS.get(cfg.learner.name)
+    if info.kind not in entry.info["kinds"]:
+        able = [n for n in LEARNERS.names() if info.kind in LEARNERS.get(n).info["kinds"]]
+        raise ValueError(f"learner.name: {cfg.learner.name!r} cannot learn {info.kind} tasks "
+                         f"(task.source {cfg.task.source!r}); use one of {', '.join(able)}")
+    backbone = BACKBONES.get(cfg.model.name)
+    if info.input not in backbone.info["inputs"]:
+        able = [n for n in BACKBONES.names() if info.input in BACKBONES.get(n).info["inputs"]]
+        raise ValueError(f"model.name: {cfg.model.name!r} does not take {info.input} inputs "
+                         f"(task.source {cfg.task.source!r}); use one of {', '.join(able)}")
+    train_n_way = getattr(cfg.task, "train_n_way", None)
+    if train_n_way not in (None, info.n_way) and entry.info["model"] != "embedding":
+        raise ValueError(f"task.train_n_way: {cfg.learner.name!r} has a {info.n_way}-unit output "
+                         "layer, so it meta-trains on n_way-way tasks; train_n_way is for "
+                         "learners that take any number of ways (or leave it unset)")
+    if cfg.loss in ("mse", "mae") and info.kind == "classification" or (
+            cfg.loss == "ce" and info.kind == "regression"):
+        raise ValueError(f"loss: {cfg.loss!r} does not fit {info.kind} tasks; leave it 'auto'")
+    _check_population(cfg)
+
+
+POPULATION_FIELDS = ("fitness", "space", "workers", "max_seconds")
+
+
+def _check_population(cfg: RunConfig) -> None:
+    if not cfg.population:
+        for name in POPULATION_FIELDS:
+            if getattr(cfg, name) is not None:
+                raise ValueError(f"{name}: for population meta-optimizers only (meta_optimizer."
+                                 f"name: es, cmaes or reinforce); remove it for "
+                                 f"{cfg.meta_optimizer.name!r}")
+        return
+    if cfg.fitness is None:
+        object.__setattr__(cfg, "fitness", FitnessOptions())
+    f = cfg.fitness
+    if f.phi == "hyper" and not cfg.space:
+        raise ValueError("fitness.phi: 'hyper' searches config settings: give `space:`")
+    if cfg.space:
+        from ..meta.space import Space
+
+        Space.from_config(cfg.space)  # a clear error for a bad entry, before any work
+    if f.phi == "vector" and cfg.space:
+        raise ValueError("space: a search space sets config settings: use fitness.phi: hyper "
+                         "(phi: vector searches the initialisation itself)")
+    if f.phi == "vector" and f.train_steps:
+        raise ValueError("fitness.train_steps: phi 'vector' scores the candidate initialisation "
+                         "as it is; train_steps is for phi 'hyper'")
+    if f.phi == "vector" and LEARNERS.get(cfg.learner.name).info["model"] != "head":
+        raise ValueError(f"fitness.phi: 'vector' evolves an initialisation with its inner lr; "
+                         f"{cfg.learner.name!r} has no inner loop: use a MAML-family learner or "
+                         "phi 'hyper'")
+
+
+def validate_config(data: dict[str, Any], base: Path | None = None) -> RunConfig:
+    """A :class:`RunConfig` from plain data (a preset, a YAML file), or a :class:`ConfigError`
+    naming every bad field. ``base``: folder for relative ``imports`` paths."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run configuration must be a mapping of fields, got {data!r}")
+    data = dict(data)
+    if base is not None:
+        data["_base"] = base
+    data = dispatch_sections(data)  # ConfigError naming the sections' fields
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format(e)) from None
+        raise ConfigError("invalid run configuration:\n" + "\n".join(_error_lines(e, ""))) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -185,26 +277,47 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like field.sub=value (e.g. steps=2000)")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    for o in overrides:
-        path, value = parse_override(o)
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Plain config data with ``key.sub=value`` overrides (or a ``{"key.sub": value}`` dict)
+    applied; sections given as options objects become plain data first."""
+    data = plain(data)
+    items = ([(k.split("."), v) for k, v in overrides.items()] if isinstance(overrides, dict)
+             else [parse_override(o) for o in overrides])
+    for path, value in items:
         node = data
         for p in path[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
-                raise ConfigError(f"override {o!r}: {p!r} is not a section")
+                raise ConfigError(f"override {'.'.join(path)}: {p!r} is not a section")
         node[path[-1]] = value
     return data
+
+
+def plain(data: dict[str, Any] | RunConfig) -> dict[str, Any]:
+    """A deep copy of config data as plain YAML-able values."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    else:
+        data = {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v)
+                for k, v in data.items()}
+    return yaml.safe_load(yaml.safe_dump(data))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+                          "as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -212,5 +325,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def fingerprint(cfg: RunConfig) -> str:
+    """A hash of what a run computes (not of where it runs, its budget or its name): stored
+    with its weights and checkpoints, so that weights from another run are recognised."""
+    data = plain(cfg)
+    for k in (*HOW, "steps", "name"):
+        data.pop(k, None)
+    return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    data = cfg.model_dump(mode="json")
+    if not cfg.population:  # their defaults (None) say nothing for a gradient run
+        for name in POPULATION_FIELDS:
+            data.pop(name)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -11,28 +11,23 @@ import argparse
 import csv
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import LEARNERS
 from ..tasks.fewshot import IMAGE_SUFFIXES, ImageFolderData, load_image
 from ..tasks.task import Task
-from .config import EMBEDDING_LEARNERS, RunConfig
+from .config import ConfigError, RunConfig
 
 
 def _image_loader(cfg: RunConfig):
-    size = cfg.model.image_size
-    if cfg.task.source == "omniglot":
-        from ..data.omniglot import decode_png
-
-        def load(path: Path) -> Tensor:
-            try:
-                arr = decode_png(path.read_bytes(), size)
-            except Exception as e:
-                raise ValueError(f"cannot read image {path}: {e}") from e
-            return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
-        return load
-    return lambda path: load_image(path, (size, size), grayscale=cfg.model.in_channels == 1)
+    """How the run's source reads one file into a model input (its own preprocessing, e.g.
+    Omniglot's inverted drawings), else as a plain image of the run's size and channels."""
+    own = getattr(cfg.task, "load_file", None)
+    if own is not None:
+        return own
+    channels, side = cfg.info.input_shape[0], cfg.info.input_shape[-1]
+    return lambda path: load_image(path, (side, side), grayscale=channels == 1)
 
 
 def _query_files(root: Path) -> tuple[list[Path], list[str | None]]:
@@ -54,22 +49,24 @@ def predict_folder(run_dir: str | Path, support_dir: str | Path, query_dir: str 
     from .run import load_run
 
     cfg, learner = load_run(run_dir, device)
+    if cfg.info.kind != "classification" or cfg.info.input != "image":
+        raise ConfigError(f"{run_dir} is a {cfg.info.kind} run on {cfg.info.input} inputs; "
+                          "`metaphi predict` labels images with a classification run")
     dev = next(learner.parameters()).device
     load = _image_loader(cfg)
     support = ImageFolderData(support_dir, size=None)
     n_way = len(support.class_names)
-    if cfg.learner.name not in EMBEDDING_LEARNERS and n_way != cfg.task.n_way:
-        raise ValueError(f"this run was meta-trained for {cfg.task.n_way}-way tasks (its output "
-                         f"layer has {cfg.task.n_way} units), but {support_dir} has {n_way} "
+    if LEARNERS.get(cfg.learner.name).info["model"] == "head" and n_way != cfg.info.n_way:
+        raise ValueError(f"this run was meta-trained for {cfg.info.n_way}-way tasks (its output "
+                         f"layer has {cfg.info.n_way} units), but {support_dir} has {n_way} "
                          "classes; give it that many class folders, or use a ProtoNet run, "
                          "which takes any number of classes")
     sx = torch.stack([load(p) for p in support.paths]).to(dev)
     sy = torch.as_tensor(support.labels).to(dev)
     files, truth = _query_files(Path(query_dir))
     qx = torch.stack([load(p) for p in files]).to(dev)
-    adapted = learner.adapt(sx, sy)
     with torch.no_grad():
-        pred = learner.predict(adapted, qx).argmax(-1).cpu()
+        pred = learner.adapt(sx, sy)(qx).argmax(-1).cpu()
     names = support.class_names
     out = {"files": [str(f) for f in files], "labels": [names[int(i)] for i in pred],
            "classes": names}

@@ -1,4 +1,7 @@
-"""Named presets: complete, validated run configurations with the papers' protocols."""
+"""Named presets: complete, validated run configurations with the papers' protocols.
+
+Extensions add theirs with :func:`register_preset`; ``metaphi presets`` lists them all.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +9,16 @@ from typing import Any
 from .config import RunConfig, validate_config
 
 Preset = dict[str, Any]
+
+PRESETS: dict[str, Preset] = {}
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_preset(preset: Preset, description: str = "") -> Preset:
+    """Add a named preset (``preset["name"]`` is its name); returns it."""
+    PRESETS[preset["name"]] = preset
+    DESCRIPTIONS[preset["name"]] = description
+    return preset
 
 
 def _sinusoid(learner: str, k: int) -> Preset:
@@ -20,10 +33,10 @@ def _sinusoid(learner: str, k: int) -> Preset:
         optim = {"name": "sgd", "lr": 0.5, "schedule": "cosine"}
     return {
         "name": f"sinusoid-{learner}-{k}shot",
-        "task": {"source": "sinusoid", "k_shot": k, "q_queries": 10, "eval_q_queries": 100},
+        "task": {"source": "sinusoid", "k_shot": k, "n_query": 10, "eval_n_query": 100},
         "model": {"name": "mlp", "hidden": [40, 40]},
         "learner": inner,
-        "optim": optim,
+        "meta_optimizer": optim,
         "steps": 30000, "meta_batch": 25, "val_every": 1000, "val_tasks": 300,
         "test_tasks": 1000, "checkpoint_every": 1000,
     }
@@ -47,55 +60,46 @@ def _omniglot(learner: str, n_way: int, k_shot: int) -> Preset:
         meta_batch = 1 if learner != "r2d2" else 8
         optim = {"name": "adam", "lr": 1e-3, "schedule": "step", "step_size": 2000, "gamma": 0.5}
         steps = 10000
-    task = {"source": "omniglot", "n_way": n_way, "k_shot": k_shot, "q_queries": 15,
-            "eval_q_queries": 15}
+    task = {"source": "omniglot", "n_way": n_way, "k_shot": k_shot, "n_query": 15,
+            "eval_n_query": 15}
     if learner in ("matchingnet", "r2d2"):
         # Both heads' logits start in about [0, 1] (raw cosines after Conv-4's last ReLU; ridge
-        # outputs that approximate one-hot labels), a nearly flat softmax at the papers' scale
-        # of 1, and Adam at 1e-3 grows a learned scale by only ~1 per 1000 steps. A meta-learned
-        # scale starting at 10: Matching Networks 5w1s 86.6% -> 96.8% after all 10000 episodes;
-        # R2-D2 meta-val 91.7% -> 95.5% after 500 steps (benchmarks/RESULTS.md). The papers'
-        # form: learner.scale=null learner.learn_scale=null.
+        # outputs that approximate one-hot labels): a nearly flat softmax at the papers' scale
+        # of 1, which a learned scale leaves only slowly. Start a meta-learned scale at 10
+        # (the Omniglot results page compares both); the papers' form: learner.scale=1
+        # learner.learn_scale=false.
         inner.update(scale=10.0, learn_scale=True)
     if learner == "protonet":
         # Snell et al. (2017): 60-way episodes with 5 queries per class at meta-train, for
         # every test setting; wider episodes than the test's generalise better. Their code
-        # meta-tests with BatchNorm's running statistics (model.eval()): population statistics
-        # here, +0.00 to +0.07 points over episode statistics on the same φ in all four
-        # settings (benchmarks/RESULTS.md, omniglot_batchnorm).
-        task.update(train_n_way=60, q_queries=5)
-        inner.update(batchnorm="population")
+        # meta-tests with BatchNorm's running statistics (model.eval()), as here.
+        task.update(train_n_way=60, n_query=5)
+        inner.update(batchnorm="running")
     return {
         "name": f"omniglot-{learner}-{n_way}w{k_shot}s",
         "task": task,
-        "model": {"name": "conv4", "width": 64, "depth": 4, "image_size": 28},
+        "model": {"name": "conv4", "width": 64, "depth": 4},
         "learner": inner,
-        "optim": optim,
+        "meta_optimizer": optim,
         "steps": steps, "meta_batch": meta_batch, "val_every": 500, "val_tasks": 200,
         "test_tasks": 1000, "checkpoint_every": 500,
     }
 
 
-def _build() -> dict[str, Preset]:
-    presets: dict[str, Preset] = {}
+def _build() -> None:
     for learner in ("maml", "fomaml", "metasgd", "anil", "reptile"):
         for k in (5, 10, 20):
-            p = _sinusoid(learner, k)
-            presets[p["name"]] = p
+            register_preset(_sinusoid(learner, k), "few-shot sinusoid regression (Finn et al. "
+                            "2017 protocol; no download)")
     for learner in ("protonet", "maml", "fomaml", "anil", "metasgd", "matchingnet", "r2d2",
                     "reptile"):
         for n, k in ((5, 1), (5, 5), (20, 1), (20, 5)):
-            p = _omniglot(learner, n, k)
-            presets[p["name"]] = p
-    return presets
+            register_preset(_omniglot(learner, n, k), "Omniglot few-shot classification, "
+                            "Vinyals split, rotations as classes (needs the dataset: --data-dir "
+                            "or METAPHI_DATA)")
 
 
-PRESETS = _build()
-DESCRIPTIONS = {
-    "sinusoid": "few-shot sinusoid regression (Finn et al. 2017 protocol; no download)",
-    "omniglot": "Omniglot few-shot classification, Vinyals split, rotations as classes "
-                "(needs the dataset: --data-dir or METAPHI_DATA)",
-}
+_build()
 
 
 def get_preset(name: str) -> Preset:

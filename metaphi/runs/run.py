@@ -1,14 +1,16 @@
 """A run on disk: train, test and reload, with everything a user needs in one folder.
 
-``DIR/config.yaml`` (resolved config), ``metrics.jsonl`` (per step), ``learning_curve.png``,
-``checkpoint.pt`` (latest, atomic), ``best.pt`` (φ with the best meta-validation metric) and
+Every run, gradient or population, ends with cross-task testing and writes the same folder:
+``DIR/config.yaml`` (resolved config), ``metrics.jsonl`` (per step or generation),
+``learning_curve.png``, ``checkpoint.pt`` (latest, atomic), ``best.pt`` (the deployed φ) and
 ``results.json`` (meta-test mean, 95% CI, tasks, metric, seconds, versions). Launched with
-``torchrun``, the run is distributed (:mod:`metaphi.loops.distributed`) and rank 0 writes the folder.
+``torchrun``, the run is distributed (:mod:`metaphi.loops.distributed`) and rank 0 writes.
 """
 from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,17 @@ from typing import Any
 import torch
 import yaml
 
-from ..learners.base import Learner
+from ..learners.base import Learner, eval_mode
 from ..loops import distributed as D
 from ..loops.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from ..loops.evaluate import evaluate
-from ..loops.train import build_optimizer, build_schedule, meta_train
-from ..tasks.sources import fixed_tasks
-from .build import build_learner, build_sources, resolve_device
-from .config import ConfigError, RunConfig, apply_overrides, dump_config, validate_config
+from ..loops.train import CHECKPOINT, METRICS, TrainOptions, meta_train
+from ..tasks.sources import Splits, fixed_tasks
+from .build import build_learner, build_meta_optimizer, build_sources, resolve_device
+from .config import (HOW, ConfigError, RunConfig, apply_overrides, dump_config, fingerprint,
+                     validate_config)
+
+BEST = "best.pt"
 
 
 def library_versions() -> dict[str, str]:
@@ -36,112 +41,168 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _prepare_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
+# -- the run folder --------------------------------------------------------------------------------
+def prepare_run_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
+    """Check that ``out`` can take this run (a new folder, or the same run to resume), then
+    write its config. Nothing in ``out`` changes before the checks pass."""
     cfg_path = out / "config.yaml"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run")
     if resume:
         if not cfg_path.exists():
-            raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without --resume")
-        saved = validate_config(yaml.safe_load(cfg_path.read_text()))
-        # where and how the run executes may change on resume; what it computes may not
-        how = {"device", "loader_workers"}
-        a, b = saved.model_dump(exclude=how), cfg.model_dump(exclude=how)
-        if a == b:
-            return
-        changed = sorted(k for k in a if a[k] != b[k])
-        done = _checkpoint_step(out)  # only on this path: an unchanged config never reads it
-        if changed == ["steps"] and done <= cfg.steps and cfg.optim.schedule != "cosine":
-            # A new budget: tasks and schedule depend on the step only, so going on from the
-            # checkpoint equals a run started with that budget (when the checkpoint's step is a
-            # multiple of val_every, as the validations then coincide). A smaller budget, down
-            # to the checkpoint, finishes a long run early.
-            atomic_write_text(cfg_path, dump_config(cfg))
-            return
-        raise ConfigError(f"--resume: the config differs from the one saved in {cfg_path} "
-                          f"(in {', '.join(changed)}); resume with the same preset, seed and "
-                          "overrides (only `steps` may change: up, to train a run longer, or "
-                          f"down to the last checkpoint's step ({done}), to finish it early; "
-                          "and not with a cosine schedule, which depends on the total)")
-    if (out / "checkpoint.pt").exists():
+            raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without "
+                              "--resume")
+        saved = read_run_config(out)
+        a, b = saved.model_dump(exclude=set(HOW)), cfg.model_dump(exclude=set(HOW))
+        if a != b:
+            _check_budget_change(saved, cfg, out, a, b)
+        atomic_write_text(cfg_path, dump_config(cfg))
+        return
+    if (out / CHECKPOINT).exists() or cfg_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose "
                           "another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, dump_config(cfg))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, dump_config(cfg))
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write the run folder ({e.strerror}); choose a "
+                          "writable folder") from None
 
 
-def _checkpoint_step(out: Path) -> int:
-    """Outer steps done at the last checkpoint (0 if there is none)."""
-    ck = out / "checkpoint.pt"
-    return int(load_checkpoint(ck, map_location="cpu")["step"]) if ck.exists() else 0
+def _check_budget_change(saved: RunConfig, cfg: RunConfig, out: Path, a: dict, b: dict) -> None:
+    changed = sorted(_diff(a, b))
+    done = checkpoint_step(out)
+    if (changed == ["steps"] and done <= cfg.steps
+            and getattr(cfg.meta_optimizer, "schedule", None) != "cosine"):
+        # A new budget: tasks and schedule depend on the step only, so going on from the
+        # checkpoint equals a run started with that budget (when the checkpoint's step is a
+        # multiple of val_every). A smaller budget, down to the checkpoint, finishes early.
+        return
+    raise ConfigError(
+        f"--resume: the config differs from the one saved in {out / 'config.yaml'} (in "
+        f"{', '.join(changed)}); resume with the same preset, seed and overrides (only `steps` "
+        f"may change: up, to train a run longer, or down to the last checkpoint's step ({done}),"
+        " to finish it early; and not with a cosine schedule, which depends on the total; "
+        f"{', '.join(HOW)} may change too)")
 
 
-def meta_test(learner: Learner, cfg: RunConfig, seed: int, n_tasks: int, device: torch.device,
-              progress: bool = True, dist: D.DistContext | None = None) -> dict[str, Any]:
-    """Cross-task testing on ``n_tasks`` meta-test tasks drawn with ``seed`` (spread over the
-    ranks of ``dist``, with the same result on every rank)."""
-    _, _, test_source = build_sources(cfg)
-    if dist is not None and dist.enabled:
-        return D.evaluate_gathered(learner, D.fixed_task_block(test_source, seed, "test", n_tasks,
-                                                               dist), dist, device, progress)
-    return evaluate(learner, fixed_tasks(test_source, seed, "test", n_tasks), device,
-                    progress=progress, total=n_tasks)
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two config dumps differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b))
+                for p in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def checkpoint_step(out: Path) -> int:
+    """Outer steps (or generations) done at the last checkpoint (0 if there is none)."""
+    ck = out / CHECKPOINT
+    if not ck.exists():
+        return 0
+    state = load_checkpoint(ck, map_location="cpu")
+    return int(state.get("step", state.get("generation", 0)))
+
+
+def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config saved in a run folder (with ``overrides``), or a clear error."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); pass the --out "
+                                "folder of `metaphi train`")
+    try:
+        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{cfg_path} is damaged ({type(e).__name__}: {e}); restore it from the "
+                          "run's original config") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg_path} is damaged (not a mapping of config fields)")
+    return validate_config(apply_overrides(data, overrides or []), base=run_dir)
+
+
+# -- training ----------------------------------------------------------------------------------
+@dataclass
+class Trained:
+    """What meta-training hands to cross-task testing: the deployed learner, the config
+    overrides that rebuild it, and the run-kind-specific results."""
+
+    learner: Learner
+    overrides: dict[str, Any]
+    summary: dict[str, Any]
+    steps: int
+    seconds: float
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Meta-train, keep the best φ on meta-validation (the last φ when the validation classes
-    are meta-trained on), meta-test it, and write the run folder.
+    """Meta-train (gradient or population, as the config's meta-optimizer says), meta-test the
+    deployed φ, and write the run folder. Returns the results (also in ``results.json``).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; they join one process
-    group, split each meta-batch and the evaluations, and only rank 0 writes files."""
+    group, split each meta-batch (or generation) and the evaluations, and only rank 0 writes."""
     ctx, device = D.init_from_env(resolve_device(cfg.device))
     try:
-        return _train_run(cfg, Path(out_dir), resume, progress, ctx, device)
+        out = Path(out_dir)
+        splits = build_sources(cfg)  # fails fast on missing data or impossible task shapes
+        if not cfg.population:
+            ctx.shard(cfg.meta_batch)  # a meta-batch that does not split over the ranks fails here
+        D.on_main(ctx, lambda: prepare_run_dir(cfg, out, resume))
+        trained = (_population(cfg, out, resume, progress) if cfg.population
+                   else _gradient(cfg, splits, out, resume, progress, ctx, device))
+        return _finish(cfg, splits, out, trained, progress, ctx, device)
     finally:
         D.shutdown(ctx)
 
 
-def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.DistContext,
-               device: torch.device) -> dict[str, Any]:
-    sources = build_sources(cfg)  # fails fast on missing data or impossible task shapes
-    ctx.shard(cfg.meta_batch)  # a meta-batch that does not split over the ranks fails here
-    D.on_main(ctx, lambda: _prepare_dir(cfg, out, resume))
+def _gradient(cfg: RunConfig, splits: Splits, out: Path, resume: bool, progress: bool,
+              ctx: D.DistContext, device: torch.device) -> Trained:
     learner = build_learner(cfg).to(device)
-    oc = cfg.optim
-    opt = build_optimizer(learner.parameters(), oc.name, oc.lr, oc.weight_decay, oc.momentum)
-    sched = build_schedule(opt, oc.schedule, cfg.steps, oc.step_size, oc.gamma)
-    state = meta_train(learner, sources[0], sources[1], steps=cfg.steps, meta_batch=cfg.meta_batch,
-                       seed=cfg.seed, out_dir=out, optimizer=opt, schedule=sched,
-                       clip_grad_norm=oc.clip_grad_norm, val_every=cfg.val_every,
-                       val_tasks=cfg.val_tasks, checkpoint_every=cfg.checkpoint_every,
-                       resume=resume, device=device, progress=progress, dist=ctx,
-                       loader_workers=(cfg.loader_workers if cfg.loader_workers is not None
-                                       else int(device.type == "cuda")))
+    opt, sched = build_meta_optimizer(cfg, learner)
+    workers = cfg.loader_workers if cfg.loader_workers is not None else int(device.type == "cuda")
+    state = meta_train(learner, splits.train, splits.val, opt, sched, out, TrainOptions(
+        steps=cfg.steps, meta_batch=cfg.meta_batch, seed=cfg.seed, val_every=cfg.val_every,
+        val_tasks=cfg.val_tasks, checkpoint_every=cfg.checkpoint_every,
+        clip_grad_norm=cfg.meta_optimizer.clip_grad_norm, resume=resume, device=device,
+        loader_workers=workers, progress=progress), dist=ctx)
     learner.load_state_dict(state.best_params)
-    # the deployed φ's evaluation statistics (a no-op for most learners; for a best-val φ the
-    # same values its validation used)
-    learner.prepare_eval(sources[0], cfg.seed)
-    if ctx.is_main:
-        save_checkpoint(out / "best.pt", {"learner": learner.state_dict(), "step": state.best_step,
-                                          "val": state.best_value})
-        from ..plots.curves import learning_curve
+    summary = {"meta_val_best": {"value": state.best_value, "step": state.best_step},
+               # trainval runs have no meta-validation: φ is the last step's
+               "phi_chosen": "best meta-val" if splits.val is not None else "last step"}
+    return Trained(learner, {}, summary, state.step, state.seconds)
 
-        learning_curve(out / "metrics.jsonl", out / "learning_curve.png", learner.metric_name,
-                       title=cfg.name)
+
+def _population(cfg: RunConfig, out: Path, resume: bool, progress: bool) -> Trained:
+    from .population import population_meta_train, population_summary
+
+    res, learner, overrides = population_meta_train(cfg, out, resume, progress)
+    summary = {**population_summary(res), "phi_chosen": "center",
+               "deployed_overrides": overrides}
+    return Trained(learner, overrides, summary, res.generations, res.seconds)
+
+
+def _finish(cfg: RunConfig, splits: Splits, out: Path, trained: Trained, progress: bool,
+            ctx: D.DistContext, device: torch.device) -> dict[str, Any]:
+    """Save the deployed φ, plot, meta-test and write results.json."""
+    learner = trained.learner.to(device)
+    # the deployed φ's evaluation statistics (a no-op for most learners)
+    learner.prepare_eval(splits.train, cfg.seed)
+    if ctx.is_main:
+        save_checkpoint(out / BEST, {"learner": learner.state_dict(), "steps": trained.steps,
+                                     "overrides": trained.overrides,
+                                     "fingerprint": fingerprint(cfg)})
+        _curve(cfg, learner, out)
     t_test = time.perf_counter()
-    test = meta_test(learner, cfg, cfg.seed, cfg.test_tasks, device, progress and ctx.is_main,
+    test = meta_test(learner, splits, cfg.seed, cfg.test_tasks, device, progress and ctx.is_main,
                      dist=ctx)
-    test_seconds = time.perf_counter() - t_test
     results = {
         "name": cfg.name,
+        "kind": "population" if cfg.population else "gradient",
         "metric": learner.metric_name,
         "higher_is_better": learner.higher_is_better,
         "meta_test": {k: test[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
-        "meta_val_best": {"value": state.best_value, "step": state.best_step},
-        # trainval runs have no meta-validation: φ is the last step's
-        "phi_chosen": "best meta-val" if sources[1] is not None else "last step",
-        "steps": state.step,
-        "train_seconds": round(state.seconds, 2),
-        "test_seconds": round(test_seconds, 2),
+        **trained.summary,
+        "steps": trained.steps,
+        "train_seconds": round(trained.seconds, 2),
+        "test_seconds": round(time.perf_counter() - t_test, 2),
         "device": str(device),
         "seed": cfg.seed,
         "versions": library_versions(),
@@ -149,80 +210,145 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, progress: bool, ctx: D.D
     if ctx.enabled:
         results["world_size"] = ctx.world_size
     if ctx.is_main:
-        _extra_plots(learner, cfg, out, device)
+        _extra_plots(learner, cfg, splits, out, device)
         atomic_write_json(out / "results.json", results)
     return results
 
 
-def _extra_plots(learner: Learner, cfg: RunConfig, out: Path, device: torch.device) -> None:
-    _, _, test_source = build_sources(cfg)
-    if cfg.task.source == "sinusoid":
+def _curve(cfg: RunConfig, learner: Learner, out: Path) -> None:
+    from ..plots.curves import fitness_curve, learning_curve
+
+    if cfg.population:
+        fitness_curve(out / METRICS, out / "learning_curve.png", title=cfg.name)
+    else:
+        learning_curve(out / METRICS, out / "learning_curve.png", learner.metric_name,
+                       title=cfg.name)
+
+
+def meta_test(learner: Learner, splits: Splits, seed: int, n_tasks: int, device: torch.device,
+              progress: bool = True, dist: D.DistContext | None = None) -> dict[str, Any]:
+    """Cross-task testing on ``n_tasks`` meta-test tasks drawn with ``seed`` (spread over the
+    ranks of ``dist``, with the same result on every rank)."""
+    if dist is not None and dist.enabled:
+        return D.evaluate_gathered(learner, D.fixed_task_block(splits.test, seed, "test", n_tasks,
+                                                               dist), dist, device, progress)
+    return evaluate(learner, fixed_tasks(splits.test, seed, "test", n_tasks), device,
+                    progress=progress, total=n_tasks)
+
+
+def _extra_plots(learner: Learner, cfg: RunConfig, splits: Splits, out: Path,
+                 device: torch.device) -> None:
+    if hasattr(splits.test, "curve"):
         from ..plots.regression import sinusoid_fits
 
-        sinusoid_fits(learner, test_source, cfg.seed, out / "sinusoid_fits.png", device=device)
-        return
-    from ..plots.episodes import plot_episode
+        sinusoid_fits(learner, splits.test, cfg.seed, out / "sinusoid_fits.png", device=device)
+    elif cfg.info.kind == "classification" and cfg.info.input == "image":
+        from ..plots.episodes import plot_episode
 
-    # The first meta-test episode: support, query, predicted labels, mistakes in red.
-    task = next(iter(fixed_tasks(test_source, cfg.seed, "test", 1)))
-    adapted = learner.adapt(task.support_x.to(device), task.support_y.to(device))
-    with torch.no_grad():
-        pred = learner.predict(adapted, task.query_x.to(device)).argmax(-1).cpu()
-    plot_episode(task, out / "episode.png", predictions=pred,
-                 title=f"{cfg.name}: a meta-test episode")
+        # The first meta-test episode: support, query, predicted labels, mistakes in red.
+        task = next(iter(fixed_tasks(splits.test, cfg.seed, "test", 1)))
+        with eval_mode(learner), torch.no_grad():
+            model = learner.adapt(task.support_x.to(device), task.support_y.to(device))
+            pred = model(task.query_x.to(device)).argmax(-1).cpu()
+        plot_episode(task, out / "episode.png", predictions=pred,
+                     title=f"{cfg.name}: a meta-test episode")
+
+
+# -- loading and testing -------------------------------------------------------------------------
+@dataclass
+class RunStatus:
+    """Whether a run folder holds a finished run, and which weights :func:`load_run` takes."""
+
+    finished: bool
+    weights: str  # "best.pt" or "checkpoint.pt"
+    step: int
+    note: str
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    """A finished run is evaluated with its deployed φ (``best.pt``); an unfinished one (killed,
+    or resumed for more steps and not finished) with its last checkpoint's best meta-validated
+    φ, which is said in ``note``."""
+    run_dir = Path(run_dir)
+    best, ck = run_dir / BEST, run_dir / CHECKPOINT
+    done = checkpoint_step(run_dir)
+    if best.exists():
+        best_steps = int(load_checkpoint(best, map_location="cpu").get("steps", -1))
+        if not ck.exists() or best_steps >= done:
+            return RunStatus(True, BEST, best_steps, "")
+    if not ck.exists():
+        raise FileNotFoundError(f"{run_dir} holds neither best.pt nor checkpoint.pt: the run has "
+                                "not saved anything yet")
+    return RunStatus(False, CHECKPOINT, done,
+                     f"{run_dir} is not finished (stopped at step {done}): evaluating its last "
+                     "checkpoint; finish it with `metaphi train ... --resume`")
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = None,
              overrides: list[str] | None = None) -> tuple[RunConfig, Learner]:
-    """The run's config and its learner with the best meta-validated φ (loaded safely).
+    """The run's config and its learner with the deployed φ (loaded safely, in evaluation
+    mode); for an unfinished run, φ from its last checkpoint (see :func:`run_status`).
 
-    ``batchnorm`` ('episode' or 'population', metric learners only) evaluates the saved φ with
-    other BatchNorm statistics than the run used; population statistics missing from the run
+    ``batchnorm`` ('episode' or 'running', metric learners only) evaluates the saved φ with
+    other BatchNorm statistics than the run used; running statistics missing from the run
     folder are estimated on meta-train episodes (needs the run's data). ``overrides``
     (``key=value``) change what does not touch φ, e.g. the meta-test way and shot."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); pass the --out "
-                                "folder of `metaphi train`")
     extra = [] if batchnorm is None else [f"learner.batchnorm={batchnorm}"]
-    cfg = validate_config(apply_overrides(yaml.safe_load(cfg_path.read_text()),
-                                          [*(overrides or []), *extra]))
-    ck_path = run_dir / "best.pt"
-    if not ck_path.exists():
-        raise FileNotFoundError(f"{run_dir} has no best.pt: the run has not finished; resume it "
-                                "with `metaphi train ... --resume`")
+    saved = read_run_config(run_dir)
+    status = run_status(run_dir)
+    ck = load_checkpoint(run_dir / status.weights)
+    stored = ck.get("fingerprint")
+    if stored is not None and stored != fingerprint(saved):
+        raise ConfigError(f"{run_dir / status.weights} was written by another run (its config "
+                          f"fingerprint {stored} is not this folder's {fingerprint(saved)}); "
+                          "use the weights of this run, or the run folder they came from")
+    cfg = read_run_config(run_dir, [*(overrides or []), *extra,
+                                    *(f"{k}={v}" for k, v in ck.get("overrides", {}).items())])
+    state = ck["learner"] if status.weights == BEST else (ck["best_params"] or ck["learner"])
     learner = build_learner(cfg)
-    state = load_checkpoint(ck_path)["learner"]
-    if getattr(learner, "batchnorm", "episode") != "population":
-        # evaluated with episode statistics: a population-mode run's saved ones are not needed
-        state = {k: v for k, v in state.items() if not k.startswith("population.")}
-    # a run made with episode statistics has no population statistics: only those may be missing
-    missing, unexpected = learner.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("population.") for k in missing):
-        learner.load_state_dict(state)  # raises with PyTorch's message
-    learner = learner.to(resolve_device(device))
-    if missing:
-        learner.prepare_eval(build_sources(cfg)[0], cfg.seed)
+    _load_weights(learner, state, run_dir / status.weights)
+    learner = learner.to(resolve_device(device)).eval()
+    if getattr(learner, "batchnorm", "episode") == "running" and not bool(learner.bn_stats.fitted):
+        learner.prepare_eval(build_sources(cfg).train, cfg.seed)
     return cfg, learner
+
+
+def _load_weights(learner: Learner, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load φ; running BatchNorm statistics may be missing (estimated later) or unwanted."""
+    if getattr(learner, "batchnorm", "episode") != "running":
+        state = {k: v for k, v in state.items() if not k.startswith("bn_stats.")}
+    missing, unexpected = learner.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("bn_stats.") for k in missing):
+        raise ConfigError(f"{path} does not fit this run's learner (missing "
+                          f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); it "
+                          "belongs to another run")
 
 
 def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None = None,
              device: str = "auto", progress: bool = True,
              batchnorm: str | None = None) -> dict[str, Any]:
     """Re-evaluate a saved run on fresh meta-test tasks (a different seed than training's);
-    ``batchnorm``: see :func:`load_run`."""
+    ``batchnorm``: see :func:`load_run`. An unfinished run is evaluated from its last
+    checkpoint, and the results say so (``finished: false``, ``note``)."""
+    if n_tasks is not None and n_tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {n_tasks}")
+    status = run_status(run_dir)
     cfg, learner = load_run(run_dir, device, batchnorm)
     dev = next(learner.parameters()).device
     seed = cfg.seed + 1 if seed is None else seed
     n = n_tasks or cfg.test_tasks
     t0 = time.perf_counter()
-    res = meta_test(learner, cfg, seed, n, dev, progress)
+    res = meta_test(learner, build_sources(cfg), seed, n, dev, progress)
     out = {"name": cfg.name, "metric": learner.metric_name, "seed": seed,
            "meta_test": {k: res[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
+           "finished": status.finished, "step": status.step,
            "seconds": round(time.perf_counter() - t0, 2), "versions": library_versions()}
+    if status.note:
+        out["note"] = status.note
     if batchnorm is not None:
         out["batchnorm"] = batchnorm
-    suffix = f"_{batchnorm}" if batchnorm is not None else ""
+    suffix = (f"_{batchnorm}" if batchnorm is not None else "") + (
+        "" if status.finished else f"_step{status.step}")
     atomic_write_json(Path(run_dir) / f"test_seed{seed}{suffix}.json", out)
     return out

@@ -12,8 +12,10 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from ..registry import Options
 from .task import Task
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -168,7 +170,7 @@ def as_labelled(data: Any) -> LabelledData:
 
 @dataclass
 class FewShotSource:
-    """N-way K-shot tasks with ``q_queries`` per class over a subset of the classes.
+    """N-way K-shot tasks with ``n_query`` per class over a subset of the classes.
 
     Labels inside a task are 0..N-1 in a random order; ``meta["classes"]`` names the classes.
     """
@@ -177,7 +179,7 @@ class FewShotSource:
     classes: Sequence[int]
     n_way: int
     k_shot: int
-    q_queries: int
+    n_query: int
     index: ClassIndex | None = None
     name: str = "tasks"
 
@@ -188,24 +190,24 @@ class FewShotSource:
         for field_name in ("n_way", "k_shot"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
-        if self.q_queries < 0:
-            raise ValueError(f"q_queries must be >= 0, got {self.q_queries}")
+        if self.n_query < 0:
+            raise ValueError(f"n_query must be >= 0, got {self.n_query}")
         if self.n_way > len(self.classes):
             raise ValueError(
                 f"{self.name}: {self.n_way}-way tasks need at least {self.n_way} classes, but this "
                 f"split has {len(self.classes)}; lower n_way or give the split more classes")
-        need = self.k_shot + self.q_queries
+        need = self.k_shot + self.n_query
         for c in self.classes:
             have = self.index.count(int(c))
             if have < need:
                 raise ValueError(
                     f"{self.name}: class {self.data.class_names[int(c)]!r} has {have} examples, but "
-                    f"k_shot + q_queries = {self.k_shot} + {self.q_queries} = {need}; lower k_shot "
-                    f"or q_queries, or drop classes with fewer than {need} examples")
+                    f"k_shot + n_query = {self.k_shot} + {self.n_query} = {need}; lower k_shot "
+                    f"or n_query, or drop classes with fewer than {need} examples")
 
     def sample(self, rng: np.random.Generator) -> Task:
         chosen = rng.choice(self.classes, size=self.n_way, replace=False)
-        k, q = self.k_shot, self.q_queries
+        k, q = self.k_shot, self.n_query
         sup, qry = [], []
         for c in chosen:
             items = self.index[int(c)]
@@ -234,16 +236,16 @@ def split_classes(n_classes: int, fractions: Sequence[float], seed: int = 0) -> 
     return parts
 
 
-def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
+def fewshot_splits(data: Any, n_way: int, k_shot: int, n_query: int,
                    splits: Sequence[Sequence[int]] | Sequence[float] = (0.6, 0.2, 0.2),
-                   seed: int = 0, eval_q_queries: int | None = None,
+                   seed: int = 0, eval_n_query: int | None = None,
                    train_n_way: int | None = None,
                    names: Sequence[str] = ("meta-train", "meta-val", "meta-test"),
                    ) -> tuple[FewShotSource, ...]:
     """Meta-train / meta-val / meta-test sources over disjoint classes of one labelled dataset.
 
     ``splits`` is either fractions of the classes or explicit lists of class ids.
-    ``eval_q_queries`` sets the queries per class of meta-val/meta-test (default ``q_queries``);
+    ``eval_n_query`` sets the queries per class of meta-val/meta-test (default ``n_query``);
     ``train_n_way`` the ways of meta-train episodes (default ``n_way``): metric learners
     trained on harder, wider episodes than they are tested on generalise better (Snell et al.
     2017 train 60-way for 5- and 20-way tests). ``names`` label the sources in error messages;
@@ -268,8 +270,21 @@ def fewshot_splits(data: Any, n_way: int, k_shot: int, q_queries: int,
                          "(task.train_n_way in a run config; null gives n_way-way episodes)")
     out = []
     for i, p in enumerate(parts):
-        q = q_queries if (i == 0 or eval_q_queries is None) else eval_q_queries
+        q = n_query if (i == 0 or eval_n_query is None) else eval_n_query
         ways = train_n_way if (i == 0 and train_n_way is not None) else n_way
         out.append(FewShotSource(data, p, ways, k_shot, q, index,
                                  name=names[i] if i < len(names) else f"split {i}"))
     return tuple(out)
+
+
+class FewShotOptions(Options):
+    """``task:`` options shared by N-way K-shot classification sources."""
+
+    source: str
+    n_way: int = Field(5, ge=2, description="classes per meta-val/meta-test task")
+    k_shot: int = Field(1, ge=1, description="support examples per class")
+    n_query: int = Field(15, ge=1, description="query examples per class in meta-train tasks")
+    eval_n_query: int | None = Field(None, ge=1, description="query examples per class in "
+                                     "meta-val/meta-test tasks (default n_query)")
+    train_n_way: int | None = Field(None, ge=2, description="classes per meta-train task "
+                                    "(default n_way; learners that take any number of ways)")

@@ -1,4 +1,4 @@
-"""The sinusoid regression task family of Finn et al. (2017)."""
+"""The sinusoid regression task source of Finn et al. (2017)."""
 from __future__ import annotations
 
 import math
@@ -6,15 +6,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from ..registry import Options, register_source
+from .sources import Splits, TaskInfo
 from .task import Task
 
 
 @dataclass(frozen=True)
-class SinusoidFamily:
+class SinusoidSource:
     """y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5].
 
-    ``k_shot`` support points and ``n_query`` query points are drawn per task.
+    Args:
+        k_shot: support points per task.
+        n_query: query points per task.
+        amplitude: range of A.
+        phase: range of the phase.
+        x_range: range of the inputs.
     """
 
     k_shot: int = 10
@@ -45,3 +53,29 @@ class SinusoidFamily:
     def curve(self, amplitude: float, phase: float, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
         x = np.linspace(*self.x_range, n)
         return x, amplitude * np.sin(x - phase)
+
+
+class SinusoidOptions(Options):
+    """``task:`` options of the sinusoid source (no download)."""
+
+    source: str = "sinusoid"
+    k_shot: int = Field(10, ge=1, description="support points per task")
+    n_query: int = Field(10, ge=1, description="query points per meta-train task")
+    eval_n_query: int | None = Field(None, ge=1, description="query points per meta-val/test "
+                                     "task (default n_query)")
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    def info(self) -> TaskInfo:
+        return TaskInfo("regression", "vector", (1,), out_dim=1, default_model="mlp")
+
+
+@register_source("sinusoid", options=SinusoidOptions)
+def sinusoid_splits(o: SinusoidOptions) -> Splits:
+    """A parametric family has no classes to share: the three streams differ by seed."""
+    ranges = dict(amplitude=tuple(o.amplitude), phase=tuple(o.phase), x_range=tuple(o.x_range))
+    eval_q = o.eval_n_query or o.n_query
+    return Splits(SinusoidSource(o.k_shot, o.n_query, **ranges),
+                  SinusoidSource(o.k_shot, eval_q, **ranges),
+                  SinusoidSource(o.k_shot, eval_q, **ranges), o.info())

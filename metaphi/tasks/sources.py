@@ -6,7 +6,8 @@ tasks of step ``s`` are the same whether a run started at 0 or resumed at ``s``.
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Iterator, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,7 +19,47 @@ STREAMS = {"train": 0, "val": 1, "test": 2, "init": 3, "fitness": 4, "batchnorm"
 
 @runtime_checkable
 class TaskSource(Protocol):
+    """Anything with ``sample(rng) -> Task``, a pure function of the generator."""
+
     def sample(self, rng: np.random.Generator) -> Task: ...
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a source's tasks look like, known before any data is loaded.
+
+    ``kind``: ``"classification"`` or ``"regression"``; ``input``: ``"image"``, ``"vector"``
+    or ``"tokens"`` (padded token ids, pad 0); ``input_shape``: one input's shape;
+    ``n_way``: classes per task (the output size of a classifier head); ``out_dim``: outputs of
+    a regression task; ``default_model``: the backbone used when a config names none;
+    ``vocab_size``: for token inputs.
+    """
+
+    kind: Literal["classification", "regression"]
+    input: Literal["image", "vector", "tokens"]
+    input_shape: tuple[int, ...]
+    n_way: int | None = None
+    out_dim: int = 1
+    default_model: str = "mlp"
+    vocab_size: int | None = None
+
+    @property
+    def outputs(self) -> int:
+        """Outputs of a network with a head: ``n_way`` logits, or ``out_dim`` values."""
+        return int(self.n_way) if self.kind == "classification" else int(self.out_dim)
+
+
+@dataclass
+class Splits:
+    """Meta-train, meta-validation (None when there is none) and meta-test task sources."""
+
+    train: TaskSource
+    val: TaskSource | None
+    test: TaskSource
+    info: TaskInfo
+
+    def __iter__(self):
+        return iter((self.train, self.val, self.test))
 
 
 def task_rng(seed: int, stream: str | int, step: int, index: int = 0) -> np.random.Generator:
