@@ -227,15 +227,33 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
+def _split_outside(text: str, sep: str) -> list[str]:
+    """Split after each ``sep`` followed by a space, except inside brackets or code spans."""
+    parts, depth, code, start = [], 0, False, 0
+    for i, c in enumerate(text):
+        if c == "`":
+            code = not code
+        elif not code and c in "([{":
+            depth += 1
+        elif not code and c in ")]}":
+            depth = max(0, depth - 1)
+        elif (c == sep and not code and depth == 0 and i + 1 < len(text)
+              and text[i + 1] == " "):
+            parts.append(text[start:i + 1])
+            start = i + 2
+    parts.append(text[start:])
+    return [p for p in parts if p]
+
+
 def _chunks(sentence: str, limit: int = 300) -> list[str]:
-    """Cut a sentence longer than ``limit`` at semicolons, then at commas, into pieces of at
-    most ``limit`` characters where it can (greedily packed, in order, nothing dropped)."""
+    """Cut a sentence longer than ``limit`` at semicolons, then at commas (never inside
+    brackets or code), into pieces of at most ``limit`` characters where it can (greedily
+    packed, in order, nothing dropped)."""
     if len(sentence) <= limit:
         return [sentence]
     atoms = []
-    outside = r"\s+(?![^(\[{]*[)\]}])"  # a space not inside brackets
-    for a in re.split(r"(?<=;)" + outside, sentence):
-        atoms += re.split(r"(?<=,)" + outside, a) if len(a) > limit else [a]
+    for a in _split_outside(sentence, ";"):
+        atoms += _split_outside(a, ",") if len(a) > limit else [a]
     out = [atoms[0]]
     for a in atoms[1:]:
         if len(out[-1]) + 1 + len(a) <= limit:
