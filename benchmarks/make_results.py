@@ -68,7 +68,7 @@ TOPICS: dict[str, dict[str, Any]] = {
             "`sinusoid-<learner>-<K>shot` preset (meta-batch 25). The best φ is chosen on 300 "
             "meta-validation tasks and meta-tested on 1000 unseen tasks: MSE ± 95% CI.",
         ],
-        "guide": ("Sinusoid guide", "../guides/sinusoid.md"),
+        "guide": ("sinusoid guide", "../guides/sinusoid.md"),
     },
     "omniglot": {
         "title": "Omniglot few-shot classification",
@@ -96,7 +96,7 @@ TOPICS: dict[str, dict[str, Any]] = {
             "table says otherwise: Conv-4 with 64 filters, 5-way 1-shot, 15 queries per class, "
             "meta-batch 32; CPU runs alone on a shared 2-core machine, GPU runs on an H200.",
         ],
-        "guide": ("Speed guide", "../guides/speed.md"),
+        "guide": ("speed guide", "../guides/speed.md"),
     },
     "population-search": {
         "title": "Population meta-optimizers: ES, CMA-ES, REINFORCE",
@@ -110,7 +110,7 @@ TOPICS: dict[str, dict[str, Any]] = {
             "360 s on the same machine; both are meta-tested on the same 1000 tasks. One seed "
             "each. The target was ES within 10% of gradient MAML (ratio <= 1.10).",
         ],
-        "guide": ("Population guide", "../guides/population.md"),
+        "guide": ("population search guide", "../guides/population.md"),
     },
     "forecasting": {
         "title": "Forecasting",
@@ -125,7 +125,7 @@ TOPICS: dict[str, dict[str, Any]] = {
             "competitions. 'zero-shot (X)' rows are meta-trained only on dataset X (cross-domain "
             "transfer). Published rows come from the papers.",
         ],
-        "guide": ("Forecasting guide", "../guides/forecasting.md"),
+        "guide": ("forecasting guide", "../guides/forecasting.md"),
     },
     "distributed": {
         "title": "Distributed meta-training",
@@ -138,7 +138,7 @@ TOPICS: dict[str, dict[str, Any]] = {
             "Efficiency = tasks/s(N) / (N x tasks/s(1)). Measured on the 2-core development "
             "machine; multi-GPU (NCCL) throughput is not measured yet.",
         ],
-        "guide": ("Distributed guide", "../guides/distributed.md"),
+        "guide": ("distributed training guide", "../guides/distributed.md"),
     },
 }
 
@@ -364,7 +364,7 @@ def render_topic(topic: str, recs: list[dict], by_name: dict[str, dict],
     for para in info["setup"]:
         lines += [para, ""]
     guide_title, guide = info["guide"]
-    lines += [f"How to run it yourself: the [{guide_title.lower()}]({guide}). All topics: "
+    lines += [f"How to run it yourself: the [{guide_title}]({guide}). All topics: "
               "[results index](index.md).", ""]
     lines += ["Current runs, best first:", ""]
     lines += [f"- {link(r, topic)}" for r in cur]
