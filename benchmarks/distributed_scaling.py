@@ -142,7 +142,7 @@ def main() -> None:
                "machine.load_average_at_end for after; run it alone: with N processes on N "
                "cores any other job takes cores from the distributed run). No GPU was available "
                "in this session."),
-        runs=raw, load_average_before=load_before, cases=CASES)
+        runs=raw, load_average_before=load_before, cases=CASES, topic="distributed")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def main() -> None:
                          "chosen": chosen, "probabilities": probs,
                          "curve": [[h["generation"], h["mean_fitness"], h["best_fitness"]]
                                    for h in res.history]},
-                 results=detail)
+                 results=detail, topic="population-search")
     print(table["rows"], table["notes"])
 
 

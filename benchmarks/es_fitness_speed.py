@@ -65,7 +65,7 @@ def main() -> None:
           "notes": f"Chunks hold at most {default} elements per (candidates, tasks, points, "
                    "width) activation tensor (metaphi.meta.fitness._CHUNK_ELEMENTS). Both "
                    "columns use the same fused kernel; only the chunking differs."}],
-        time.perf_counter() - t0)
+        time.perf_counter() - t0, topic="population-search")
 
 
 if __name__ == "__main__":

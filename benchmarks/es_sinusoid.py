@@ -339,7 +339,7 @@ def main() -> None:
                        "thread(s)." + preset_note)}
     write_result(args.name, "ES meta-learns MAML's initialisation and inner lr (sinusoid)"
                  + (f", MLP {net}" if args.hidden != [40, 40] else ""),
-                 [table], time.perf_counter() - t_all,
+                 [table], time.perf_counter() - t_all, topic="population-search",
                  notes=("Both methods start from the same initial weights (seed "
                         f"{args.seed}); gradient MAML gets {maml_budget:.0f} s of wall time "
                         f"(ES took {res.seconds:.0f} s) on this 2-core CPU machine, run alone. "

@@ -212,9 +212,8 @@ def main() -> None:
                 print("   ", row)
         return
     write_result(args.name,
-                 f"Forecasting: {' and '.join(args.datasets)}, base forecasters vs meta-learners "
-                 f"(issue 4)" + ("" if args.name == "forecast_m3_tourism" else f" [{args.name}]"),
-                 tables, wall, notes, order=40, timing=timing,
+                 f"Forecasting: {' and '.join(args.datasets)}, base forecasters vs meta-learners",
+                 tables, wall, notes, topic="forecasting", timing=timing,
                  logs={k: {kk: str(vv) for kk, vv in ev.logs.items()} for k, (ev, _) in runs.items()})
 
 

@@ -92,8 +92,8 @@ def main() -> None:
         print("smoke run: not written", tables)
         return
     write_result(f"forecast_neural_validation_{args.dataset.lower()}",
-                 "Forecasting: the neural ensemble's loss, chosen on a temporal holdout (issue 4)",
-                 tables, wall, tables[0]["notes"], order=41)
+                 "Forecasting: the neural ensemble's loss, chosen on a temporal holdout",
+                 tables, wall, tables[0]["notes"], topic="forecasting")
 
 
 if __name__ == "__main__":

@@ -168,13 +168,13 @@ def main() -> None:
     neural_note = (f" Neural zero-shot (--neural): NeuralConfig.nbeats_ensemble (18 members), "
                    f"{args.pretrain_steps} pretraining + {args.meta_steps} MAML steps each."
                    if args.neural else "")
-    write_result(args.name, "Forecasting: zero-shot FFORMA from other datasets (issue 4)"
+    write_result(args.name, "Forecasting: zero-shot FFORMA from other datasets"
                  + (f", {' / '.join(map(str, args.holdout_origins))} holdout origins"
                     if args.holdout_origins != [1] else "")
                  + (f", base-forecaster pools {' / '.join(args.pools)}"
                     if args.pools != ["all"] else "")
                  + (", and its mean with the statsforecast ensemble" if args.shrink else ""),
-                 tables, time.perf_counter() - t0, order=41, timing=timing,
+                 tables, time.perf_counter() - t0, topic="forecasting", timing=timing,
                  notes="Base forecasters as in the M3/Tourism table (statsforecast 2.1.1, 12 "
                        "methods); FFORMA = mean of 5 LightGBM boosters, seed 0, minimising "
                        f"the holdout {args.fforma_error.upper()}." + neural_note)

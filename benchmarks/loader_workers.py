@@ -84,7 +84,7 @@ def main() -> None:
               "function of seed and step, whoever samples them); 0 = sampled in the loop, "
               "n > 0 = n DataLoader worker processes, a meta-batch stacked in pinned memory "
               "and copied with non_blocking=True.",
-        raw={str(k): v for k, v in res.items()})
+        raw={str(k): v for k, v in res.items()}, topic="throughput")
 
 
 if __name__ == "__main__":

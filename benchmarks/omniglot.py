@@ -159,7 +159,7 @@ def main() -> None:
                       "last step's φ is meta-tested." if n_trainval else "")
                    + (f" {args.note}" if args.note else "")}],
         time.perf_counter() - t0, runs=runs, threads=args.threads, trained_on=where,
-        order=30 if args.name == "omniglot" else 31)
+        topic="omniglot")
 
 
 if __name__ == "__main__":

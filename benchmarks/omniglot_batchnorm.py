@@ -89,8 +89,8 @@ def main() -> None:
                   "(the train+val rows of the Omniglot tables). Paired difference = mean over the "
                   "episodes of population minus episode accuracy, with its 95% CI."),
     }
-    write_result(args.name, "Omniglot ProtoNet: BatchNorm statistics at meta-test (issue 3)",
-                 [table], time.perf_counter() - t_all, details=details)
+    write_result(args.name, "Omniglot ProtoNet: BatchNorm statistics at meta-test",
+                 [table], time.perf_counter() - t_all, topic="omniglot", details=details)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def main() -> None:
           "rows": rows,
           "notes": "Self CPU time under the profiler (which adds overhead); the share of each "
                    "operator is what matters."}],
-        time.perf_counter() - t0, order=22)
+        time.perf_counter() - t0, topic="throughput")
 
 
 if __name__ == "__main__":

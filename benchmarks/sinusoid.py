@@ -81,7 +81,7 @@ def main() -> None:
                    "reptile=10000` side by side; the command above collected them."}],
         # Runs made by earlier invocations are reused: count their own seconds.
         sum(r["train_seconds"] + r.get("test_seconds", 0) for r in runs.values()),
-        threads=args.threads, runs=runs, order=10)
+        threads=args.threads, runs=runs, topic="sinusoid")
 
 
 if __name__ == "__main__":

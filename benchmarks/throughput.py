@@ -326,7 +326,7 @@ def main() -> None:
                       "matmuls in full fp32, hence a convolution peak above the matmul peak."
                       if gpu else "") + vs_plain}],
         stored["wall_seconds"] if stored else time.perf_counter() - t_start, peaks=machine_peaks,
-        raw=raw, order=21 if gpu else 20,
+        raw=raw, topic="throughput",
         **({"command": stored["command"], "machine": stored["machine"], "date": stored["date"],
             "table_rebuilt_by": "python benchmarks/throughput.py --table-only"} if stored else {}))
 

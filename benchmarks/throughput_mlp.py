@@ -70,7 +70,7 @@ def main() -> None:
           "notes": "Tasks reach the learner 32 at a time (Learner.eval_episodes); the batched "
                    "path adapts all of them in one pass per layer with the evaluation's inner "
                    "steps and no second-order graph."}],
-        time.perf_counter() - t0, order=21)
+        time.perf_counter() - t0, topic="throughput")
 
 
 if __name__ == "__main__":

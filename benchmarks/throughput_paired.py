@@ -95,7 +95,7 @@ def main() -> None:
                    "(metaphi's default on CPU; same meta-gradient, bitwise, as a 1-thread loop: "
                    "tests/test_task_threads.py); plain = second-order MAML as a textbook loop "
                    "without metaphi (learn2learn/higher style)."}],
-        time.perf_counter() - t_start, raw=raw, order=21)
+        time.perf_counter() - t_start, raw=raw, topic="throughput")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def main() -> None:
                     "batch is slower here than one task at a time (its activations do not stay "
                     "in cache); bfloat16 autocast changes the meta-gradient by about 1e-1 "
                     "(table above). BatchNorm uses the statistics of the batch it is given.")}],
-        time.perf_counter() - t_start, order=22)
+        time.perf_counter() - t_start, topic="throughput")
 
 
 if __name__ == "__main__":
