@@ -9,7 +9,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .runs.config import ConfigError, apply_overrides, dump_config, load_config_file, validate_config
+from .runs.config import (ConfigError, apply_overrides, dump_config, load_config_file,
+                          validate_config)
 
 
 def _load(target: str) -> tuple[dict, Path | None]:
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("train", help="meta-train a preset or config file into a run folder")
     pt.add_argument("config", help="preset name or YAML config file")
-    pt.add_argument("overrides", nargs="*", help="field overrides, e.g. steps=2000 learner.inner_lr=0.1")
+    pt.add_argument("overrides", nargs="*",
+                    help="field overrides, e.g. steps=2000 learner.inner_lr=0.1")
     pt.add_argument("--out", required=True, help="run folder")
     pt.add_argument("--seed", type=int)
     pt.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -36,7 +36,7 @@ T = TypeVar("T")
 class Options(BaseModel):
     """Base of every extension's options: unknown fields are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def kwargs(self, key: str = "name") -> dict[str, Any]:
         """The options as keyword arguments (without the registry key)."""

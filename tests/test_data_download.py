@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from metaphi.data import (ChecksumError, DownloadError, RemoteFile, UnsafeArchiveError,
-                          download, download_omniglot, load_omniglot, safe_extract, verify_file)
+                          download, download_omniglot, load_omniglot, verify_file)
+from metaphi.data.download import safe_extract
 from metaphi.data.omniglot import OMNIGLOT_CHECKSUMS, OFFICIAL_BASE_URL, omniglot_remote_files
 
 from omniglot_fixture import make_omniglot_fixture

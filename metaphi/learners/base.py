@@ -53,25 +53,24 @@ class Adapted:
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module.eval()`` inside the block, its previous mode restored after."""
+def in_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``module.train(training)`` inside the block, its previous mode restored after."""
     was = module.training
-    module.eval()
+    module.train(training)
     try:
         yield module
     finally:
         module.train(was)
 
 
-@contextmanager
-def train_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module.train()`` inside the block, its previous mode restored after."""
-    was = module.training
-    module.train()
-    try:
-        yield module
-    finally:
-        module.train(was)
+def eval_mode(module: nn.Module):
+    """Evaluation mode inside a ``with`` block (see :func:`in_mode`)."""
+    return in_mode(module, False)
+
+
+def train_mode(module: nn.Module):
+    """Training mode inside a ``with`` block (see :func:`in_mode`)."""
+    return in_mode(module, True)
 
 
 class Learner(nn.Module):

@@ -109,8 +109,8 @@ def per_task_metric(loss_kind: str, out: Tensor, y: Tensor) -> Tensor:
 
 
 def auto(model: nn.Module, x: Tensor) -> bool:
-    """The default choice of path, from measurements (benchmarks/RESULTS.md): on CPU the
-    task-batched path is ~10x faster than the per-task loop for small dense networks, but 2-3x
-    slower for convolutional ones (a meta-batch's activations fall out of cache); on a GPU,
-    batching is what fills the device."""
+    """The default choice of path, from the measurements on the speed results page: on CPU the
+    task-batched path is faster than the per-task loop for small dense networks but slower for
+    convolutional ones (a meta-batch's activations fall out of cache); on a GPU, batching is
+    what fills the device."""
     return x.is_cuda or not any(isinstance(m, nn.Conv2d) for m in model.modules())

@@ -1,12 +1,10 @@
 """Task-parallel meta-batches on CPU: tasks of a meta-batch run on several threads at once.
 
 On a CPU, one task's episode (a few dozen images through a small network) is too small for
-PyTorch's intra-op threads to keep every core busy: on the 2-core machine of
-``benchmarks/RESULTS.md`` two intra-op threads make second-order MAML on Conv-4 only ~1.1x
-faster than one. Tasks are independent, so running them side by side, each on one intra-op
-thread, uses the cores better (measured 1.3-1.5x over the plain loop there). The result is
-the same per-task computation; the per-task gradients are summed in task order, so the
-meta-gradient does not depend on thread timing.
+PyTorch's intra-op threads to keep every core busy. Tasks are independent, so running them
+side by side, each on one intra-op thread, uses the cores better (the speed page of the
+results compares the two). The result is the same per-task computation; the per-task
+gradients are summed in task order, so the meta-gradient does not depend on thread timing.
 
 ``torch.func.functional_call`` swaps a module's attributes while it runs, so two threads must
 never share a module: each thread gets a replica that shares every parameter and buffer

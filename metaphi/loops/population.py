@@ -115,18 +115,19 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
     """Run ``optimizer`` for ``options.generations`` generations, minimising
     ``fitness_fn(phi, generation)`` (see :class:`PopulationOptions`)."""
     from ..meta.evaluator import PopulationEvaluator
-    from . import distributed as D
+    from . import distributed
 
-    o, out, ctx = options, Path(out_dir), D.current()
+    o, out, ctx = options, Path(out_dir), distributed.current()
     _check_options(optimizer, o)
     out.mkdir(parents=True, exist_ok=True)
     config = to_plain(dict(o.config))
-    state, history = D.on_main(ctx, lambda: _read_state(out, config, o))
+    state, history = distributed.on_main(ctx, lambda: _read_state(out, config, o))
     start, seconds0, avg = _restore(optimizer, state, o)
     t_start = last_save = time.perf_counter()
     done = start
     bar = _progress_bar(o, start, ctx.is_main)
-    evaluator = (D.DistributedPopulationEvaluator(fitness_fn, ctx, o.workers, o.start_method)
+    evaluator = (distributed.DistributedPopulationEvaluator(fitness_fn, ctx, o.workers,
+                                                            o.start_method)
                  if ctx.enabled else PopulationEvaluator(fitness_fn, o.workers, o.start_method))
     with evaluator as evaluate:
         for gen in range(start, o.generations):
@@ -139,7 +140,7 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
             row = _log_row(optimizer, gen, candidates, fitnesses, time.perf_counter() - t0)
             history.append(row)
             # rank 0's clock decides, so all ranks stop after the same generation
-            stop = o.max_seconds is not None and D.broadcast_object(
+            stop = o.max_seconds is not None and distributed.broadcast_object(
                 seconds0 + time.perf_counter() - t_start >= o.max_seconds, ctx)
             # log and checkpoint: generations can take milliseconds, so the checkpoint (with
             # fsync) is written every checkpoint_seconds and at the end
@@ -147,7 +148,8 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
             if ctx.is_main:
                 with (out / METRICS).open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                if stop or gen + 1 == o.generations or time.perf_counter() - last_save >= o.checkpoint_seconds:
+                due = time.perf_counter() - last_save >= o.checkpoint_seconds
+                if stop or gen + 1 == o.generations or due:
                     _checkpoint(out, optimizer, gen + 1, config, seconds, o, avg)
                     last_save = time.perf_counter()
             _update_bar(bar, row)

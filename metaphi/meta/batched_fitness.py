@@ -138,8 +138,7 @@ def evaluate_population(phis: Sequence[Any], task_seeds: Sequence[TaskSeed],
     mlp_layers = _relu_mlp_layers(learner)
     if mlp_layers is not None:
         # a few candidates at a time: each pass then touches a few MB (cache-sized) instead
-        # of P times that, which is several times faster on a CPU for the population sizes
-        # ES uses (benchmarks/es_fitness_speed.py)
+        # of P times that, which is faster on a CPU for the population sizes ES uses
         width = max([tasks.support_x.shape[-1]] + [blocks[w].shape[1] for w, _ in mlp_layers])
         per_candidate = T * max(tasks.support_x.shape[1], tasks.query_x.shape[1]) * width
         chunk = max(1, _CHUNK_ELEMENTS // per_candidate)

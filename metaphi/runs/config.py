@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class FitnessOptions(_Strict):
@@ -187,6 +187,10 @@ def _error_lines(err: ValidationError, prefix: str, registry: Registry | None = 
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"]
+        if e["type"] == "value_error" and where == "config":
+            # a cross-section check: its message already starts with the field's path
+            lines.append(f"  {e['ctx']['error']}")
+            continue
         if e["type"] == "extra_forbidden":
             if registry is not None:
                 allowed = [f for f in registry.get(name).options.model_fields if f != registry.key]

@@ -12,7 +12,6 @@ import csv
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from ..registry import LEARNERS
 from ..tasks.fewshot import IMAGE_SUFFIXES, ImageFolderData, load_image

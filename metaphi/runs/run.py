@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ..learners.base import Learner, eval_mode
-from ..loops import distributed as D
+from ..loops import distributed
 from ..loops.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from ..loops.evaluate import evaluate
 from ..loops.train import CHECKPOINT, METRICS, TrainOptions, meta_train
@@ -139,22 +139,22 @@ def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; they join one process
     group, split each meta-batch (or generation) and the evaluations, and only rank 0 writes."""
-    ctx, device = D.init_from_env(resolve_device(cfg.device))
+    ctx, device = distributed.init_from_env(resolve_device(cfg.device))
     try:
         out = Path(out_dir)
         splits = build_sources(cfg)  # fails fast on missing data or impossible task shapes
         if not cfg.population:
             ctx.shard(cfg.meta_batch)  # a meta-batch that does not split over the ranks fails here
-        D.on_main(ctx, lambda: prepare_run_dir(cfg, out, resume))
+        distributed.on_main(ctx, lambda: prepare_run_dir(cfg, out, resume))
         trained = (_population(cfg, out, resume, progress) if cfg.population
                    else _gradient(cfg, splits, out, resume, progress, ctx, device))
         return _finish(cfg, splits, out, trained, progress, ctx, device)
     finally:
-        D.shutdown(ctx)
+        distributed.shutdown(ctx)
 
 
 def _gradient(cfg: RunConfig, splits: Splits, out: Path, resume: bool, progress: bool,
-              ctx: D.DistContext, device: torch.device) -> Trained:
+              ctx: distributed.DistContext, device: torch.device) -> Trained:
     learner = build_learner(cfg).to(device)
     opt, sched = build_meta_optimizer(cfg, learner)
     workers = cfg.loader_workers if cfg.loader_workers is not None else int(device.type == "cuda")
@@ -180,7 +180,7 @@ def _population(cfg: RunConfig, out: Path, resume: bool, progress: bool) -> Trai
 
 
 def _finish(cfg: RunConfig, splits: Splits, out: Path, trained: Trained, progress: bool,
-            ctx: D.DistContext, device: torch.device) -> dict[str, Any]:
+            ctx: distributed.DistContext, device: torch.device) -> dict[str, Any]:
     """Save the deployed φ, plot, meta-test and write results.json."""
     learner = trained.learner.to(device)
     # the deployed φ's evaluation statistics (a no-op for most learners)
@@ -226,12 +226,12 @@ def _curve(cfg: RunConfig, learner: Learner, out: Path) -> None:
 
 
 def meta_test(learner: Learner, splits: Splits, seed: int, n_tasks: int, device: torch.device,
-              progress: bool = True, dist: D.DistContext | None = None) -> dict[str, Any]:
+              progress: bool = True, dist: distributed.DistContext | None = None) -> dict[str, Any]:
     """Cross-task testing on ``n_tasks`` meta-test tasks drawn with ``seed`` (spread over the
     ranks of ``dist``, with the same result on every rank)."""
     if dist is not None and dist.enabled:
-        return D.evaluate_gathered(learner, D.fixed_task_block(splits.test, seed, "test", n_tasks,
-                                                               dist), dist, device, progress)
+        tasks = distributed.fixed_task_block(splits.test, seed, "test", n_tasks, dist)
+        return distributed.evaluate_gathered(learner, tasks, dist, device, progress)
     return evaluate(learner, fixed_tasks(splits.test, seed, "test", n_tasks), device,
                     progress=progress, total=n_tasks)
 
