@@ -148,3 +148,14 @@ def test_population_stanzas(tmp_path):
     state, rows = _read_state(tmp_path, {}, PopulationOptions(5))
     assert state is None and rows == []  # a fresh run starts a fresh log
     assert math.isfinite(len(rows))
+
+
+def test_a_wall_time_budget_ends_training_like_a_last_step(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "sinusoid-maml-5shot", "--out", str(out), "steps=100000",
+                 "max_seconds=1", *SMALL]) == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < res["steps"] < 100000 and len(rows) == res["steps"]
+    assert "val_metric" in rows[-1]  # validated at the last step it took
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == res["steps"]

@@ -24,8 +24,8 @@ from ..tasks.prefetch import meta_batches
 from ..tasks.sources import TaskSource, task_rng
 from ..tasks.task import Task
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from .distributed import (DistContext, all_reduce_grads_, check_in_sync, evaluate_gathered,
-                          fixed_task_block, load_on_main)
+from .distributed import (DistContext, all_reduce_grads_, broadcast_object, check_in_sync,
+                          evaluate_gathered, fixed_task_block, load_on_main)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -43,7 +43,9 @@ class TrainOptions:
     meta-validation on ``val_tasks`` fixed tasks every ``val_every`` steps; a checkpoint every
     ``checkpoint_every`` steps; ``resume`` continues from the run folder's checkpoint;
     ``loader_workers`` processes sample meta-batches ahead (the tasks are the same with any
-    number); ``on_step(step, record)`` is called after each step.
+    number); ``max_seconds`` ends training (validated and checkpointed like a last step) after
+    the first step that ends past this wall time, counting a resumed run's earlier time;
+    ``on_step(step, record)`` is called after each step.
     """
 
     steps: int
@@ -57,6 +59,7 @@ class TrainOptions:
     device: torch.device | str = "cpu"
     loader_workers: int = 0
     progress: bool = True
+    max_seconds: float | None = None
     on_step: Callable[[int, dict[str, float]], None] | None = None
 
 
@@ -95,16 +98,19 @@ def meta_train(learner: Learner, train_source: TaskSource, val_source: TaskSourc
         for step, tasks in zip(range(state.step, o.steps), batches):
             # forward, backward, update
             record = _outer_step(learner, tasks, optimizer, schedule, step, o, ctx)
+            last = step + 1 == o.steps or _out_of_time(o, t0, ctx)
             # evaluate on the meta-validation tasks and keep the best φ
-            if val_source is not None and ((step + 1) % o.val_every == 0 or step + 1 == o.steps):
+            if val_source is not None and ((step + 1) % o.val_every == 0 or last):
                 record.update(_validate(learner, train_source, val_set, o, ctx))
                 _keep_best(learner, state, record["val_metric"], step + 1)
             # timing, logging and checkpoints
             record["seconds"] = state.seconds = time.perf_counter() - t0
             state.step = step + 1
             _log(record, log, bar, state, o)
-            if ctx.is_main and (state.step % o.checkpoint_every == 0 or state.step == o.steps):
+            if ctx.is_main and (state.step % o.checkpoint_every == 0 or last):
                 _checkpoint(out, learner, optimizer, schedule, state)
+            if last:
+                break
     finally:
         batches.close()  # stops the loader's worker processes
         for closer in (log, bar):
@@ -161,6 +167,13 @@ def _outer_step(learner: Learner, tasks: list[Task], optimizer: torch.optim.Opti
                                                          if "grad_norm" in stats else {})}
     schedule.step()
     return record
+
+
+def _out_of_time(o: TrainOptions, t0: float, ctx: DistContext) -> bool:
+    """Whether the wall-time budget is spent (rank 0's clock decides for every rank)."""
+    if o.max_seconds is None:
+        return False
+    return bool(broadcast_object(time.perf_counter() - t0 >= o.max_seconds, ctx))
 
 
 def check_finite(stats: dict[str, float], params: list[torch.Tensor], step: int) -> None:

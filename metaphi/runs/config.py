@@ -97,8 +97,9 @@ class RunConfig(_Strict):
         "{type: float|int|categorical, ...} (e.g. learner.inner_lr)")
     workers: int | None = Field(None, ge=0, description="population: fitness processes "
                                 "(default: one per core; 0 or 1: in this process)")
-    max_seconds: float | None = Field(None, gt=0, description="population: stop after this "
-                                      "much wall time")
+    max_seconds: float | None = Field(None, gt=0, description="stop meta-training after this "
+                                      "much wall time (then validate, test and save as after "
+                                      "the last step)")
 
     @model_validator(mode="before")
     @classmethod
@@ -229,7 +230,7 @@ def check_consistent(cfg: RunConfig) -> None:
     _check_population(cfg)
 
 
-POPULATION_FIELDS = ("fitness", "space", "workers", "max_seconds")
+POPULATION_FIELDS = ("fitness", "space", "workers")
 
 
 def _check_population(cfg: RunConfig) -> None:

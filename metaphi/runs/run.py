@@ -162,7 +162,7 @@ def _gradient(cfg: RunConfig, splits: Splits, out: Path, resume: bool, progress:
         steps=cfg.steps, meta_batch=cfg.meta_batch, seed=cfg.seed, val_every=cfg.val_every,
         val_tasks=cfg.val_tasks, checkpoint_every=cfg.checkpoint_every,
         clip_grad_norm=cfg.meta_optimizer.clip_grad_norm, resume=resume, device=device,
-        loader_workers=workers, progress=progress), dist=ctx)
+        loader_workers=workers, progress=progress, max_seconds=cfg.max_seconds), dist=ctx)
     learner.load_state_dict(state.best_params)
     summary = {"meta_val_best": {"value": state.best_value, "step": state.best_step},
                # trainval runs have no meta-validation: φ is the last step's
