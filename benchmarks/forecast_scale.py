@@ -142,7 +142,7 @@ def main() -> None:
     write_result("forecast_scale", "Forecasting: scale of `metaphi forecast` with the number of "
                  "series", [table, stages], time.perf_counter() - t_all,
                  notes=f"{os.cpu_count()} cores; base forecasters: the default pool.",
-                 topic="forecasting", runs=runs)
+                 topic="forecasting", order=42, runs=runs)
 
 
 if __name__ == "__main__":

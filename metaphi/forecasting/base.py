@@ -34,7 +34,7 @@ from .metrics import naive2
 DEFAULT_METHODS = ["Naive", "SeasonalNaive", "Naive2", "RWD", "SES", "Holt", "Damped", "Theta",
                    "DOTM", "CES"]
 # Every forecaster (``--methods all``), in the order FFORMA's published runs used; AutoETS and
-# AutoARIMA cost 10-100x the rest, so they are opt-in.
+# AutoARIMA are far slower than the rest, so they are opt-in.
 ALL_METHODS = ["Naive", "SeasonalNaive", "Naive2", "RWD", "SES", "Holt", "Damped", "ETS", "Theta",
                "DOTM", "CES", "ARIMA"]
 POOLS = {"default": DEFAULT_METHODS, "all": ALL_METHODS}
@@ -73,6 +73,13 @@ def resolve_methods(methods: Iterable[str]) -> list[str]:
     for k in methods:
         out += POOLS.get(k.lower(), [k]) if isinstance(k, str) else [k]
     return check_methods(out)
+
+
+def resolve_jobs(n_jobs: int) -> int:
+    """Processes for ``n_jobs`` (-1: all cores)."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs!r}")
+    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -274,9 +281,7 @@ class BaseForecasts:
             raise ValueError(f"backend must be 'local' or 'dask', got {backend!r}")
         if backend == "dask" and not dask_address:
             raise ValueError("backend 'dask' needs the scheduler's address (dask_address)")
-        self.n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
-        if self.n_jobs < 1:
-            raise ValueError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
+        self.n_jobs = resolve_jobs(n_jobs)
         self.chunk_size, self.backend, self.dask_address = chunk_size, backend, dask_address
         self.entries: list[_Entry] = []
         if self.cache_dir is not None:
@@ -288,13 +293,9 @@ class BaseForecasts:
     # planning ----------------------------------------------------------------------------------
     def add(self, series: SeriesSet, features: bool = True) -> int:
         chunks = []
-        legacy, legacy_sec = self._read_legacy(series)
         for a in range(0, len(series), self.chunk_size):
             ys = series.y[a:a + self.chunk_size]
             c = _Chunk(_chunk_key(ys, series.h, series.m), ys, series.h, series.m)
-            if legacy:
-                c.found = {k: v[a:a + len(ys)] for k, v in legacy.items()}
-                c.seconds = legacy_sec * len(ys) / len(series)
             self._read_chunk(c, features)
             chunks.append(c)
         self.entries.append(_Entry(series, chunks, features))
@@ -315,28 +316,6 @@ class BaseForecasts:
                     c.X, c.feature_seconds = got[0]["X"], got[1]
         c.todo = [k for k in self.methods if k not in c.found]
         c.need_features = features and c.X is None
-
-    def _read_legacy(self, series: SeriesSet) -> tuple[dict[str, np.ndarray], float]:
-        """Forecasts of a whole set cached by earlier versions (``base_<name>_<key>_*.npz``)."""
-        if self.cache_dir is None:
-            return {}, 0.0
-        hsh = hashlib.sha256()
-        hsh.update(json.dumps([series.name, series.h, series.m]).encode())
-        for s in series.y:
-            hsh.update(np.ascontiguousarray(s, dtype=np.float64).tobytes())
-            hsh.update(b"|")
-        found: dict[str, np.ndarray] = {}
-        seconds = 0.0
-        stem = f"base_{series.name}_{hsh.hexdigest()[:20]}"
-        for f in sorted(self.cache_dir.glob(f"{stem}_*.npz")):
-            if f.name.endswith(".tmp.npz"):
-                continue  # an unfinished write of an earlier version
-            got = _load_entry(f, len(series), series.h,
-                              lambda k: k in self.methods and k not in found)
-            if got and got[0]:
-                found.update(got[0])
-                seconds += got[1]
-        return found, seconds
 
     def pending(self) -> list[_Chunk]:
         return [c for e in self.entries for c in e.chunks if c.todo or c.need_features]

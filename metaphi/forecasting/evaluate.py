@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CHUNK_SIZE, DEFAULT_METHODS, BaseForecasts, resolve_methods
+from .base import CHUNK_SIZE, DEFAULT_METHODS, BaseForecasts, resolve_jobs, resolve_methods
 from .config import FALLBACKS, META_CHOICES
 from .data import SeriesSet
 from .fforma import (ERRORS, MIN_SERIES, STATS_ENSEMBLE, WeightLearner, holdout_best,
@@ -242,7 +242,7 @@ def evaluate_forecasters(
         if zs_fforma:
             check_fforma_rows(src_sets, holdout_origins, f"source {src_name}")
     t_all = time.perf_counter()
-    n_cores = BaseForecasts(methods, None, n_jobs).n_jobs
+    n_cores = resolve_jobs(n_jobs)
     # Naive2 is always forecast: OWA is defined relative to it.
     run_methods = methods if "Naive2" in methods else methods + ["Naive2"]
     plan = BaseForecasts(run_methods, cache_dir, n_jobs, chunk_size, backend, dask_address)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import CHUNK_SIZE, DEFAULT_METHODS, BaseForecasts, resolve_methods
+from .base import CHUNK_SIZE, DEFAULT_METHODS, BaseForecasts, resolve_jobs, resolve_methods
 from .data import SeriesSet, is_builtin, load_sets
 from .evaluate import (_fit_fforma, _fforma_estimate, _neural_ms, _Prepared, check_fforma_rows,
                        collect, fforma_rows, plan_sets)
@@ -111,7 +111,7 @@ class FFORMA:
                                      "of the base forecasters")
         plan = self._plan()
         planned = plan_sets(plan, sets, self.holdout_origins, test=False, holdouts=use_fforma)
-        parallel = BaseForecasts(self.methods, None, self.run["n_jobs"]).n_jobs
+        parallel = resolve_jobs(self.run["n_jobs"])
         with Progress(self.progress, "fit") as bar:
             bar.add(plan.estimate())
             if use_fforma:
