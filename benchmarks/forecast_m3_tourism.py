@@ -20,7 +20,7 @@ from common import write_result  # noqa: E402
 
 from metaphi.forecasting.base import ALL_METHODS  # noqa: E402
 from metaphi.forecasting.data import load_builtin  # noqa: E402
-from metaphi.forecasting.evaluate import evaluate  # noqa: E402
+from metaphi.forecasting.evaluate import evaluate_forecasters  # noqa: E402
 from metaphi.forecasting.fforma import ERRORS  # noqa: E402
 from metaphi.forecasting.neural import NeuralConfig  # noqa: E402
 
@@ -132,11 +132,12 @@ def main() -> None:
         if name not in args.datasets:
             continue
         t = time.perf_counter()
-        ev = evaluate(sets, methods=ALL_METHODS, meta=("fforma", "neural"), sources={src_name: src},
-                      neural_config=neural[name], cache_dir=WORK, seed=args.seed, progress=True,
-                      stack_neural=not args.no_stack,
-                      zero_shot=("fforma",) if args.no_neural_zero_shot else None,
-                      fforma_error=args.fforma_error)
+        ev = evaluate_forecasters(
+            sets, methods=ALL_METHODS, meta=("fforma", "neural"), sources={src_name: src},
+            neural_config=neural[name], cache_dir=WORK, seed=args.seed, progress=True,
+            stack_neural=not args.no_stack,
+            zero_shot=("fforma",) if args.no_neural_zero_shot else None,
+            fforma_error=args.fforma_error)
         runs[name] = (ev, time.perf_counter() - t)
         print(f"{name} done in {runs[name][1]:.0f} s", flush=True)
     wall = time.perf_counter() - t0

@@ -48,7 +48,7 @@ from forecast_m3_tourism import PUBLISHED_M3, PUBLISHED_TOURISM, WORK, _r  # noq
 
 from metaphi.forecasting.base import ALL_METHODS  # noqa: E402
 from metaphi.forecasting.data import load_builtin  # noqa: E402
-from metaphi.forecasting.evaluate import evaluate, score  # noqa: E402
+from metaphi.forecasting.evaluate import evaluate_forecasters, score  # noqa: E402
 from metaphi.forecasting.fforma import ERRORS  # noqa: E402
 from metaphi.forecasting.neural import NeuralConfig  # noqa: E402
 
@@ -121,9 +121,10 @@ def main() -> None:
             tag = (f", {n} origins" if n > 1 else "") + (f", pool {pool}" if pool != "all" else "")
             named = {f"{k}{tag}": v for k, v in sources.items()}
             meta = () if args.no_in_dataset or i else ("fforma",)
-            ev_i = evaluate(data[target], methods=POOLS[pool], meta=meta, zero_shot=("fforma",),
-                            sources=named, cache_dir=WORK, seed=0, progress=True,
-                            holdout_origins=n, fforma_error=args.fforma_error)
+            ev_i = evaluate_forecasters(data[target], methods=POOLS[pool], meta=meta,
+                                        zero_shot=("fforma",), sources=named, cache_dir=WORK,
+                                        seed=0, progress=True, holdout_origins=n,
+                                        fforma_error=args.fforma_error)
             timing[target].update({k: round(v, 1) for k, v in ev_i.timings.items()})
             if i == 0:
                 ev = ev_i
@@ -132,9 +133,10 @@ def main() -> None:
         if args.neural and target == "M3":
             cfg = NeuralConfig.nbeats_ensemble(seed=0, workers=2)
             cfg.pretrain_steps, cfg.meta_steps = args.pretrain_steps, args.meta_steps
-            ev_n = evaluate(data[target], methods=ALL_METHODS, meta=(),  # in-dataset: above
-                            zero_shot=("fforma", "neural"), sources={"M1": data["M1"]},
-                            neural_config=cfg, cache_dir=WORK, seed=0, progress=True)
+            ev_n = evaluate_forecasters(data[target], methods=ALL_METHODS,
+                                        meta=(),  # in-dataset: above
+                                        zero_shot=("fforma", "neural"), sources={"M1": data["M1"]},
+                                        neural_config=cfg, cache_dir=WORK, seed=0, progress=True)
             ev.metrics.update({k: v for k, v in ev_n.metrics.items() if "NBeats" in k})
             timing[target]["neural zero-shot from M1"] = round(
                 ev_n.timings["neural zero-shot from M1"], 1)

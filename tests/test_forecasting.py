@@ -9,7 +9,7 @@ import pytest
 
 from metaphi.forecasting.data import SeriesSet, validate_long
 from metaphi.forecasting.features import FEATURE_NAMES, feature_matrix
-from metaphi.forecasting.fforma import FFORMA, relative_errors
+from metaphi.forecasting.fforma import WeightLearner, relative_errors
 from metaphi.forecasting.metrics import (mape, mase, naive2, owa, score_subset, seasonality_test,
                                          smape, weighted_average)
 
@@ -93,13 +93,13 @@ def test_fforma_trains_on_holdouts_at_several_origins(monkeypatch):
     from metaphi.forecasting import evaluate as E
 
     fitted = []
-    real_fit = E.FFORMA.fit
-    monkeypatch.setattr(E.FFORMA, "fit", lambda self, X, err: fitted.append(len(X)) or
-                        real_fit(self, X, err))
+    real_fit = E.WeightLearner.fit
+    monkeypatch.setattr(E.WeightLearner, "fit", lambda self, X, err, **kw: fitted.append(len(X)) or
+                        real_fit(self, X, err, **kw))
     mixed = SeriesSet("mix", [f"s{i}" for i in range(6)],
                       [_toy_sets(n=1, length=n).y[0] for n in (20, 20, 28, 28, 36, 36)], 4, 4,
                       [np.zeros(4)] * 6)
-    ev = E.evaluate([mixed], methods=["Naive", "SeasonalNaive"], meta=("fforma",),
+    ev = E.evaluate_forecasters([mixed], methods=["Naive", "SeasonalNaive"], meta=("fforma",),
                     holdout_origins=3, progress=False)
     # h = 4, shortest first-holdout history 16: origins 2 and 3 cut 8 and 12 values and keep
     # the series with at least 16 left, the 28s and 36s
@@ -108,23 +108,23 @@ def test_fforma_trains_on_holdouts_at_several_origins(monkeypatch):
     fitted.clear()
     source = SeriesSet("src", [f"a{i}" for i in range(10)],
                        [_toy_sets(n=1, length=n).y[0] for n in (20,) * 5 + (28,) * 5], 4, 4)
-    ev = E.evaluate([mixed], methods=["Naive", "SeasonalNaive"], meta=(), zero_shot=("fforma",),
+    ev = E.evaluate_forecasters([mixed], methods=["Naive", "SeasonalNaive"], meta=(), zero_shot=("fforma",),
                     sources={"src": [source]}, holdout_origins=2, progress=False)
     assert fitted == [10 + 5]  # the zero-shot source's holdouts at 2 origins; no target fit
     assert "FFORMA zero-shot (src)" in ev.metrics
-    ev = E.evaluate([mixed], methods=["Naive", "SeasonalNaive"], meta=(), progress=False)
+    ev = E.evaluate_forecasters([mixed], methods=["Naive", "SeasonalNaive"], meta=(), progress=False)
     assert "HoldoutBest" not in ev.forecasts["mix"] and "Mean" in ev.forecasts["mix"]
     with pytest.raises(ValueError, match="holdout_origins must be an integer >= 1"):
-        E.evaluate([mixed], methods=["Naive"], holdout_origins=0, progress=False)
+        E.evaluate_forecasters([mixed], methods=["Naive"], holdout_origins=0, progress=False)
     with pytest.raises(ValueError, match="stack_neural"):
-        E.evaluate([mixed], methods=["Naive"], meta=("fforma", "neural"), stack_neural=True,
+        E.evaluate_forecasters([mixed], methods=["Naive"], meta=("fforma", "neural"), stack_neural=True,
                    holdout_origins=2, progress=False)
 
 
 @pytest.mark.parametrize("mutate, needle", [
     (lambda d: d.assign(y=d["y"].where(~((d.unique_id == "s1") & (d.ds == 5)))), "s1"),
     (lambda d: d.assign(y=d["y"].astype(object).where(
-        ~((d.unique_id == "s2") & (d.ds == 3)), "abc")), "non-numeric"),
+        ~((d.unique_id == "s2") & (d.ds == 3)), "abc")), "is not a number"),
     (lambda d: pd.concat([d, d[(d.unique_id == "s0") & (d.ds == 7)]]), "duplicate"),
     (lambda d: d[~((d.unique_id == "s2") & (d.ds > 8))], "too short"),
     (lambda d: d.drop(columns=["ds"]), "unique_id, ds, y"),
@@ -134,7 +134,7 @@ def test_validate_errors_name_the_series(mutate, needle):
         validate_long(mutate(_long()), h=4, m=1)
     msg = str(e.value)
     assert needle in msg
-    if needle == "non-numeric":
+    if needle == "is not a number":
         assert "'s2'" in msg and "abc" in msg
     if needle == "duplicate":
         assert "'s0'" in msg
@@ -185,7 +185,7 @@ def test_fforma_learns_which_forecaster_to_trust():
     train, _ = _two_types(300, rng)
     hold_hist, hold_truth = [x[:-h] for x in train], [x[-h:] for x in train]
     E = relative_errors(hold_truth, _simple_forecasts(hold_hist, h), hold_hist, 1, methods)
-    model = FFORMA(methods, seed=0).fit(feature_matrix(hold_hist, 1, h), E)
+    model = WeightLearner(methods, seed=0).fit(feature_matrix(hold_hist, 1, h), E)
     test, kind = _two_types(100, rng)
     W = model.weights(feature_matrix(test, 1, h))
     assert W.shape == (100, 3) and np.allclose(W.sum(1), 1)
@@ -199,14 +199,14 @@ def test_fforma_learns_which_forecaster_to_trust():
     assert smape(np.vstack(tt), comb).mean() < smape(np.vstack(tt), plain).mean()
     # a bag of boosters averages their weights; each one is the single model of its seed
     Xt = feature_matrix(test, 1, h)
-    bag = FFORMA(methods, seed=0, n_models=3).fit(feature_matrix(hold_hist, 1, h), E)
-    singles = [FFORMA(methods, seed=s).fit(feature_matrix(hold_hist, 1, h), E).weights(Xt)
+    bag = WeightLearner(methods, seed=0, n_models=3).fit(feature_matrix(hold_hist, 1, h), E)
+    singles = [WeightLearner(methods, seed=s).fit(feature_matrix(hold_hist, 1, h), E).weights(Xt)
                for s in range(3)]
     np.testing.assert_allclose(bag.weights(Xt), np.mean(singles, axis=0), rtol=1e-12)
     np.testing.assert_allclose(singles[0], W, rtol=1e-12)
     assert not np.allclose(singles[0], singles[1])
     with pytest.raises(ValueError, match="n_models"):
-        FFORMA(methods, n_models=0)
+        WeightLearner(methods, n_models=0)
 
 
 def test_features_are_finite_and_scale_free():
@@ -270,8 +270,6 @@ def _toy_sets(n=12, length=40, h=4):
 
 
 def test_neural_ensemble_is_the_median_of_its_members():
-    from dataclasses import replace
-
     from metaphi.forecasting.neural import NeuralConfig, fit_forecast
 
     s = _toy_sets()
@@ -286,7 +284,7 @@ def test_neural_ensemble_is_the_median_of_its_members():
         np.testing.assert_allclose(fc[k], np.median([f[k] for f in singles], axis=0))
     assert [m["loss"] for m in log["members"]] == ["smape", "mase", "smape", "mase"]
     # two worker processes give the same numbers as one
-    fc2, _ = fit_forecast(s, s, replace(cfg, workers=2), progress=False)
+    fc2, _ = fit_forecast(s, s, cfg.updated(workers=2), progress=False)
     np.testing.assert_allclose(fc2["NBeats-MAML"], fc["NBeats-MAML"])
 
 
@@ -302,7 +300,7 @@ def test_neural_fit_skips_maml_when_no_series_has_a_support_window():
 
 
 def test_zero_shot_meta_learners_and_their_mean():
-    from metaphi.forecasting.evaluate import evaluate
+    from metaphi.forecasting.evaluate import evaluate_forecasters as evaluate
     from metaphi.forecasting.neural import NeuralConfig
 
     target, source = _toy_sets(n=12).holdout(), _toy_sets(n=12, length=36)
@@ -322,24 +320,28 @@ def test_zero_shot_meta_learners_and_their_mean():
                  sources={"src": [source]}, progress=False)
 
 
-@pytest.mark.parametrize("change, needle", [({"losses": ("rmse",)}, "loss must be one of"),
-                                            ({"lookbacks": (0,)}, "lookback must be >= 1"),
-                                            ({"losses": ("mae", "mase"), "workers": 0},
-                                             "workers must be >= 1"),
-                                            ({"meta_loss": "huber"}, "meta_loss must be"),
-                                            ({"layers": 0}, "layers must be >= 1"),
-                                            ({"max_epochs": 0}, "max_epochs must be > 0")])
-def test_neural_ensemble_config_errors(change, needle):
-    from metaphi.forecasting.neural import NeuralConfig, fit_forecast
+@pytest.mark.parametrize("change, needle", [
+    ({"losses": ("rmse",)}, "losses.0: Input should be 'mae', 'smape', 'mape' or 'mase'"),
+    ({"lookbacks": (0,)}, "lookbacks.0: Input should be greater than or equal to 1"),
+    ({"losses": ("mae", "mase"), "workers": 0}, "workers: Input should be greater than or equal"),
+    ({"meta_loss": "huber"}, "meta_loss: Input should be 'mae' or 'mse'"),
+    ({"layers": 0}, "layers: Input should be greater than or equal to 1"),
+    ({"max_epochs": 0}, "max_epochs: Input should be greater than 0"),
+    ({"widht": 3}, "widht: unknown field")])
+def test_neural_config_errors_name_the_field(change, needle):
+    from metaphi.forecasting.neural import NeuralConfig
+    from metaphi.runs.config import ConfigError
 
-    s = _toy_sets()
-    with pytest.raises(ValueError, match=needle):
-        fit_forecast(s, s, NeuralConfig(pretrain_steps=1, **change), progress=False)
+    with pytest.raises(ConfigError) as e:
+        NeuralConfig(pretrain_steps=1, **change)
+    assert str(e.value).startswith("invalid neural forecaster settings:\n")
+    assert needle in str(e.value)
+    cfg = NeuralConfig()
+    with pytest.raises(ConfigError, match="batch_size: Input should be greater"):
+        cfg.batch_size = 0  # assignments are checked too
 
 
 def test_nbeats_g_settings_and_epoch_cap():
-    from dataclasses import replace
-
     import torch
 
     from metaphi.forecasting.neural import NeuralConfig, NeuralForecaster
@@ -359,13 +361,13 @@ def test_nbeats_g_settings_and_epoch_cap():
     model = NeuralForecaster(4, small).fit([np.arange(12.0) + 10] * 3, progress=False)
     assert model.log["pretrain_steps"] == 7
     assert sum(isinstance(m, torch.nn.Linear) for m in model.net.blocks[0].mlp) == 3
-    capped = NeuralForecaster(4, replace(small, max_epochs=1.0)).fit(
+    capped = NeuralForecaster(4, small.updated(max_epochs=1.0)).fit(
         [np.arange(12.0) + 10] * 3, progress=False)
     assert capped.log["pretrain_steps"] == 3  # 3 series x 8 windows / batch 8
 
 
 def test_evaluate_takes_a_neural_config_per_subset():
-    from metaphi.forecasting.evaluate import evaluate
+    from metaphi.forecasting.evaluate import evaluate_forecasters as evaluate
     from metaphi.forecasting.neural import NeuralConfig
 
     a = _toy_sets(n=8)
@@ -437,7 +439,8 @@ def test_cli_holdout_origins(tmp_path, capsys):
                                     "--fforma-error", "mape")
     assert rc == 0 and json.loads((outm / "results.json").read_text())["metrics"]["FFORMA"]
     _, _, rc = _forecast_toy_csv(tmp_path, "bad", ["Naive"], "--holdout-origins", "0")
-    assert rc == 2 and "holdout_origins must be an integer >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "--holdout-origins: Input should be greater than or equal to 1" in err
 
 
 def test_cli_neural_ensemble(tmp_path):
@@ -462,7 +465,7 @@ def test_cli_nbeats_g(tmp_path, capsys, monkeypatch):
         seen.append(neural_config)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluate_mod, "evaluate_forecasters", fake_evaluate)
     rc = main(["forecast", "tourism", "--out", str(tmp_path / "t"), "--max-series", "2",
                "--meta", "neural", "--nbeats-g", "2", "--no-progress"])
     assert rc == 2 and "stop here" in capsys.readouterr().err
@@ -489,7 +492,8 @@ def test_cli_neural_loss(tmp_path, capsys):
     assert rc == 2 and "add --ensemble or give one loss" in capsys.readouterr().err
     _, _, rc = _forecast_toy_csv(tmp_path, "bad", ["Naive"], "--meta", "neural",
                                  "--neural-loss", "rmse")
-    assert rc == 2 and "loss must be one of" in capsys.readouterr().err
+    assert rc == 2 and ("--neural-loss.0: Input should be 'mae', 'smape', 'mape' or 'mase'"
+                        in capsys.readouterr().err)
 
 
 def test_cli_forecasts_beyond_the_end_of_the_data(tmp_path):
@@ -530,7 +534,8 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     pd.DataFrame({"unique_id": ["a", "a", "b"], "ds": [1, 1, 1], "y": [1.0, 2.0, 3.0]}).to_csv(csv)
     rc = main(["forecast", str(csv), "--out", str(tmp_path / "o"), "--horizon", "2", "--freq", "M"])
     assert rc == 2
-    assert "duplicate timestamps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.csv line 3 (series 'a'): duplicate timestamp ds=1 (also" in err
     assert main(["forecast", "m5", "--out", str(tmp_path / "o")]) == 2
 
 
@@ -543,9 +548,9 @@ def test_base_cache_fits_only_the_methods_it_lacks(tmp_path, monkeypatch):
                   4, 4)
     first, sec1 = base.run_base(s, ["Naive", "SES"], cache_dir=tmp_path, progress=False)
     fitted = []
-    real_fit = base._fit
-    monkeypatch.setattr(base, "_fit", lambda series, methods, *a: (fitted.append(methods),
-                                                                   real_fit(series, methods, *a))[1])
+    real_fit = base.compute_chunk
+    monkeypatch.setattr(base, "compute_chunk", lambda ys, h, m, methods, *a, **k: (
+        fitted.append(methods), real_fit(ys, h, m, methods, *a, **k))[1])
     both, sec2 = base.run_base(s, ["SES", "Theta", "Naive"], cache_dir=tmp_path, progress=False)
     assert fitted == [["Theta"]]
     assert list(both) == ["SES", "Theta", "Naive"] and sec2 > sec1

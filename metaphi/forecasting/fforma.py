@@ -12,6 +12,8 @@ the full history -> weights -> weighted average of the base forecasts.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from .metrics import mape_nonzero, mase, smape
 
 
 ERRORS = ("owa", "smape", "mape")
+MIN_SERIES = 10  # meta-training rows (series x holdout origins) FFORMA needs
 
 
 def relative_errors(truth: list[np.ndarray], forecasts: dict[str, np.ndarray],
@@ -60,11 +63,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class FFORMA:
-    """Gradient-boosted meta-learner that outputs per-series combination weights.
+class WeightLearner:
+    """FFORMA's meta-learner: gradient-boosted trees mapping series features to per-series
+    combination weights (the forecaster on DataFrames is :class:`metaphi.forecasting.FFORMA`).
 
-    ``num_threads`` defaults to 1: the meta-training sets are small (thousands of rows), and
-    OpenMP threads that busy-wait on a shared, oversubscribed machine make it far slower.
+    ``num_threads`` (per booster) defaults to 1: the meta-training sets are small (thousands of
+    rows), and OpenMP threads that busy-wait on a shared, oversubscribed machine make it far
+    slower; ``fit(..., n_jobs=k)`` trains up to k of the ``n_models`` boosters side by side
+    instead, which gives the same boosters.
 
     ``fit(X, E)`` with features ``X`` (n, d) and holdout errors ``E`` (n, K);
     ``weights(X)`` -> (n, K) softmax weights; ``combine(forecasts, X)`` -> (n, h).
@@ -113,7 +119,10 @@ class FFORMA:
             return "expected_error", float(np.mean(np.sum(w * errors, axis=1))), False
         return feval
 
-    def fit(self, X: np.ndarray, errors: np.ndarray) -> "FFORMA":
+    def fit(self, X: np.ndarray, errors: np.ndarray, n_jobs: int = 1,
+            progress: Callable[[int], None] | None = None) -> "WeightLearner":
+        """Train the boosters (``n_jobs`` at a time); ``progress(trees)`` is told each round's
+        trees, and the rounds early stopping skipped when a booster ends."""
         X = np.asarray(X, dtype=float)
         E = np.asarray(errors, dtype=float)
         if E.shape != (X.shape[0], len(self.methods)):
@@ -121,14 +130,20 @@ class FFORMA:
                              f"{(X.shape[0], len(self.methods))}, got {E.shape}")
         if not np.isfinite(E).all():
             raise ValueError("holdout errors contain NaN or inf; check the base forecasts")
-        self.boosters, self.best_iterations = [], []
-        for i in range(self.n_models):
-            booster, best = self._fit_one(X, E, self.seed + i)
-            self.boosters.append(booster)
-            self.best_iterations.append(best)
+        seeds = [self.seed + i for i in range(self.n_models)]
+        if n_jobs > 1 and self.n_models > 1:
+            from concurrent.futures import ThreadPoolExecutor  # LightGBM releases the GIL
+
+            with ThreadPoolExecutor(min(n_jobs, self.n_models)) as pool:
+                fitted = list(pool.map(lambda s: self._fit_one(X, E, s, progress), seeds))
+        else:
+            fitted = [self._fit_one(X, E, s, progress) for s in seeds]
+        self.boosters = [b for b, _ in fitted]
+        self.best_iterations = [it for _, it in fitted]
         return self
 
-    def _fit_one(self, X: np.ndarray, E: np.ndarray, seed: int) -> tuple[Any, int]:
+    def _fit_one(self, X: np.ndarray, E: np.ndarray, seed: int,
+                 progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
         import lightgbm as lgb
 
         rng = np.random.default_rng(seed)
@@ -136,9 +151,9 @@ class FFORMA:
         perm = rng.permutation(n)
         n_val = int(round(self.valid_fraction * n)) if n >= 50 else 0
         val, tr = perm[:n_val], perm[n_val:]
-        if len(tr) < 10:
-            raise ValueError(f"FFORMA needs at least 10 training series, got {len(tr)}; "
-                             "use more series or --meta none")
+        if len(tr) < MIN_SERIES:
+            raise ValueError(f"FFORMA needs at least {MIN_SERIES} training series, got "
+                             f"{len(tr)}; use more series or --meta none")
         # small meta-training sets: leaves must still be able to split
         params = dict(self.params, objective=self._objective(E[tr]), feature_pre_filter=False,
                       seed=seed,
@@ -153,8 +168,49 @@ class FFORMA:
             kw = {"valid_sets": [dval], "valid_names": ["val"],
                   "feval": self._expected_error(E[val]),
                   "callbacks": [lgb.early_stopping(self.early_stopping, verbose=False)]}
+        if progress is not None:
+            K = len(self.methods)
+            kw["callbacks"] = kw.get("callbacks", []) + [lambda env: progress(K)]
         booster = lgb.train(params, dtrain, num_boost_round=self.n_estimators, **kw)
+        if progress is not None:
+            progress(len(self.methods) * (self.n_estimators - booster.current_iteration()))
         return booster, booster.best_iteration or self.n_estimators
+
+    # saving without pickle: LightGBM's text format and JSON ---------------------------------
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write each booster as LightGBM's text model (``fforma_<i>.txt``) into ``folder``;
+        returns the JSON-able settings :meth:`load` needs."""
+        folder = Path(folder)
+        files = []
+        for i, b in enumerate(self.boosters):
+            name = f"fforma_{i}.txt"
+            (folder / name).write_text(b.model_to_string(num_iteration=-1))
+            files.append(name)
+        return {"methods": self.methods, "params": {k: v for k, v in self.params.items()},
+                "n_estimators": self.n_estimators, "valid_fraction": self.valid_fraction,
+                "early_stopping": self.early_stopping, "seed": self.seed,
+                "n_models": self.n_models, "best_iterations": self.best_iterations,
+                "files": files}
+
+    @classmethod
+    def load(cls, folder: str | Path, meta: dict[str, Any]) -> "WeightLearner":
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        p = meta["params"]
+        obj = cls(meta["methods"], n_estimators=meta["n_estimators"],
+                  learning_rate=p["learning_rate"], num_leaves=p["num_leaves"],
+                  min_data_in_leaf=p["min_data_in_leaf"], feature_fraction=p["feature_fraction"],
+                  bagging_fraction=p["bagging_fraction"], valid_fraction=meta["valid_fraction"],
+                  early_stopping=meta["early_stopping"], seed=meta["seed"],
+                  num_threads=p["num_threads"], n_models=meta["n_models"])
+        obj.boosters = [lgb.Booster(model_str=(folder / f).read_text()) for f in meta["files"]]
+        obj.best_iterations = [int(i) for i in meta["best_iterations"]]
+        if len(obj.boosters) != obj.n_models or len(obj.best_iterations) != obj.n_models:
+            raise ValueError(f"{folder}: the saved FFORMA lists {obj.n_models} boosters but "
+                             f"has {len(obj.boosters)} files / {len(obj.best_iterations)} "
+                             "iteration counts")
+        return obj
 
     def weights(self, X: np.ndarray) -> np.ndarray:
         """``(n, K)`` combination weights: the mean of the boosters' softmax weights."""
@@ -164,15 +220,18 @@ class FFORMA:
         return np.mean([_softmax(b.predict(X, raw_score=True, num_iteration=it).reshape(len(X), -1))
                         for b, it in zip(self.boosters, self.best_iterations)], axis=0)
 
-    def combine(self, forecasts: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
-        """Weighted combination of the base forecasts (``{method: (n, h)}``)."""
-        w = self.weights(X)
+    def combine(self, forecasts: dict[str, np.ndarray], X: np.ndarray,
+                w: np.ndarray | None = None) -> np.ndarray:
+        """Weighted combination of the base forecasts (``{method: (n, h)}``) with the weights
+        of ``X`` (or the given weights ``w``)."""
+        w = self.weights(X) if w is None else w
         F = np.stack([forecasts[k] for k in self.methods], axis=1)  # (n, K, h)
         return np.einsum("nk,nkh->nh", w, F)
 
-    def select(self, forecasts: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    def select(self, forecasts: dict[str, np.ndarray], X: np.ndarray,
+               w: np.ndarray | None = None) -> np.ndarray:
         """The single forecaster with the largest weight per series."""
-        k = self.weights(X).argmax(axis=1)
+        k = (self.weights(X) if w is None else w).argmax(axis=1)
         F = np.stack([forecasts[m] for m in self.methods], axis=1)
         return F[np.arange(len(k)), k]
 

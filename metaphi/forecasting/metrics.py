@@ -54,7 +54,10 @@ def mase(y: np.ndarray, f: np.ndarray, histories: list[np.ndarray], m: int) -> n
 
 
 def owa(smape_value: float, mase_value: float, smape_naive2: float, mase_naive2: float) -> float:
-    """OWA = mean of sMAPE / sMAPE(Naive2) and MASE / MASE(Naive2) (over the same series)."""
+    """OWA = mean of sMAPE / sMAPE(Naive2) and MASE / MASE(Naive2) (over the same series); NaN
+    where Naive2 is perfect (a zero reference)."""
+    if smape_naive2 == 0 or mase_naive2 == 0:
+        return float("nan")
     return 0.5 * (smape_value / smape_naive2 + mase_value / mase_naive2)
 
 

@@ -9,9 +9,9 @@ Training has two phases, both across many series: (1) plain minibatch training o
 network on windows (the N-BEATS recipe; cheap and batched), then (2) MAML meta-training with the
 core's :class:`metaphi.learners.MAML` (``loss="mae"``) via ``learner.meta_backward(tasks)`` and
 Adam, so that a few SGD steps on a series' own windows improve its forecast. The MAML phase
-uses an absolute error, like pretraining: a squared error pulled the network toward mean
-forecasts and cost 0.6 sMAPE on M3 monthly. At meta-test each series is adapted with the inner
-loop on its support windows before forecasting.
+uses an absolute error, like pretraining (a squared error pulls the network toward mean
+forecasts). At meta-test each series is adapted with the inner loop on its support windows
+before forecasting.
 """
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from ..learners import MAML
 from ..tasks.task import Task
+from .config import Settings
 from .data import SeriesSet
 
 
@@ -92,55 +94,48 @@ def forecast_input(y: np.ndarray, L: int) -> tuple[np.ndarray, float]:
     return inp / scale, scale
 
 
-@dataclass
-class NeuralConfig:
-    lookback: int = 3            # L = lookback * h
-    width: int = 128
-    blocks: int = 3
-    layers: int = 2              # fully connected layers per block
-    pretrain_steps: int = 1000
-    batch_size: int = 256
-    lr: float = 1e-3
-    loss: str = "mae"            # pretraining loss: "mae", "smape", "mape" or "mase"
-    recent: int = 10             # pretraining windows end within the last `recent * h` points
-    max_epochs: float | None = 4.0  # cap pretraining at this many passes over the distinct
-                                    # windows (None: no cap, as N-BEATS)
-    meta_steps: int = 100
-    meta_batch: int = 8
-    meta_lr: float = 1e-4        # 3e-4 moved the pretrained network too far (M3 monthly)
-    meta_loss: str = "mae"       # inner and outer loss of the MAML phase: "mae" or "mse"
-    support: int = 8             # support windows per task
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    eval_inner_steps: int = 3
-    choose_steps: bool = True    # pick the meta-test inner steps on training tasks
-    seed: int = 0
+LOSSES = ("mae", "smape", "mape", "mase")
+Loss = Literal["mae", "smape", "mape", "mase"]
+
+
+class NeuralConfig(Settings):
+    """Settings of the neural forecaster (one network, or an ensemble of members). A bad value
+    is a :class:`metaphi.runs.config.ConfigError` naming the field, raised before any member
+    starts training."""
+
+    title: ClassVar[str] = "neural forecaster settings"
+
+    lookback: int = Field(3, ge=1, description="input length L = lookback * h")
+    width: int = Field(128, ge=1)
+    blocks: int = Field(3, ge=1)
+    layers: int = Field(2, ge=1, description="fully connected layers per block")
+    pretrain_steps: int = Field(1000, ge=0)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    loss: Loss = Field("mae", description="pretraining loss")
+    recent: int = Field(10, ge=1, description="pretraining windows end within the last "
+                        "recent * h points")
+    max_epochs: float | None = Field(4.0, gt=0, description="cap pretraining at this many "
+                                     "passes over the distinct windows (None: no cap, as N-BEATS)")
+    meta_steps: int = Field(100, ge=0)
+    meta_batch: int = Field(8, ge=1)
+    meta_lr: float = Field(1e-4, gt=0, description="small: the MAML phase fine-tunes a "
+                           "pretrained network")
+    meta_loss: Literal["mae", "mse"] = Field("mae", description="inner and outer loss of the "
+                                             "MAML phase")
+    support: int = Field(8, ge=1, description="support windows per task")
+    inner_lr: float = Field(0.01, gt=0)
+    inner_steps: int = Field(1, ge=1)
+    eval_inner_steps: int = Field(3, ge=0)
+    choose_steps: bool = Field(True, description="pick the meta-test inner steps on training "
+                               "tasks")
+    seed: int = Field(0, ge=0)
     # Ensemble (the N-BEATS recipe): members per (lookback, loss) pair, forecasts combined by
     # their median; empty tuples and bags=1 = a single model with `lookback` and `loss`.
-    lookbacks: tuple[int, ...] = ()
-    losses: tuple[str, ...] = ()
-    bags: int = 1                # members per (lookback, loss) pair, with different seeds
-    workers: int = 1             # processes that train ensemble members side by side
-
-    def __post_init__(self) -> None:
-        # one place for the checks, so a bad config fails before any member starts training
-        for loss in self.losses or (self.loss,):
-            if loss not in LOSSES:
-                raise ValueError(f"NeuralConfig loss must be one of {LOSSES}, got {loss!r}")
-        for L in self.lookbacks or (self.lookback,):
-            if L < 1:
-                raise ValueError(f"NeuralConfig lookback must be >= 1 (a multiple of h), got {L}")
-        if self.meta_loss not in ("mae", "mse"):
-            raise ValueError(f"NeuralConfig.meta_loss must be 'mae' or 'mse', got {self.meta_loss!r}")
-        if self.bags < 1:
-            raise ValueError(f"NeuralConfig.bags must be >= 1, got {self.bags}")
-        for k in ("width", "blocks", "layers", "batch_size"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"NeuralConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if self.max_epochs is not None and self.max_epochs <= 0:
-            raise ValueError(f"NeuralConfig.max_epochs must be > 0 or None, got {self.max_epochs}")
-        if self.workers < 1:
-            raise ValueError(f"NeuralConfig.workers must be >= 1, got {self.workers}")
+    lookbacks: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    losses: tuple[Loss, ...] = ()
+    bags: int = Field(1, ge=1, description="members per (lookback, loss) pair, different seeds")
+    workers: int = Field(1, ge=1, description="processes that train members side by side")
 
     @classmethod
     def nbeats_ensemble(cls, losses: tuple[str, ...] = ("smape", "mape", "mase"), bags: int = 1,
@@ -173,11 +168,9 @@ class NeuralConfig:
             return [self]
         grid = itertools.product(self.lookbacks or (self.lookback,), self.losses or (self.loss,),
                                  range(self.bags))
-        return [replace(self, lookback=int(L), loss=loss, lookbacks=(), losses=(), bags=1,
-                        seed=self.seed + j) for j, (L, loss, _) in enumerate(grid)]
+        return [self.updated(lookback=int(L), loss=loss, lookbacks=(), losses=(), bags=1,
+                             seed=self.seed + j) for j, (L, loss, _) in enumerate(grid)]
 
-
-LOSSES = ("mae", "smape", "mape", "mase")
 
 # N-BEATS-G's per-subset settings from the authors' experiment configs (ServiceNow/N-BEATS,
 # experiments/{m3,tourism}/generic.gin): training iterations, the history window that training
@@ -204,9 +197,7 @@ def window_loss(kind: str, pred: Tensor, y: Tensor, x: Tensor, m: int) -> Tensor
         return (2 * err / (pred.abs() + y.abs()).clamp_min(1e-6)).mean()
     if kind == "mape":
         # APE is undefined at a zero target, so those points are left out (as N-BEATS'
-        # divide_no_nan does). Clamping the denominator instead gave the 61 of Tourism's 366
-        # monthly series that have zeros a ~100x weight: Tourism test MAPE of the ensemble
-        # 22.11 with the clamp, 21.34 without (benchmarks/RESULTS.md).
+        # divide_no_nan does): a clamped denominator would give them a huge weight.
         a = y.abs()
         return (err * torch.where(a > 1e-2, 1 / a.clamp_min(1e-2), torch.zeros_like(a))).mean()
     lag = m if x.shape[-1] > m else 1
@@ -269,8 +260,8 @@ class NeuralForecaster:
             raise ValueError(f"no training series longer than the horizon {self.h}")
         t0 = time.perf_counter()
         lens = np.array([len(y) for y in usable])
-        # Short-series subsets (yearly) have few distinct windows and overfit with many steps
-        # (M3 yearly sMAPE 16.5 after 100 steps, 19 after 800), so cap the number of passes.
+        # Subsets of short series (yearly) have few distinct windows and overfit with many
+        # steps, so the number of passes over them is capped.
         n_windows = int(np.sum(np.minimum(cfg.recent * self.h, lens - self.h)))
         steps = cfg.pretrain_steps if cfg.max_epochs is None else int(
             min(cfg.pretrain_steps, np.ceil(cfg.max_epochs * n_windows / cfg.batch_size)))
@@ -365,6 +356,12 @@ class NeuralForecaster:
         self.log["eval_steps_errors"] = errs  # type: ignore[assignment]
         return min(errs, key=errs.get)
 
+    def forecasts(self, histories: list[np.ndarray], progress: bool = False
+                  ) -> dict[str, np.ndarray]:
+        """The global forecast and the adapted one, as the output columns name them."""
+        return {"NBeats-global": self.forecast(histories, adapt=False),
+                "NBeats-MAML": self.forecast(histories, adapt=True, progress=progress)}
+
     def forecast(self, histories: list[np.ndarray], adapt: bool = True, seed: int | None = None,
                  progress: bool = False) -> np.ndarray:
         """``(n, h)`` forecasts of the next ``h`` values of each history; with ``adapt`` each
@@ -391,47 +388,111 @@ class NeuralForecaster:
         return out
 
 
-def _fit_member(job: tuple) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def _fit_member(job: tuple) -> tuple[dict[str, np.ndarray], dict, dict[str, Tensor], int]:
+    """Train one member; its forecasts of ``target_y`` (if given), log, weights and the inner
+    steps it chose."""
     cfg, h, m, train_y, target_y, progress = job
     model = NeuralForecaster(h, cfg, m=m).fit(train_y, progress=progress)
-    t0 = time.perf_counter()
-    fc = {"NBeats-global": model.forecast(target_y, adapt=False),
-          "NBeats-MAML": model.forecast(target_y, adapt=True, progress=progress)}
-    model.log["forecast_seconds"] = time.perf_counter() - t0
-    model.log["adaptations_rejected"] = model.guarded
-    return fc, model.log
+    fc = {}
+    if target_y is not None:
+        t0 = time.perf_counter()
+        fc = model.forecasts(target_y, progress=progress)
+        model.log["forecast_seconds"] = time.perf_counter() - t0
+        model.log["adaptations_rejected"] = model.guarded
+    return fc, model.log, model.net.state_dict(), model.eval_steps
 
 
 def _one_thread() -> None:
     torch.set_num_threads(1)  # the worker processes already fill the cores
 
 
-def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | None = None,
-                 progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Meta-train on ``train``'s histories (windows of ``target.h``) and forecast ``target``.
+class NeuralEnsemble:
+    """Fitted neural forecasters of one horizon ``h`` (one member, or an ensemble whose forecast
+    is the median over its members), as :func:`fit_neural` returns and a saved model holds."""
 
-    Returns ``({"NBeats-global": ..., "NBeats-MAML": ...}, log)``: the global network without
-    and with per-series adaptation. With an ensemble config (``lookbacks`` / ``losses``) each
-    member is trained and adapted on its own (in ``workers`` processes) and every forecast is
-    the median over the members.
+    def __init__(self, members: list[NeuralForecaster]) -> None:
+        if not members:
+            raise ValueError("a neural ensemble needs at least one member")
+        self.members = members
+        self.h, self.m = members[0].h, members[0].m
+
+    def forecast(self, histories: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """``{"NBeats-global": (n, h), "NBeats-MAML": (n, h)}``: the median over the members of
+        the global forecast and of the forecast after per-series adaptation."""
+        outs = [mem.forecasts(histories) for mem in self.members]
+        if len(outs) == 1:
+            return outs[0]
+        return {k: np.median(np.stack([o[k] for o in outs]), axis=0) for k in outs[0]}
+
+    def state(self) -> tuple[dict[str, Tensor], dict]:
+        """Weights (``member<i>.<name>``) and the settings to rebuild the members."""
+        tensors = {f"member{i}.{k}": v.detach().contiguous()
+                   for i, mem in enumerate(self.members) for k, v in mem.net.state_dict().items()}
+        meta = {"h": self.h, "m": self.m,
+                "members": [{"config": mem.cfg.model_dump(mode="json"),
+                             "eval_steps": int(mem.eval_steps)} for mem in self.members]}
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], meta: dict) -> "NeuralEnsemble":
+        members = []
+        for i, info in enumerate(meta["members"]):
+            mem = NeuralForecaster(int(meta["h"]), NeuralConfig(**info["config"]),
+                                   m=int(meta["m"]))
+            prefix = f"member{i}."
+            mem.net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                     if k.startswith(prefix)})
+            mem.eval_steps = int(info["eval_steps"])
+            members.append(mem)
+        return cls(members)
+
+
+def fit_neural(train_y: list[np.ndarray], h: int, m: int, config: NeuralConfig | None = None,
+               target_y: list[np.ndarray] | None = None, progress: bool = True
+               ) -> tuple[NeuralEnsemble, dict[str, np.ndarray], dict]:
+    """Meta-train on the histories ``train_y`` (windows of horizon ``h``, season length ``m``).
+
+    Returns ``(ensemble, forecasts of target_y or {}, log)``. With an ensemble config
+    (``lookbacks`` / ``losses`` / ``bags``) each member is trained and adapted on its own (in
+    ``workers`` processes, which also forecast ``target_y``) and every forecast is the median
+    over the members.
     """
     from tqdm.auto import tqdm
 
     cfg = config or NeuralConfig()
     members = cfg.members()
-    if len(members) == 1:
-        return _fit_member((members[0], target.h, target.m, train.y, target.y, progress))
     t0 = time.perf_counter()
-    jobs = [(c, target.h, target.m, train.y, target.y, False) for c in members]
-    bar = dict(total=len(jobs), desc=f"neural ensemble h={target.h}", disable=not progress)
-    if cfg.workers == 1:
+    jobs = [(c, h, m, train_y, target_y, progress and len(members) == 1) for c in members]
+    bar = dict(total=len(jobs), desc=f"neural ensemble h={h}",
+               disable=not progress or len(jobs) == 1)
+    if cfg.workers == 1 or len(jobs) == 1:
         results = [_fit_member(j) for j in tqdm(jobs, **bar)]
     else:
         with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn"),
                                  initializer=_one_thread) as pool:
             results = list(tqdm(pool.map(_fit_member, jobs), **bar))
-    fc = {k: np.median(np.stack([r[0][k] for r in results]), axis=0) for k in results[0][0]}
+    fitted = []
+    for c, (_, _, state, steps) in zip(members, results):
+        mem = NeuralForecaster(h, c, m=m)
+        mem.net.load_state_dict(state)
+        mem.eval_steps = steps
+        fitted.append(mem)
+    fc = {}
+    if target_y is not None:
+        fc = (results[0][0] if len(results) == 1 else
+              {k: np.median(np.stack([r[0][k] for r in results]), axis=0) for k in results[0][0]})
+    if len(members) == 1:
+        return NeuralEnsemble(fitted), fc, results[0][1]
     log = {"members": [{"lookback": c.lookback, "loss": c.loss, "seed": c.seed, **r[1]}
                        for c, r in zip(members, results)],
            "seconds": time.perf_counter() - t0}
+    return NeuralEnsemble(fitted), fc, log
+
+
+def fit_forecast(train: SeriesSet, target: SeriesSet, config: NeuralConfig | None = None,
+                 progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Meta-train on ``train``'s histories (windows of ``target.h``) and forecast ``target``:
+    ``({"NBeats-global": ..., "NBeats-MAML": ...}, log)``, the global network without and with
+    per-series adaptation (see :func:`fit_neural`)."""
+    _, fc, log = fit_neural(train.y, target.h, target.m, config, target.y, progress)
     return fc, log
