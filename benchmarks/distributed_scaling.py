@@ -44,7 +44,7 @@ def worker(case: str, out_json: str) -> None:
     torch.set_num_threads(1)
     from metaphi.learners import MAML
     from metaphi.loops import distributed as D
-    from metaphi.loops.train import build_optimizer, build_schedule, meta_train
+    from metaphi.loops.train import TrainOptions, meta_train
     from metaphi.models import conv4, mlp
     from metaphi.tasks import SinusoidSource
     from metaphi.tasks.fewshot import TensorData, fewshot_splits
@@ -61,15 +61,14 @@ def worker(case: str, out_json: str) -> None:
         x = torch.rand(60 * 20, 1, 28, 28, generator=g)
         y = torch.arange(60).repeat_interleave(20)
         train, val, _ = fewshot_splits(TensorData(x, y), 5, 1, 15)
-    opt = build_optimizer(learner.parameters(), "adam", 1e-3)
-    sched = build_schedule(opt, "constant", spec["steps"])
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # constant
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as d:
-        meta_train(learner, train, val, steps=spec["steps"], meta_batch=spec["meta_batch"], seed=0,
-                   out_dir=d, optimizer=opt,
-                   schedule=sched, val_every=10**9, val_tasks=2 * ctx.world_size,
-                   checkpoint_every=10**9, device=device, progress=False, dist=ctx,
-                   on_step=lambda step, rec: stamps.append(rec["seconds"]))
+        meta_train(learner, train, val, opt, sched, d, TrainOptions(
+            steps=spec["steps"], meta_batch=spec["meta_batch"], seed=0, val_every=10**9,
+            val_tasks=2 * ctx.world_size, checkpoint_every=10**9, device=device, progress=False,
+            on_step=lambda step, rec: stamps.append(rec["seconds"])), dist=ctx)
     if ctx.is_main:
         w, last = spec["warmup"], spec["steps"] - 2  # stamps[i]: end of step i
         seconds = stamps[last] - stamps[w - 1]

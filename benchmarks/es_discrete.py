@@ -1,13 +1,13 @@
 """REINFORCE picks MAML's inner steps, inner learning rate and hidden width on sinusoid
 regression; the chosen configuration and the default are then meta-trained equally long.
 
-Space: inner_steps ∈ {1, 2, 3, 5}, inner_lr log-uniform in [1e-3, 0.5], width ∈ {20, 40, 80}
-(a 1-width-width-1 MLP). The fitness of a configuration is its mean post-adaptation query MSE
-on ``--fitness-tasks`` tasks (fresh each generation, shared by the generation) after
-``--fitness-train-steps`` outer Adam steps of second-order MAML; no gradient reaches these
-choices. Then the policy's mode and the default (1 step, lr 0.01, width 40) are each
-meta-trained for ``--final-steps`` outer steps on the same task stream and scored on the same
-1000 meta-test tasks (K = 10).
+Space (config paths): learner.inner_steps ∈ {1, 2, 3, 5}, learner.inner_lr log-uniform in
+[1e-3, 0.5], model.hidden ∈ {[20, 20], [40, 40], [80, 80]} (a 1-width-width-1 MLP). The
+fitness of a configuration is its mean post-adaptation query MSE on ``--fitness-tasks`` tasks
+(fresh each generation, shared by the generation) after ``--fitness-train-steps`` outer Adam
+steps of second-order MAML; no gradient reaches these choices. Then the policy's mode and the
+default (1 step, lr 0.01, width 40) are each meta-trained for ``--final-steps`` outer steps on
+the same task stream and scored on the same 1000 meta-test tasks (K = 10).
 
     nice -n 10 python benchmarks/es_discrete.py --budget-seconds 360
 """
@@ -20,26 +20,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from metaphi.loops.population import population_train  # noqa: E402
-from metaphi.meta import REINFORCE, Categorical, FitnessSpec, Float, Space, TaskFitness, build_learner  # noqa: E402
-from metaphi.meta.fitness import build_family, meta_train  # noqa: E402
+from metaphi.loops.population import PopulationOptions, population_train  # noqa: E402
+from metaphi.meta import REINFORCE, Space, TaskFitness  # noqa: E402
+from metaphi.meta.fitness import meta_train_briefly  # noqa: E402
+from metaphi.runs import validate_config  # noqa: E402
+from metaphi.runs.population import fitness_spec  # noqa: E402
 from metaphi.tasks import fixed_tasks  # noqa: E402
 
-DEFAULT = {"inner_steps": 1, "inner_lr": 0.01, "width": 40}
-SPACE = Space({"inner_steps": Categorical([1, 2, 3, 5]),
-               "inner_lr": Float(1e-3, 0.5, log=True),
-               "width": Categorical([20, 40, 80])})
+DEFAULT = {"learner.inner_steps": 1, "learner.inner_lr": 0.01, "model.hidden": [40, 40]}
+SPACE_CONFIG = {"learner.inner_steps": {"type": "categorical", "choices": [1, 2, 3, 5]},
+                "learner.inner_lr": {"type": "float", "low": 1e-3, "high": 0.5, "log": True},
+                "model.hidden": {"type": "categorical", "choices": [[20, 20], [40, 40], [80, 80]]}}
+SPACE = Space.from_config(SPACE_CONFIG)
 
 
 def meta_test(learner, family, seed: int, n: int) -> tuple[float, float]:
-    params = learner.meta_params()
-    losses = np.array([float(learner.episode(t, params)[0]) for t in fixed_tasks(family, seed, "test", n)])
+    losses, _ = learner.eval_episodes(list(fixed_tasks(family, seed, "test", n)))
+    losses = losses.double().numpy()
     return float(losses.mean()), float(1.96 * losses.std(ddof=1) / math.sqrt(n))
 
 
@@ -62,29 +64,39 @@ def main() -> None:
     torch.set_num_threads(1)
     t_all = time.perf_counter()
 
-    spec = FitnessSpec(phi="hyper", train_steps=args.fitness_train_steps,
-                       train_meta_batch=args.fitness_meta_batch, train_outer_lr=args.outer_lr,
-                       seed=args.seed)
+    # sinusoid K=10 (10 queries), MAML on an MLP, second order; a candidate φ overrides
+    # SPACE's config paths and is meta-trained for fitness.train_steps before it is scored
+    spec = fitness_spec(validate_config({
+        "task": {"source": "sinusoid", "k_shot": 10, "n_query": 10},
+        "model": {"name": "mlp", "hidden": DEFAULT["model.hidden"]},
+        "learner": {"name": "maml", "inner_lr": DEFAULT["learner.inner_lr"],
+                    "inner_steps": DEFAULT["learner.inner_steps"]},
+        "meta_optimizer": {"name": "reinforce"},
+        "fitness": {"phi": "hyper", "train_steps": args.fitness_train_steps,
+                    "train_meta_batch": args.fitness_meta_batch, "train_lr": args.outer_lr},
+        "space": SPACE_CONFIG, "seed": args.seed}))
     fitness = TaskFitness(spec, n_tasks=args.fitness_tasks, seed=args.seed)
     rf = REINFORCE(SPACE, popsize=args.popsize, lr=args.policy_lr, seed=args.seed)
     with tempfile.TemporaryDirectory() as d:
-        res = population_train(rf, fitness, generations=10**6, out_dir=d, workers=args.workers,
-                               progress=False, max_seconds=args.budget_seconds,
-                               config={"bench": args.name})
+        res = population_train(rf, fitness, d, PopulationOptions(
+            10**6, workers=args.workers, progress=False, max_seconds=args.budget_seconds,
+            config={"bench": args.name}))
     chosen = SPACE.validate(res.center)
     probs = rf.probabilities()
 
-    family = build_family(spec.family)
+    family = spec.source
     rows, detail = [], {}
     for label, cfg in (("default", DEFAULT), ("REINFORCE choice (policy mode)", chosen)):
-        learner = build_learner(spec.learner, cfg, seed=args.seed)
+        learner = spec.make_learner(cfg)
         before, _ = meta_test(learner, family, args.seed, args.test_tasks)
         t0 = time.perf_counter()
-        meta_train(learner, family, args.final_steps, args.final_meta_batch, args.outer_lr, args.seed)
+        meta_train_briefly(learner, spec.train_source, args.final_steps, args.final_meta_batch,
+                           args.outer_lr, args.seed)
         secs = time.perf_counter() - t0
         mse, ci = meta_test(learner, family, args.seed, args.test_tasks)
         search_f = fitness(cfg, 0)  # the search's own score, on generation 0's tasks
-        rows.append([label, cfg["inner_steps"], round(cfg["inner_lr"], 4), cfg["width"],
+        rows.append([label, cfg["learner.inner_steps"], round(cfg["learner.inner_lr"], 4),
+                     cfg["model.hidden"][0],
                      round(search_f, 3), round(before, 3), f"{mse:.3f} ± {ci:.3f}", round(secs, 1)])
         detail[label] = {"config": cfg, "mse": mse, "ci95": ci, "mse_before": before,
                          "search_fitness_gen0": search_f, "train_seconds": secs}

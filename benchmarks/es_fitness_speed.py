@@ -17,9 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-import metaphi.meta.fitness as fitness_mod  # noqa: E402
-from metaphi.meta import FitnessSpec, build_learner, phi_vector  # noqa: E402
-from metaphi.meta.fitness import evaluate_population, fitness_task_seeds  # noqa: E402
+import metaphi.meta.batched_fitness as fitness_mod  # noqa: E402
+from metaphi.meta import phi_vector  # noqa: E402
+from metaphi.meta.batched_fitness import evaluate_population  # noqa: E402
+from metaphi.meta.fitness import fitness_task_seeds  # noqa: E402
+from metaphi.runs import validate_config  # noqa: E402
+from metaphi.runs.population import fitness_spec  # noqa: E402
 
 CASES = [([40, 40], 50, 25), ([40, 40], 100, 400), ([40, 40], 400, 400), ([20, 20], 200, 400),
          ([40, 40], 100, 1600)]
@@ -42,9 +45,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0, default, rows = time.perf_counter(), fitness_mod._CHUNK_ELEMENTS, []
     for hidden, popsize, n_tasks in CASES:
-        spec = FitnessSpec()
-        spec.learner["hidden"] = hidden
-        base = phi_vector(build_learner(spec.learner, seed=0))
+        # sinusoid K=10, 10 queries; MAML on the MLP, inner lr 0.01, 1 inner step; seed 0
+        spec = fitness_spec(validate_config({
+            "task": {"source": "sinusoid", "k_shot": 10, "n_query": 10},
+            "model": {"name": "mlp", "hidden": hidden},
+            "learner": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+            "meta_optimizer": {"name": "cmaes"}, "seed": 0}))
+        base = phi_vector(spec.make_learner(None))
         rng = np.random.default_rng(0)
         phis = [base + 0.01 * rng.standard_normal(base.shape) for _ in range(popsize)]
         seeds = fitness_task_seeds(0, 0, n_tasks)
@@ -63,7 +70,7 @@ def main() -> None:
                       "max rel. difference"],
           "rows": rows,
           "notes": f"Chunks hold at most {default} elements per (candidates, tasks, points, "
-                   "width) activation tensor (metaphi.meta.fitness._CHUNK_ELEMENTS). Both "
+                   "width) activation tensor (metaphi.meta.batched_fitness._CHUNK_ELEMENTS). Both "
                    "columns use the same fused kernel; only the chunking differs."}],
         time.perf_counter() - t0, topic="population-search")
 

@@ -33,35 +33,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from metaphi.loops.checkpoint import load_checkpoint  # noqa: E402
-from metaphi.loops.population import CHECKPOINT, population_train  # noqa: E402
-from metaphi.meta import CMAES, FitnessSpec, OpenAIES, TaskFitness, build_learner, load_phi_vector, phi_vector  # noqa: E402
-from metaphi.meta.fitness import build_family  # noqa: E402
+from metaphi.loops.population import CHECKPOINT, PopulationOptions, population_train  # noqa: E402
+from metaphi.meta import CMAES, OpenAIES, TaskFitness, load_phi_vector, phi_vector  # noqa: E402
+from metaphi.meta.fitness import FitnessSpec  # noqa: E402
+from metaphi.runs import validate_config  # noqa: E402
+from metaphi.runs.population import fitness_spec  # noqa: E402
 from metaphi.tasks import fixed_tasks, sample_tasks  # noqa: E402
+
+
+def make_spec(hidden: list[int], seed: int) -> FitnessSpec:
+    """The fitness spec of both methods: sinusoid K=10 with 10 queries, MAML on a
+    1-hidden-1 MLP, inner lr 0.01, 1 inner step; ``spec.make_learner(None)`` builds the learner
+    with its initial weights from ``seed`` (the run config's seed)."""
+    return fitness_spec(validate_config({
+        "task": {"source": "sinusoid", "k_shot": 10, "n_query": 10},
+        "model": {"name": "mlp", "hidden": list(hidden)},
+        "learner": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
+        "meta_optimizer": {"name": "cmaes"}, "seed": seed}))
 
 
 def meta_test(learner, family, seed: int, n: int) -> tuple[float, float]:
     """Mean query MSE after adaptation over ``n`` fixed meta-test tasks, and its 95% CI half-width."""
-    params = learner.meta_params()
-    losses = np.array([float(learner.episode(t, params)[0]) for t in fixed_tasks(family, seed, "test", n)])
+    losses, _ = learner.eval_episodes(list(fixed_tasks(family, seed, "test", n)))
+    losses = losses.double().numpy()
     return float(losses.mean()), float(1.96 * losses.std(ddof=1) / math.sqrt(n))
 
 
-def train_maml(spec: FitnessSpec, seed: int, budget: float, meta_batch: int, outer_lr: float,
+def train_maml(spec: FitnessSpec, budget: float, meta_batch: int, outer_lr: float,
                average_tail: float = 0.0):
-    """Second-order MAML with Adam for ``budget`` seconds. With ``average_tail`` > 0 also the
-    mean of φ over the steps in the last ``average_tail`` of the budget (None otherwise)."""
-    learner = build_learner(spec.learner, seed=seed)
-    family = build_family(spec.family)
+    """Second-order MAML with Adam for ``budget`` seconds, from the spec's initial weights, on
+    meta-train tasks drawn with the spec's seed. With ``average_tail`` > 0 also the mean of φ
+    over the steps in the last ``average_tail`` of the budget (None otherwise)."""
+    learner = spec.make_learner(None)
+    family, seed = spec.train_source or spec.source, spec.seed
     opt = torch.optim.Adam(learner.parameters(), lr=outer_lr)
-    params = learner.meta_params()
+    learner.train()
     t0, step, curve = time.perf_counter(), 0, []
     avg, n_avg = None, 0
     while time.perf_counter() - t0 < budget:
         tasks = sample_tasks(family, seed, "train", step, meta_batch)
-        grads, logs = learner.outer_grads(tasks, params)
-        opt.zero_grad(set_to_none=False)
-        for k, p in params.items():
-            p.grad = grads[k]
+        opt.zero_grad()
+        logs = learner.meta_backward(tasks)
         opt.step()
         if average_tail > 0 and time.perf_counter() - t0 >= (1 - average_tail) * budget:
             with torch.no_grad():
@@ -78,7 +90,7 @@ def parse_more_tasks(items: list[str]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(v) for v in item.split(":")) for item in items)
 
 
-def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
+def restart_point(work: Path, hidden: list[int]) -> dict:
     """The final center of the sep-CMA-ES search checkpointed in ``work`` and what it cost
     (generations, fitness evaluations, task episodes, seconds), with the cost of the searches
     it restarted in turn added in (``searches``: each of them, the first one first; a restart
@@ -90,9 +102,9 @@ def restart_point(work: Path, spec: FitnessSpec, hidden: list[int]) -> dict:
                          f"{cfg.get('hidden', [40, 40])}; --restart-from needs a sepcma search "
                          f"with --hidden {' '.join(map(str, hidden))}")
     # a search that restarted an earlier one started at that one's center
-    earlier = restart_point(Path(cfg["restart_from"]), spec, hidden) if cfg.get("restart_from") else None
-    x0 = (phi_vector(build_learner(spec.learner, seed=cfg["seed"])) if earlier is None
-          else earlier["center"])
+    earlier = restart_point(Path(cfg["restart_from"]), hidden) if cfg.get("restart_from") else None
+    spec = make_spec(hidden, cfg["seed"])
+    x0 = phi_vector(spec.make_learner(None)) if earlier is None else earlier["center"]
     es = CMAES(x0=x0, sigma=cfg["sigma"], popsize=cfg["popsize"], seed=cfg["seed"],
                diagonal=True, restarts=cfg.get("restarts", 0),
                stall_generations=cfg.get("stall_generations"))
@@ -183,14 +195,13 @@ def main() -> None:
 
     if min(args.hidden) < 1:
         ap.error(f"--hidden takes positive layer widths, got {args.hidden}")
-    spec = FitnessSpec()  # sinusoid K=10, MAML 1-40-40-1, inner lr 0.01, 1 step
-    spec.learner["hidden"] = list(args.hidden)
+    spec = make_spec(args.hidden, args.seed)  # sinusoid K=10, MAML 1-40-40-1, inner lr 0.01, 1 step
     prev = None
     if args.restart_from:
         if args.optimizer != "sepcma":
             ap.error("--restart-from restarts a sep-CMA-ES search: give --optimizer sepcma")
         try:
-            prev = restart_point(Path(args.restart_from), spec, args.hidden)
+            prev = restart_point(Path(args.restart_from), args.hidden)
         except (OSError, ValueError) as e:
             ap.error(str(e))
     try:
@@ -200,8 +211,8 @@ def main() -> None:
                               seed=args.seed + (0 if prev is None else len(prev["searches"])))
     except ValueError as e:
         ap.error(f"--more-tasks takes GEN:N pairs, e.g. 20000:100 ({e})")
-    family = build_family(spec.family)
-    base = build_learner(spec.learner, seed=args.seed)
+    family = spec.source
+    base = spec.make_learner(None)
     init_mse, init_ci = meta_test(base, family, args.seed, args.test_tasks)
 
     # ES ----------------------------------------------------------------------------------
@@ -231,14 +242,14 @@ def main() -> None:
     if args.hidden != [40, 40]:  # only when set, so that earlier --work checkpoints still resume
         search["hidden"] = args.hidden
     with tempfile.TemporaryDirectory() as d:
-        res = population_train(es, fitness, generations=args.generations or 10**7,
-                               out_dir=args.work or d, resume=args.work is not None,
-                               workers=args.workers, progress=args.generations is not None,
-                               max_seconds=None if args.generations else args.budget_seconds,
-                               config=search, average_from=args.average_from)
+        res = population_train(es, fitness, args.work or d, PopulationOptions(
+            args.generations or 10**7, resume=args.work is not None, workers=args.workers,
+            progress=args.generations is not None,
+            max_seconds=None if args.generations else args.budget_seconds,
+            config=search, average_from=args.average_from))
 
     def scored(phi: np.ndarray):
-        learner = build_learner(spec.learner, seed=args.seed)
+        learner = spec.make_learner(None)
         load_phi_vector(learner, phi)
         return (learner, *meta_test(learner, family, args.seed, args.test_tasks))
 
@@ -250,7 +261,7 @@ def main() -> None:
     # gradient MAML ------------------------------------------------------------------------
     maml_budget = args.maml_seconds or (res.seconds if args.generations else args.budget_seconds)
     tail = 0.0 if args.average_from is None else 1 - args.average_from / args.generations
-    maml, steps, maml_s, curve, maml_avg = train_maml(spec, args.seed, maml_budget, 25, 1e-3,
+    maml, steps, maml_s, curve, maml_avg = train_maml(spec, maml_budget, 25, 1e-3,
                                                       average_tail=tail)
     maml_mse, maml_ci = meta_test(maml, family, args.seed, args.test_tasks)
     if maml_avg is not None:

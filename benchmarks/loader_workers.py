@@ -23,21 +23,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from metaphi.loops.train import build_optimizer, build_schedule, meta_train  # noqa: E402
-from metaphi.runs.build import build_learner, build_sources, resolve_device  # noqa: E402
+from metaphi.loops.train import TrainOptions, meta_train  # noqa: E402
+from metaphi.runs.build import (build_learner, build_meta_optimizer, build_sources,  # noqa: E402
+                                resolve_device)
 from metaphi.runs.presets import preset_config  # noqa: E402
 
 
 def step_seconds(cfg, sources, workers: int, steps: int, warmup: int, device) -> dict:
     learner = build_learner(cfg).to(device)
-    oc = cfg.optim
-    opt = build_optimizer(learner.parameters(), oc.name, oc.lr)
-    sched = build_schedule(opt, oc.schedule, steps)
+    # the preset's meta-optimizer, its schedule over this run's steps
+    opt, sched = build_meta_optimizer(cfg.model_copy(update={"steps": steps}), learner)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        meta_train(learner, sources[0], None, steps=steps, meta_batch=cfg.meta_batch,
-                   seed=cfg.seed, out_dir=out, optimizer=opt, schedule=sched,
-                   checkpoint_every=10**9, device=device, progress=False, loader_workers=workers)
+        meta_train(learner, sources.train, None, opt, sched, out, TrainOptions(
+            steps=steps, meta_batch=cfg.meta_batch, seed=cfg.seed, checkpoint_every=10**9,
+            device=device, progress=False, loader_workers=workers))
         wall = time.perf_counter() - t0
         rows = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     t = [r["seconds"] for r in rows]

@@ -77,7 +77,8 @@ class PlainMAML:
         self.params = dict(self.net.named_parameters())
         return self
 
-    def outer_grads(self, tasks):
+    def meta_grads(self, tasks):
+        """The meta-gradient of the mean query loss (as a list, in parameter order)."""
         import torch.nn.functional as F
         from torch.func import functional_call
 
@@ -143,14 +144,14 @@ def one(learner: str, steps: int, path: str, reps: int, meta_batch: int,
     if channels_last:
         lrn = to_channels_last(lrn, tasks)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    lrn.outer_grads(tasks)  # warm-up
+    lrn.meta_grads(tasks)  # warm-up
     with FlopCounterMode(display=False) as fc:
-        lrn.outer_grads(tasks)
+        lrn.meta_grads(tasks)
     flops = fc.get_total_flops()
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
-        lrn.outer_grads(tasks)
+        lrn.meta_grads(tasks)
     _sync(device)
     dt = (time.perf_counter() - t0) / reps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -39,10 +39,10 @@ def main() -> None:
         for path in (False, True):
             torch.manual_seed(0)
             learner = cls(mlp(), loss="mse", inner_lr=0.01, batched=path, **kw)
-            learner.outer_grads(tasks)
+            learner.meta_grads(tasks)
             start = time.perf_counter()
             for _ in range(args.reps):
-                learner.outer_grads(tasks)
+                learner.meta_grads(tasks)
             ms[path] = (time.perf_counter() - start) / args.reps * 1e3
             start = time.perf_counter()
             res = evaluate(learner, test_tasks)

@@ -54,9 +54,9 @@ def main() -> None:
 
             def run(path: str):
                 if path == "plain":
-                    return plain.outer_grads
+                    return plain.meta_grads
                 lrn.task_threads = paths[path]
-                return lrn.outer_grads
+                return lrn.meta_grads
 
             order = ["loop", "threads"]
             if learner == "maml":

@@ -42,7 +42,7 @@ def timed(learner, tasks, reps, ctx=None):
     """The learner's meta-gradient and tasks/s (optionally inside the context ``ctx()``)."""
     def grads(ts):
         with ctx() if ctx is not None else contextlib.nullcontext():
-            return learner.outer_grads(ts)[0]
+            return learner.meta_grads(ts)[0]
 
     return timed_fn(grads, tasks, reps)
 
