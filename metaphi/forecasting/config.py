@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..runs.config import ConfigError
+from ..runs.config import ConfigError, error_lines
 
 META_CHOICES = ("fforma", "neural")
 FALLBACKS = ("error", "mean")
@@ -23,25 +23,16 @@ BACKENDS = ("local", "dask")
 
 def format_errors(err: ValidationError, title: str,
                   name: Callable[[str], str] = lambda field: field) -> str:
-    """``title`` and one line per problem: the field's dotted path (through ``name``, e.g. the
-    command-line option it comes from), the message and the value given."""
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; check the spelling"
-        lines.append(f"  {name(where)}: {msg}{got_s}" if where else f"  {msg}")
-    return f"invalid {title}:\n" + "\n".join(lines)
+    """``title`` and one line per problem, as run configs report them
+    (:func:`metaphi.runs.config.error_lines`), fields named through ``name``."""
+    return f"invalid {title}:\n" + "\n".join(error_lines(err, rename=name))
 
 
 class Settings(BaseModel):
     """A strict settings model: unknown fields are errors, assignments are validated, and a
     bad value raises :class:`ConfigError` naming the field."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     title: ClassVar[str] = "settings"
 
     @staticmethod

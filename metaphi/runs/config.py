@@ -14,7 +14,7 @@ one (``es``, ``cmaes``, ``reinforce``) runs ``steps`` generations whose candidat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import hashlib
 
@@ -164,7 +164,7 @@ def dispatch_sections(data: dict[str, Any]) -> dict[str, Any]:
         except KeyError as e:
             lines.append(f"  {section}.{registry.key}: {e.args[0]}")
         except ValidationError as e:
-            lines += _error_lines(e, section, registry, str(raw[registry.key]))
+            lines += error_lines(e, section, registry, str(raw[registry.key]))
     if lines:
         raise ConfigError("invalid run configuration:\n" + "\n".join(lines))
     return data
@@ -179,29 +179,33 @@ def _check_renamed(data: dict[str, Any]) -> None:
                               "it in your config")
 
 
-def _error_lines(err: ValidationError, prefix: str, registry: Registry | None = None,
-                 name: str = "") -> list[str]:
+def error_lines(err: ValidationError, prefix: str = "", registry: Registry | None = None,
+                name: str = "", rename: Callable[[str], str] = lambda field: field) -> list[str]:
+    """One line per problem of a pydantic error: the field's dotted path (under ``prefix``;
+    through ``rename``, e.g. to the command-line option it comes from), the message and the
+    value given. ``registry``/``name``: the section's extension, whose options an unknown field
+    is compared with."""
     lines = []
     for e in err.errors():
-        where = ".".join([prefix] + [str(p) for p in e["loc"]] if prefix else
-                         [str(p) for p in e["loc"]]) or "config"
+        where = ".".join(([prefix] if prefix else []) + [str(p) for p in e["loc"]])
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"]
-        if e["type"] == "value_error" and where == "config":
-            # a cross-section check: its message already starts with the field's path
-            lines.append(f"  {e['ctx']['error']}")
-            continue
+        if e["type"] == "value_error":
+            msg = str(e["ctx"]["error"])
+            if not where:  # a cross-field check: its message starts with the field's path
+                lines.append(f"  {msg}")
+                continue
         if e["type"] == "extra_forbidden":
+            got_s = ""
             if registry is not None:
                 allowed = [f for f in registry.get(name).options.model_fields if f != registry.key]
                 msg = (f"{name!r} has no option {e['loc'][-1]!r}; its options: "
                        f"{', '.join(allowed) or 'none'}")
-                got_s = ""
             else:
                 msg = ("unknown field; check the spelling (see `metaphi presets --show NAME` "
                        "for all fields)")
-        lines.append(f"  {where}: {msg}{got_s}")
+        lines.append(f"  {rename(where)}: {msg}{got_s}")
     return lines
 
 
@@ -274,7 +278,7 @@ def validate_config(data: dict[str, Any], base: Path | None = None) -> RunConfig
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("invalid run configuration:\n" + "\n".join(_error_lines(e, ""))) from None
+        raise ConfigError("invalid run configuration:\n" + "\n".join(error_lines(e))) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
