@@ -1,7 +1,21 @@
-"""Runs: configs, presets, and the run folder (train, test, reload)."""
-from .config import ConfigError, RunConfig, validate_config
-from .presets import PRESETS, get_preset, preset_config
-from .run import load_run, test_run, train_run
+"""Runs: configs, presets, and the run folder (train, test, reload).
 
-__all__ = ["ConfigError", "RunConfig", "validate_config", "PRESETS", "get_preset",
-           "preset_config", "load_run", "test_run", "train_run"]
+Imported on first use (like :mod:`metaphi`), so that reading a config needs no PyTorch."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "metaphi.runs.config": ("ConfigError", "RunConfig", "validate_config"),
+    "metaphi.runs.presets": ("PRESETS", "get_preset", "preset_config"),
+    "metaphi.runs.run": ("load_run", "test_run", "train_run"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'metaphi.runs' has no attribute {name!r}")
