@@ -9,6 +9,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from .data.download import DownloadError
+from .files import WriteError
+from .loops.checkpoint import strict_json
 from .runs.config import (ConfigError, apply_overrides, dump_config, load_config_file,
                           validate_config)
 
@@ -21,6 +24,8 @@ def _load(target: str) -> tuple[dict, Path | None]:
         return get_preset(target), None
     if Path(target).is_file():
         return load_config_file(target), Path(target).resolve().parent
+    if Path(target).is_dir():
+        raise ConfigError(f"config file {target} is a folder; give a YAML file or a preset name")
     if target.endswith((".yaml", ".yml")):
         raise ConfigError(f"config file {target} does not exist")
     return get_preset(target), None  # raises with the closest preset names
@@ -31,12 +36,13 @@ def resolve_config(target: str, overrides: list[str], seed: int | None = None,
     """A validated run config from a preset or file plus command-line overrides."""
     data, base = _load(target)
     extra = list(overrides)
+    # (option values are strings: quoted, so that a path like `a: b` or `yes` stays a string)
     if seed is not None:
         extra.append(f"seed={seed}")
     if device is not None:
-        extra.append(f"device={device}")
+        extra.append(f"device={json.dumps(device)}")
     if data_dir is not None:
-        extra.append(f"task.data_dir={data_dir}")
+        extra.append(f"task.data_dir={json.dumps(data_dir)}")
     return validate_config(apply_overrides(data, extra), base=base)
 
 
@@ -114,7 +120,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     mt = res["meta_test"]
     if "note" in res and not args.json:
         print(f"note: {res['note']}", file=sys.stderr)
-    print(json.dumps(res, indent=2) if args.json else
+    print(strict_json(res, indent=2) if args.json else
           f"{res['name']}: meta-test {res['metric']} {mt['mean']:.4f} ± {mt['ci95']:.4f} "
           f"(95% CI, {mt['tasks']} fresh tasks, seed {res['seed']})")
     return 0
@@ -178,10 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
 # what the CLI reports as a one-line error (anything else is a bug: a traceback)
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError,
                                                 FileExistsError, KeyError, PermissionError,
-                                                ModuleNotFoundError)
+                                                ModuleNotFoundError, WriteError, DownloadError,
+                                                OSError)
+OUT_OF_MEMORY = ("out of memory: the run asks for more memory than this machine has; lower "
+                 "meta_batch, the task's shots and queries (k_shot, n_query) or the model's size")
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     from .loops.train import NonFiniteError
 
     parser = build_parser()
@@ -195,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("METAPHI_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (*USER_ERRORS, NonFiniteError) as e:
+    except (*USER_ERRORS, NonFiniteError, MemoryError, torch.cuda.OutOfMemoryError) as e:
         if debug:
             traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if type(e) is not WriteError and isinstance(e, OSError) and e.filename and e.strerror:
+            msg = f"cannot use {e.filename}: {e.strerror}"
+        if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+            msg = f"{OUT_OF_MEMORY} ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
         print(f"metaphi: error: {msg}", file=sys.stderr)
         return 2
 

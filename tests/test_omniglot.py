@@ -370,6 +370,7 @@ def test_data_subcommand(zipped, tmp_path, capsys):
     assert "Vinyals split (rotated-character classes): train 4112, val 688, test 1692" in out
     assert args.func(args) == 0
     assert "(loaded from cache in" in capsys.readouterr().out
-    strict = parser.parse_args(argv)
-    assert strict.func(strict) == 1
-    assert "error: the Omniglot data in" in capsys.readouterr().out
+    from metaphi.cli import main
+
+    assert main(argv) == 2  # one error path: stderr, exit code 2
+    assert "metaphi: error: the Omniglot data in" in capsys.readouterr().err

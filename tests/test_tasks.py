@@ -136,11 +136,16 @@ def test_image_folder_source(tmp_path):
     src = FewShotSource(data, range(4), n_way=3, k_shot=2, n_query=2)
     t = src.sample(np.random.default_rng(1))
     assert t.support_x.shape == (6, 1, 10, 10) and 0 <= float(t.support_x.min()) <= 1
+    # every file is checked when the folder is read, before any task is drawn
     (tmp_path / "class0" / "broken.png").write_bytes(b"not a png")
-    data = ImageFolderData(tmp_path)
-    bad = data.paths.index(tmp_path / "class0" / "broken.png")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
-        data.get(np.array([bad]))
+        ImageFolderData(tmp_path)
+    # a file broken after that is named when it is read
+    (tmp_path / "class0" / "broken.png").unlink()
+    data = ImageFolderData(tmp_path)
+    (tmp_path / "class0" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*0.png"):
+        data.get(np.array([data.paths.index(tmp_path / "class0" / "0.png")]))
 
 
 class _RaggedSource:

@@ -14,6 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ..files import atomic_writer
+
 KEY_FIELD = "__cache_key__"
 
 
@@ -42,20 +44,8 @@ def save_arrays(path: str | Path, key: str, arrays: Mapping[str, np.ndarray]) ->
     path = Path(path)
     if KEY_FIELD in arrays:
         raise ValueError(f"{KEY_FIELD!r} is reserved for the cache key")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{KEY_FIELD: np.asarray(key)}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file private (0600); give the cache the usual umask permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_writer(path) as f:
+        np.savez(f, **{KEY_FIELD: np.asarray(key)}, **arrays)
     return path
 
 

@@ -33,20 +33,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prepare Omniglot and print what was found; 0 on success, 1 on a data problem."""
+    """Prepare Omniglot and print what was found. A data problem raises an error naming what
+    is wrong (``metaphi`` prints it as one line, exit code 2)."""
     from .omniglot import download_omniglot
 
-    try:
-        folder = omniglot_dir(args.root)
-        if args.download:
-            download_omniglot(folder, extract=args.extract)
-        t0 = time.perf_counter()
-        im = load_omniglot(folder, cache_dir=args.cache_dir, strict=not args.partial,
-                           image_size=args.image_size)
-        seconds = time.perf_counter() - t0
-    except (OmniglotError, OSError) as e:
-        print(f"error: {e}")
-        return 1
+    if args.image_size < 1:
+        raise OmniglotError(f"--image-size must be >= 1, got {args.image_size}")
+    folder = omniglot_dir(args.root)
+    if args.download:
+        download_omniglot(folder, extract=args.extract)
+    t0 = time.perf_counter()
+    im = load_omniglot(folder, cache_dir=args.cache_dir, strict=not args.partial,
+                       image_size=args.image_size)
+    seconds = time.perf_counter() - t0
     alphabets = len({c.split("/")[0] for c in im.characters})
     how = "loaded from cache" if im.from_cache else "decoded"
     print(f"Omniglot in {im.folder}: {alphabets} alphabets, {im.n_characters} characters, "

@@ -11,13 +11,15 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
+
+from ..files import atomic_writer
 
 CHUNK = 1 << 16
 
@@ -81,11 +83,15 @@ def _mismatch_message(path: Path, digests: dict[str, str],
 
 
 def download(file: RemoteFile, dest_dir: str | Path, *, timeout: float = 60.0,
-             progress: bool | None = None, overwrite: bool = False) -> Path:
+             max_seconds: float | None = 1800.0, progress: bool | None = None,
+             overwrite: bool = False) -> Path:
     """Fetch ``file`` into ``dest_dir/file.name`` and verify it; return the path.
 
-    An existing file that verifies is kept (no network access). ``progress`` shows a tqdm bar
-    (default: only when stderr is a terminal).
+    An existing file that verifies is kept (no network access). ``timeout``: the longest wait
+    for any data; ``max_seconds``: the whole download's deadline (a connection that trickles
+    forever fails after it, within one more ``timeout``). ``progress`` shows a bar of bytes
+    received (default: only when stderr is a terminal). The file is created with the user's
+    umask; a failed or refused download leaves nothing behind.
     """
     dest_dir = Path(dest_dir)
     dest = dest_dir / file.name
@@ -95,41 +101,51 @@ def download(file: RemoteFile, dest_dir: str | Path, *, timeout: float = 60.0,
             return dest
         except ChecksumError:
             pass  # a stale or partial copy: fetch it again
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    algorithms = sorted({a for a, _ in file.checksums})
-    hashers = {a: hashlib.new(a) for a in algorithms}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=dest_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(file.url, timeout=timeout)
-                with response:
-                    total = response.headers.get("Content-Length")
-                    total_n = int(total) if total and total.isdigit() else file.size
-                    if progress is None:
-                        progress = os.isatty(2)
-                    from tqdm.auto import tqdm
+    if progress is None:
+        progress = os.isatty(2)
+    hashers = {a: hashlib.new(a) for a in sorted({a for a, _ in file.checksums})}
+    by_hand = f"fetch the file by hand and put it at {dest}"
+    # unbuffered: the temporary file changes with every chunk, so no cleaner takes it for stale
+    with atomic_writer(dest, suffix=".part", buffering=0) as out:
+        start, received = time.monotonic(), 0
+        try:
+            response = urllib.request.urlopen(file.url, timeout=timeout)
+        except (urllib.error.URLError, OSError) as e:
+            raise DownloadError(f"cannot download {file.url}: {e}. Check the network "
+                                f"connection, or {by_hand}") from e
+        from tqdm.auto import tqdm
 
-                    with tqdm(total=total_n, unit="B", unit_scale=True, desc=file.name,
-                              disable=not progress) as bar:
-                        while chunk := response.read(CHUNK):
-                            out.write(chunk)
-                            for h in hashers.values():
-                                h.update(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, OSError) as e:
-                raise DownloadError(
-                    f"cannot download {file.url}: {e}. Check the network connection, or fetch "
-                    f"the file by hand and put it at {dest}") from e
+        with response, tqdm(total=_length(response, file), unit="B", unit_scale=True,
+                            desc=file.name, disable=not progress) as bar:
+            while True:
+                try:  # read1: whatever has arrived, so the deadline is checked while it trickles
+                    chunk = response.read1(CHUNK)
+                except (urllib.error.URLError, OSError) as e:
+                    raise DownloadError(f"cannot download {file.url}: {e} after {received} "
+                                        f"bytes. Check the network connection, or {by_hand}"
+                                        ) from e
+                if not chunk:
+                    break
+                out.write(chunk)
+                for h in hashers.values():
+                    h.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+                if max_seconds is not None and time.monotonic() - start > max_seconds:
+                    raise DownloadError(
+                        f"cannot download {file.url}: not finished after {max_seconds:g} s "
+                        f"({received} bytes received), the connection is too slow or stalled. "
+                        f"Try again later, or {by_hand}")
         digests = {a: h.hexdigest() for a, h in hashers.items()}
         if file.checksums and not _matches(digests, file.checksums):
             raise ChecksumError(_mismatch_message(dest, digests, file.checksums) +
                                 f" (downloaded from {file.url})")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
+
+
+def _length(response, file: RemoteFile) -> int | None:
+    total = response.headers.get("Content-Length")
+    return int(total) if total and total.isdigit() else file.size
 
 
 def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
@@ -172,7 +188,8 @@ def check_archive(zip_path: str | Path, max_bytes: int | None = 2 << 30) -> list
     total = sum(i.file_size for i in infos)
     if max_bytes is not None and total > max_bytes:
         raise UnsafeArchiveError(f"refusing to extract {zip_path}: it unpacks to {total} bytes, "
-                                 f"more than the limit of {max_bytes}")
+                                 f"more than the limit of {max_bytes} (a zip bomb?). The archive "
+                                 "is not the expected one; delete it")
     return infos
 
 

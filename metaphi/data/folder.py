@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..registry import register_source
 from ..tasks.fewshot import FewShotOptions, ImageFolderData, fewshot_splits
@@ -28,7 +28,15 @@ class FolderOptions(FewShotOptions):
     channels: Literal[1, 3] = Field(1, description="1: grayscale, 3: RGB")
     split_fractions: tuple[float, float, float] = Field(
         (0.6, 0.2, 0.2), description="fractions of the classes for meta-train, meta-val, meta-test")
-    split_seed: int = Field(0, description="seed of the random class split")
+    split_seed: int = Field(0, ge=0, description="seed of the random class split")
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in v) or sum(v) > 1 + 1e-9:
+            raise ValueError(f"must be three positive fractions of the classes (meta-train, "
+                             f"meta-val, meta-test) summing to at most 1, got {list(v)}")
+        return v
 
     def info(self) -> TaskInfo:
         return TaskInfo("classification", "image", (self.channels, self.image_size,

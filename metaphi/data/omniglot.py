@@ -37,11 +37,13 @@ if TYPE_CHECKING:
 
 from pydantic import Field
 
+from ..files import clean_stale_temporaries
 from ..registry import register_source
 from ..tasks.fewshot import FewShotOptions, FewShotSource, fewshot_splits
 from ..tasks.sources import Splits, TaskInfo
 from .cache import default_cache_dir, is_writable_dir, load_arrays, save_arrays
 from .download import RemoteFile, check_archive, download, safe_extract
+from .images import on_white, open_image
 
 PARTS = ("images_background", "images_evaluation")
 N_DRAWERS = 20
@@ -51,6 +53,10 @@ CACHE_VERSION = 1
 OFFICIAL_BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 PACKAGE_SPLITS = Path(__file__).parent / "splits"
 SPLIT_FILES = ("train", "val", "test", "trainval")
+# Guards for archives and files placed by hand: an Omniglot drawing is a few kB, the two
+# archives unpack to under 100 MB.
+MAX_DRAWING_BYTES = 1 << 20
+MAX_ARCHIVE_BYTES = 1 << 30
 
 # Accepted checksums per archive; a file is good when any one matches. Upstream publishes no
 # checksums: the md5s are those of the official archives as documented by torchvision's Omniglot
@@ -152,12 +158,17 @@ def _scan_part(folder: Path, part: str) -> _Part | None:
     """Index one part; the zip is preferred when both the zip and the folder exist."""
     zpath, dpath = folder / f"{part}.zip", folder / part
     if zpath.is_file():
-        try:
-            with zipfile.ZipFile(zpath) as zf:
-                names = [n for n in zf.namelist() if not n.endswith("/")]
-        except zipfile.BadZipFile as e:
-            raise OmniglotError(f"{zpath} is not a valid zip file ({e}); delete it and download "
-                                "it again (metaphi.data.download_omniglot)") from e
+        try:  # the checks a download gets, also for an archive placed by hand (a zip bomb...)
+            infos = check_archive(zpath, MAX_ARCHIVE_BYTES)
+        except ValueError as e:  # (UnsafeArchiveError too)
+            raise OmniglotError(str(e)) from e
+        names = [i.filename for i in infos if not i.is_dir()]
+        too_big = [i.filename for i in infos if i.file_size > MAX_DRAWING_BYTES]
+        if too_big:
+            raise OmniglotError(f"{zpath} holds entries too large for an Omniglot drawing (e.g. "
+                                f"{too_big[0]!r} unpacks to more than {MAX_DRAWING_BYTES} bytes); "
+                                "it is not the Omniglot archive: delete it and download it "
+                                "again (metaphi.data.download_omniglot)")
         prefix = part + "/"
         rel = [(n[len(prefix):], n) for n in names if n.startswith(prefix)]
         if not rel and names:
@@ -291,7 +302,7 @@ def preprocess_drawing(image: "np.ndarray | Image.Image", size: int = 28,
     if resample not in RESAMPLING:
         raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
     im = image if isinstance(image, Image.Image) else Image.fromarray(_as_uint8(image))
-    im = _on_white(im).convert("L")
+    im = on_white(im).convert("L")
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.LANCZOS if resample == "lanczos"
                        else Image.Resampling.NEAREST)
@@ -308,19 +319,6 @@ def _as_uint8(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _on_white(im: "Image.Image") -> "Image.Image":
-    """The image with any transparency composited onto a white background."""
-    from PIL import Image
-
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im
-
-
 def _iter_members(part: _Part) -> Iterator[tuple[str, bytes | Exception]]:
     """(display name, bytes or the read error) for every drawing, in character/drawer order."""
     zf = zipfile.ZipFile(part.path) if part.is_zip else None
@@ -332,6 +330,9 @@ def _iter_members(part: _Part) -> Iterator[tuple[str, bytes | Exception]]:
                 try:
                     if zf is not None:
                         data = zf.read(member)
+                    elif os.path.getsize(member) > MAX_DRAWING_BYTES:
+                        raise OSError(f"it has more than {MAX_DRAWING_BYTES} bytes, too large "
+                                      "for an Omniglot drawing")
                     else:
                         data = Path(member).read_bytes()
                 except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
@@ -508,7 +509,8 @@ def download_omniglot(root: str | Path | None = None, *, base_url: str | None = 
         part = f.name[:-len(".zip")]
         if extract and not (folder / part).exists():
             # Unpack beside the target and rename at the end, so an interrupted extraction never
-            # leaves a half-filled folder that looks like data.
+            # leaves a half-filled folder that looks like data (a killed one's is removed here).
+            clean_stale_temporaries(folder, re.compile(rf"^\.{part}\.[a-z0-9_]{{8}}$"))
             tmp = Path(tempfile.mkdtemp(prefix=f".{part}.", dir=folder))
             try:
                 safe_extract(path, tmp)
@@ -621,8 +623,13 @@ def read_split(split: str | Path, which: str, folder: Path | None = None) -> lis
     path = split_folder(split, folder) / f"{which}.txt"
     if not path.is_file():
         raise OmniglotError(f"split file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OmniglotError(f"split file {path} is not UTF-8 text ({e.reason} at byte {e.start});"
+                            " save it as UTF-8, one class name a line") from None
     names = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -695,13 +702,8 @@ class OmniglotOptions(FewShotOptions):
 
     def load_file(self, path: Path) -> Tensor:
         """A user's drawing as this source's models expect it (:func:`preprocess_drawing`)."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                arr = preprocess_drawing(im, self.image_size, self.resample)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from e
+        with open_image(path) as im:
+            arr = preprocess_drawing(im, self.image_size, self.resample)
         return torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
 
 

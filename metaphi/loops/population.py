@@ -14,7 +14,6 @@ the candidates are spread over the ranks, the fitnesses gathered, and rank 0 alo
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ..meta.evolution import to_plain
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..files import as_write_error
+from .checkpoint import (atomic_write_text, load_checkpoint, read_log, save_checkpoint,
+                         strict_json)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -146,8 +147,7 @@ def population_train(optimizer: AskTell, fitness_fn: Callable[[Any, int], float]
             # fsync) is written every checkpoint_seconds and at the end
             seconds = seconds0 + time.perf_counter() - t_start
             if ctx.is_main:
-                with (out / METRICS).open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                _append_row(out / METRICS, row)
                 due = time.perf_counter() - last_save >= o.checkpoint_seconds
                 if stop or gen + 1 == o.generations or due:
                     _checkpoint(out, optimizer, gen + 1, config, seconds, o, avg)
@@ -186,23 +186,24 @@ def _read_state(out: Path, config: dict[str, Any], o: PopulationOptions
     path = out / CHECKPOINT
     state = None
     if o.resume and path.is_file():
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, expect=("optimizer", "generation", "config"))
         if state.get("config") != config:
             raise ValueError(f"{path} was written with config {state.get('config')}, this run "
                              f"has {config}; resume with the same settings or use a new out_dir")
     elif path.is_file() and not o.resume:
         raise FileExistsError(f"{path} exists; pass resume=True to continue that run, or "
                               "choose a new out_dir")
-    rows = _read_metrics(out / METRICS, int(state["generation"]) if state else 0)
-    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = read_log(out / METRICS, "generation", int(state["generation"]) if state else 0)
+    atomic_write_text(out / METRICS, "".join(strict_json(r) + "\n" for r in rows))
     return state, rows
 
 
-def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if int(r["generation"]) < upto]
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    try:
+        with path.open("a") as f:
+            f.write(strict_json(row) + "\n")
+    except OSError as e:
+        raise as_write_error(path, e) from e
 
 
 def _restore(optimizer: AskTell, state: dict[str, Any] | None,

@@ -10,7 +10,6 @@ their meta-gradients are all-reduced (:mod:`metaphi.loops.distributed`).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from ..learners.base import Learner
 from ..tasks.prefetch import meta_batches
 from ..tasks.sources import TaskSource, task_rng
 from ..tasks.task import Task
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..files import as_write_error
+from .checkpoint import (atomic_write_text, load_checkpoint, read_log, save_checkpoint,
+                         strict_json)
 from .distributed import (DistContext, all_reduce_grads_, broadcast_object, check_in_sync,
                           evaluate_gathered, fixed_task_block, load_on_main)
 
@@ -134,7 +135,8 @@ def _restore(learner: Learner, optimizer: torch.optim.Optimizer, schedule: Any, 
         if not (o.resume and path.exists()):
             return None
         # distributed: CPU tensors travel to the other ranks, which move them to their devices
-        return load_checkpoint(path, map_location="cpu" if ctx.enabled else o.device)
+        return load_checkpoint(path, map_location="cpu" if ctx.enabled else o.device,
+                               expect=("learner", "optimizer", "schedule", "step"))
 
     ck = load_on_main(ctx, read, o.device)
     if ck is None:
@@ -249,16 +251,16 @@ class MetricsLog:
     def __init__(self, path: Path, keep_before_step: int | None = None,
                  key: str = "step") -> None:
         self.path = path
-        kept: list[str] = []
-        if keep_before_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)[key] < keep_before_step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        kept = [] if keep_before_step is None else read_log(path, key, keep_before_step)
+        atomic_write_text(path, "".join(strict_json(r) + "\n" for r in kept))
         self._f = open(path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(strict_json(record) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise as_write_error(self.path, e) from e
 
     def close(self) -> None:
         self._f.close()

@@ -6,7 +6,7 @@ ANIL and the metric-based learners can tell them apart.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -72,8 +72,8 @@ class MLPOptions(Options):
     """``model:`` options of the MLP (vector inputs)."""
 
     name: str = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1,
-                              description="hidden layer widths")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [40, 40], min_length=1, description="hidden layer widths")
 
 
 @register_backbone("mlp", options=MLPOptions, inputs=("vector",))

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..files import save_figure as write_png  # noqa: E402
+
 
 def moving_average(y: np.ndarray, n: int) -> np.ndarray:
     """Mean of each ``n`` consecutive values (``y`` itself when it is shorter than ``n``)."""
@@ -56,7 +58,7 @@ def save_figure(fig, out_path: str | Path) -> Path:
     """Lay out ``fig``, write it as a PNG and close it."""
     fig.tight_layout()
     out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
+    write_png(fig, out_path, dpi=110)
     plt.close(fig)
     return out_path
 

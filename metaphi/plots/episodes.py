@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..files import save_figure
 from ..tasks.task import Task
 
 WRONG = "#d62728"
@@ -125,6 +126,5 @@ def plot_episode(task: Task, path: str | Path,
     if head:
         fig.suptitle(head, fontsize=9, y=1 - 0.08 / fig_h, va="top")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    save_figure(fig, path)
     return path

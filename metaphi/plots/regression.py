@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..files import save_figure  # noqa: E402
 from ..learners.base import eval_mode  # noqa: E402
 from ..tasks.sinusoid import SinusoidSource  # noqa: E402
 from ..tasks.sources import task_rng  # noqa: E402
@@ -44,6 +45,6 @@ def sinusoid_fits(learner, source: SinusoidSource, seed: int, out_path: str | Pa
             ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     out_path = Path(out_path)
-    fig.savefig(out_path, dpi=100)
+    save_figure(fig, out_path, dpi=100)
     plt.close(fig)
     return out_path

@@ -22,6 +22,12 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} GPU(s), "
+                         f"numbered from 0; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: this PyTorch has no Apple GPU (MPS) support; use "
+                         "--device cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device {name}: metaphi runs on cpu or cuda; use one of those")
     return dev

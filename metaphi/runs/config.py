@@ -138,13 +138,22 @@ def dispatch_sections(data: dict[str, Any]) -> dict[str, Any]:
     _check_renamed(data)
     base = data.pop("_base", None)
     # .py paths become absolute, so the config still finds them when saved in a run folder
+    imports = data.get("imports") or []
+    if not isinstance(imports, (list, tuple)) or not all(isinstance(m, str) for m in imports):
+        raise ConfigError(f"invalid run configuration:\n  imports: must be a list of module "
+                          f"names or .py files (e.g. [my_extension.py]), got {imports!r}")
     data["imports"] = [str((Path(base or ".") / m).resolve()) if str(m).endswith(".py")
                        and not Path(m).is_absolute() else str(m)
-                       for m in data.get("imports") or []]
-    try:
-        import_extensions(data["imports"])
-    except (ImportError, FileNotFoundError) as e:
-        raise ConfigError(f"invalid run configuration:\n  imports: {e}") from None
+                       for m in imports]
+    for spec in data["imports"]:
+        try:
+            import_extensions([spec])
+        except (ImportError, FileNotFoundError) as e:
+            raise ConfigError(f"invalid run configuration:\n  imports: {e}") from None
+        except Exception as e:  # the user's module itself fails: name it (--debug: traceback)
+            raise ConfigError(f"invalid run configuration:\n  imports: {spec} failed while "
+                              f"importing ({type(e).__name__}: {e}); fix the module (metaphi "
+                              "--debug shows the traceback)") from e
     lines = []
     for section, registry in SECTIONS.items():
         raw = data.get(section)
@@ -192,7 +201,7 @@ def error_lines(err: ValidationError, prefix: str = "", registry: Registry | Non
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"]
         if e["type"] == "value_error":
-            msg = str(e["ctx"]["error"])
+            msg, got_s = str(e["ctx"]["error"]), ""  # a validator's own message shows the value
             if not where:  # a cross-field check: its message starts with the field's path
                 lines.append(f"  {msg}")
                 continue
@@ -289,7 +298,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return key.strip().split("."), yaml.safe_load(value)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); quote "
+                          "it to give a string (key='value')") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
@@ -321,17 +332,60 @@ def plain(data: dict[str, Any] | RunConfig) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The config data of a YAML file, or a :class:`ConfigError` naming the file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
-                          "as UTF-8") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config fields")
+        raise ConfigError(f"{path} must hold a mapping of config fields (field: value lines), "
+                          f"got {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML would keep the last value
+    without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice (only one value can count)",
+                        key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, damaged: str | None = None) -> Any:
+    """The YAML data of a config file; a damaged, undecodable or unreadable file is a
+    :class:`ConfigError` naming it. ``damaged``: how to repair the file (default: fix the line,
+    or save as UTF-8)."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a YAML config file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # (a byte-order mark from a Windows editor is fine)
+    except UnicodeDecodeError as e:
+        utf16 = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{path} is not UTF-8 text{utf16}: {e.reason} at byte {e.start}; "
+                          f"{damaged or 'save it as UTF-8'}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{line}: {problem}; "
+                          f"{damaged or 'fix that line'}") from None
 
 
 def fingerprint(cfg: RunConfig) -> str:

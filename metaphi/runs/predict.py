@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
 
 import torch
 
+from ..loops.checkpoint import atomic_write_text
 from ..registry import LEARNERS
 from ..tasks.fewshot import IMAGE_SUFFIXES, ImageFolderData, load_image
 from ..tasks.task import Task
@@ -30,39 +32,47 @@ def _image_loader(cfg: RunConfig):
 
 
 def _query_files(root: Path) -> tuple[list[Path], list[str | None]]:
+    from ..data.images import check_images
+
     if not root.is_dir():
-        raise FileNotFoundError(f"query folder {root} does not exist")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"--query {root} {what}; give a folder of images")
     files, truth = [], []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
             files.append(p)
             truth.append(p.parent.name if p.parent != root else None)
     if not files:
         raise ValueError(f"query folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    check_images(files)
     return files, truth
 
 
 def predict_folder(run_dir: str | Path, support_dir: str | Path, query_dir: str | Path,
                    device: str = "cpu") -> dict:
     """Labels for every query image: ``{"files", "labels", "classes", "accuracy"?, "task"}``."""
-    from .run import load_run
+    from .build import resolve_device
+    from .run import load_run, read_run_config
 
-    cfg, learner = load_run(run_dir, device)
+    # the cheap checks first: the run's kind, the device, every image file
+    cfg = read_run_config(Path(run_dir))
     if cfg.info.kind != "classification" or cfg.info.input != "image":
         raise ConfigError(f"{run_dir} is a {cfg.info.kind} run on {cfg.info.input} inputs; "
                           "`metaphi predict` labels images with a classification run")
-    dev = next(learner.parameters()).device
-    load = _image_loader(cfg)
+    resolve_device(device)
     support = ImageFolderData(support_dir, size=None)
+    files, truth = _query_files(Path(query_dir))
     n_way = len(support.class_names)
     if LEARNERS.get(cfg.learner.name).info["model"] == "head" and n_way != cfg.info.n_way:
         raise ValueError(f"this run was meta-trained for {cfg.info.n_way}-way tasks (its output "
                          f"layer has {cfg.info.n_way} units), but {support_dir} has {n_way} "
                          "classes; give it that many class folders, or use a ProtoNet run, "
                          "which takes any number of classes")
+    cfg, learner = load_run(run_dir, device)
+    dev = next(learner.parameters()).device
+    load = _image_loader(cfg)
     sx = torch.stack([load(p) for p in support.paths]).to(dev)
     sy = torch.as_tensor(support.labels).to(dev)
-    files, truth = _query_files(Path(query_dir))
     qx = torch.stack([load(p) for p in files]).to(dev)
     with torch.no_grad():
         pred = learner.adapt(sx, sy)(qx).argmax(-1).cpu()
@@ -81,15 +91,17 @@ def predict_folder(run_dir: str | Path, support_dir: str | Path, query_dir: str 
 
 
 def run(args: argparse.Namespace) -> int:
-    res = predict_folder(args.run_dir, args.support, args.query, args.device or "cpu")
     out = Path(args.out) if args.out else Path(args.run_dir) / "predictions"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label"])
-        for file, label in zip(res["files"], res["labels"]):
-            w.writerow([file, label])
-            print(f"{file}\t{label}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the predictions")
+    res = predict_folder(args.run_dir, args.support, args.query, args.device or "cpu")
+    rows = io.StringIO(newline="")
+    w = csv.writer(rows)
+    w.writerow(["file", "label"])
+    for file, label in zip(res["files"], res["labels"]):
+        w.writerow([file, label])
+        print(f"{file}\t{label}")
+    atomic_write_text(out / "predictions.csv", rows.getvalue())
     from ..plots.episodes import plot_episode
 
     plot_episode(res["task"], out / "episode.png", predictions=res["predictions"],

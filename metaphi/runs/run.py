@@ -8,7 +8,9 @@ Every run, gradient or population, ends with cross-task testing and writes the s
 """
 from __future__ import annotations
 
+import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from ..files import clean_stale_temporaries
 from ..learners.base import Learner, eval_mode
 from ..loops import distributed
-from ..loops.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from ..loops.checkpoint import (atomic_write_json, atomic_write_text, load_checkpoint, read_log,
+                                save_checkpoint)
 from ..loops.evaluate import evaluate
 from ..loops.train import CHECKPOINT, METRICS, TrainOptions, meta_train
 from ..tasks.sources import Splits, fixed_tasks
 from .build import build_learner, build_meta_optimizer, build_sources, resolve_device
 from .config import (HOW, ConfigError, RunConfig, apply_overrides, dump_config, fingerprint,
-                     validate_config)
+                     read_yaml, validate_config)
 
 BEST = "best.pt"
 
@@ -42,31 +45,45 @@ def library_versions() -> dict[str, str]:
 
 
 # -- the run folder --------------------------------------------------------------------------------
-def prepare_run_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
-    """Check that ``out`` can take this run (a new folder, or the same run to resume), then
-    write its config. Nothing in ``out`` changes before the checks pass."""
-    cfg_path = out / "config.yaml"
+def check_run_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
+    """Check, without writing anything, that ``out`` can take this run: a new (or empty) folder
+    that can be created and written, or the same run to resume. Cheap: done before any data is
+    loaded."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the run")
     if resume:
-        if not cfg_path.exists():
+        if not (out / "config.yaml").exists():
             raise ConfigError(f"--resume: {out} holds no run (no config.yaml); start it without "
                               "--resume")
         saved = read_run_config(out)
         a, b = saved.model_dump(exclude=set(HOW)), cfg.model_dump(exclude=set(HOW))
         if a != b:
             _check_budget_change(saved, cfg, out, a, b)
-        atomic_write_text(cfg_path, dump_config(cfg))
-        return
-    if (out / CHECKPOINT).exists() or cfg_path.exists():
+        # a damaged checkpoint or log is named now, before the folder's config is rewritten
+        read_log(out / METRICS, "generation" if cfg.population else "step", checkpoint_step(out))
+    elif (out / CHECKPOINT).exists() or (out / "config.yaml").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose "
                           "another --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so the run folder cannot be "
+                          "created there; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not writable; choose a writable folder")
+
+
+def prepare_run_dir(cfg: RunConfig, out: Path, resume: bool) -> None:
+    """Check that ``out`` can take this run (:func:`check_run_dir`), then write its config.
+    Nothing in ``out`` changes before the checks pass; temporary files left by killed writes
+    (older than :data:`metaphi.files.STALE_SECONDS`) are removed."""
+    check_run_dir(cfg, out, resume)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, dump_config(cfg))
+        clean_stale_temporaries(out)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
     except OSError as e:
-        raise ConfigError(f"--out {out}: cannot write the run folder ({e.strerror}); choose a "
-                          "writable folder") from None
+        raise ConfigError(f"--out {out}: cannot write the run folder ({e}); choose a writable "
+                          "folder") from None
 
 
 def _check_budget_change(saved: RunConfig, cfg: RunConfig, out: Path, a: dict, b: dict) -> None:
@@ -100,6 +117,10 @@ def checkpoint_step(out: Path) -> int:
     if not ck.exists():
         return 0
     state = load_checkpoint(ck, map_location="cpu")
+    if not isinstance(state, dict) or not {"step", "generation"} & state.keys():
+        raise ValueError(f"{ck} is not a metaphi checkpoint (it has no step or generation "
+                         "count); restore the file written by `metaphi train`, or train the run "
+                         "again")
     return int(state.get("step", state.get("generation", 0)))
 
 
@@ -107,13 +128,10 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunCon
     """The config saved in a run folder (with ``overrides``), or a clear error."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml); pass the --out "
-                                "folder of `metaphi train`")
-    try:
-        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{cfg_path} is damaged ({type(e).__name__}: {e}); restore it from the "
-                          "run's original config") from None
+        what = "does not exist" if not run_dir.exists() else "is not a run folder (no config.yaml)"
+        raise FileNotFoundError(f"{run_dir} {what}; pass the --out folder of `metaphi train`")
+    data = read_yaml(cfg_path, "the run folder's config is damaged: restore it from the config "
+                     "the run was started with (the preset or file and overrides)")
     if not isinstance(data, dict):
         raise ConfigError(f"{cfg_path} is damaged (not a mapping of config fields)")
     return validate_config(apply_overrides(data, overrides or []), base=run_dir)
@@ -139,9 +157,10 @@ def train_run(cfg: RunConfig, out_dir: str | Path, resume: bool = False,
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; they join one process
     group, split each meta-batch (or generation) and the evaluations, and only rank 0 writes."""
+    out = Path(out_dir)
     ctx, device = distributed.init_from_env(resolve_device(cfg.device))
     try:
-        out = Path(out_dir)
+        distributed.on_main(ctx, lambda: check_run_dir(cfg, out, resume))  # before any data
         splits = build_sources(cfg)  # fails fast on missing data or impossible task shapes
         if not cfg.population:
             ctx.shard(cfg.meta_batch)  # a meta-batch that does not split over the ranks fails here
@@ -273,7 +292,7 @@ def run_status(run_dir: str | Path) -> RunStatus:
     best, ck = run_dir / BEST, run_dir / CHECKPOINT
     done = checkpoint_step(run_dir)
     if best.exists():
-        best_steps = int(load_checkpoint(best, map_location="cpu").get("steps", -1))
+        best_steps = int(load_checkpoint(best, expect=("learner",)).get("steps", -1))
         if not ck.exists() or best_steps >= done:
             return RunStatus(True, BEST, best_steps, "")
     if not ck.exists():
@@ -297,7 +316,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
     extra = [] if batchnorm is None else [f"learner.batchnorm={batchnorm}"]
     saved = read_run_config(run_dir)
     status = run_status(run_dir)
-    ck = load_checkpoint(run_dir / status.weights)
+    ck = load_checkpoint(run_dir / status.weights, expect=("learner",))
     stored = ck.get("fingerprint")
     if stored is not None and stored != fingerprint(saved):
         raise ConfigError(f"{run_dir / status.weights} was written by another run (its config "
@@ -305,7 +324,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
                           "use the weights of this run, or the run folder they came from")
     cfg = read_run_config(run_dir, [*(overrides or []), *extra,
                                     *(f"{k}={v}" for k, v in ck.get("overrides", {}).items())])
-    state = ck["learner"] if status.weights == BEST else (ck["best_params"] or ck["learner"])
+    state = ck["learner"] if status.weights == BEST else (ck.get("best_params") or ck["learner"])
     learner = build_learner(cfg)
     _load_weights(learner, state, run_dir / status.weights)
     learner = learner.to(resolve_device(device)).eval()
@@ -318,7 +337,12 @@ def _load_weights(learner: Learner, state: dict[str, torch.Tensor], path: Path) 
     """Load φ; running BatchNorm statistics may be missing (estimated later) or unwanted."""
     if getattr(learner, "batchnorm", "episode") != "running":
         state = {k: v for k, v in state.items() if not k.startswith("bn_stats.")}
-    missing, unexpected = learner.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = learner.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same names, other shapes
+        first = str(e).splitlines()[-1].strip()
+        raise ConfigError(f"{path} does not fit this run's learner ({first}); it belongs to "
+                          "another run") from None
     if unexpected or any(not k.startswith("bn_stats.") for k in missing):
         raise ConfigError(f"{path} does not fit this run's learner (missing "
                           f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); it "
@@ -333,6 +357,10 @@ def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None =
     checkpoint, and the results say so (``finished: false``, ``note``)."""
     if n_tasks is not None and n_tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {n_tasks}")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    resolve_device(device)  # a bad --device is an error before anything is loaded
+    read_run_config(Path(run_dir))  # a missing or damaged run folder is named first
     status = run_status(run_dir)
     cfg, learner = load_run(run_dir, device, batchnorm)
     dev = next(learner.parameters()).device
@@ -350,5 +378,9 @@ def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None =
         out["batchnorm"] = batchnorm
     suffix = (f"_{batchnorm}" if batchnorm is not None else "") + (
         "" if status.finished else f"_step{status.step}")
-    atomic_write_json(Path(run_dir) / f"test_seed{seed}{suffix}.json", out)
+    path = Path(run_dir) / f"test_seed{seed}{suffix}.json"
+    try:
+        atomic_write_json(path, out)
+    except OSError as e:  # a read-only run folder: the results are still printed
+        print(f"metaphi: warning: {e}", file=sys.stderr)
     return out

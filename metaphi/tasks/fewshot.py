@@ -82,17 +82,17 @@ class DatasetData:
 
 
 def load_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> Tensor:
-    """An image file as a float tensor (C, H, W) in [0, 1]; a clear error if it is corrupt."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as a float tensor (C, H, W) in [0, 1]; transparency is composited onto
+    white; a clear error naming the file if it is corrupt or too large."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if grayscale else "RGB")
-            if size is not None:
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from e
+    from ..data.images import on_white, open_image
+
+    with open_image(path) as im:
+        im = on_white(im).convert("L" if grayscale else "RGB")
+        if size is not None:
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]
     else:
@@ -101,13 +101,18 @@ def load_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> Ten
 
 
 class ImageFolderData:
-    """A folder with one sub-folder of images per class (``root/<class>/<image>``)."""
+    """A folder with one sub-folder of images per class (``root/<class>/<image>``). Every file
+    is checked when the folder is read (header and size, :func:`metaphi.data.images.check_images`),
+    so a corrupt or huge image is an error naming it before any training."""
 
     def __init__(self, root: str | Path, size: tuple[int, int] | None = (28, 28),
                  grayscale: bool = True, transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        from ..data.images import check_images
+
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist; expected "
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise FileNotFoundError(f"image folder {root} {what}; expected "
                                     f"{root}/<class name>/<image files>")
         classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
@@ -115,11 +120,14 @@ class ImageFolderData:
                              f"{root}/<class name>/")
         paths, labels = [], []
         for c, d in enumerate(classes):
-            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            # (hidden files such as macOS's ._name.png resource forks are not images)
+            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith(".") and p.is_file())
             if not files:
                 raise ValueError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths += files
             labels += [c] * len(files)
+        check_images(paths)
         self.root, self.size, self.grayscale, self.transform = root, size, grayscale, transform
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..registry import Options, register_source
 from .sources import Splits, TaskInfo
@@ -66,6 +66,13 @@ class SinusoidOptions(Options):
     amplitude: tuple[float, float] = (0.1, 5.0)
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
+
+    @field_validator("amplitude", "phase", "x_range")
+    @classmethod
+    def _low_high(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with low < high, got {list(v)}")
+        return v
 
     def info(self) -> TaskInfo:
         return TaskInfo("regression", "vector", (1,), out_dim=1, default_model="mlp")
