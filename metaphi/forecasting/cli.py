@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_bytes
 from ..runs.config import ConfigError
 from .base import ALL_METHODS, DEFAULT_METHODS
 from .config import ForecastOptions
@@ -306,15 +307,6 @@ def _json_safe(obj):
     return str(obj)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_outputs(out: Path, data: str, sets, fc, metrics, methods, logs, timings,
                   opts: ForecastOptions, truth: bool) -> None:
     """forecasts.csv, results.json, the PNGs and the summary on stdout."""
@@ -324,11 +316,11 @@ def write_outputs(out: Path, data: str, sets, fc, metrics, methods, logs, timing
     frame = forecast_frame(sets, fc, truth=truth)
     if "subset" not in frame.columns:
         frame.insert(0, "subset", sets[0].name)
-    _write_atomic(out / "forecasts.csv", lambda p: frame.to_csv(p, index=False))
+    atomic_write_bytes(out / "forecasts.csv", frame.to_csv(index=False).encode())
     record = {"data": data, "methods": methods, "metrics": metrics, "timings": timings,
               "logs": logs, "seed": opts.seed}
-    _write_atomic(out / "results.json",
-                  lambda p: p.write_text(json.dumps(_json_safe(record), indent=2) + "\n"))
+    atomic_write_bytes(out / "results.json",
+                       (json.dumps(_json_safe(record), indent=2) + "\n").encode())
     best = best_base(sets, fc, metrics, logs, methods)
     for s in sets:
         shown = [k for k in ("FFORMA", "NBeats-MAML") if k in fc[s.name]]

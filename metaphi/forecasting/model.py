@@ -18,12 +18,12 @@ not a (complete) model.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write_bytes
 from .base import CHUNK_SIZE, DEFAULT_METHODS, BaseForecasts, resolve_jobs, resolve_methods
 from .data import SeriesSet, is_builtin, load_sets
 from .evaluate import (_fit_fforma, _fforma_estimate, _neural_ms, _Prepared, check_fforma_rows,
@@ -267,9 +267,8 @@ class FFORMA:
                   "settings": self.settings(), "trained_on": self.trained_on,
                   "features": FEATURE_NAMES, "fforma": weights, "neural": nets,
                   "logs": {k: v for k, v in self.logs.items() if k != "timings"}}
-        tmp = folder / f".model.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(tmp, folder / "model.json")
+        atomic_write_bytes(folder / "model.json",  # written last: a folder without it is no model
+                           (json.dumps(record, indent=2, default=str) + "\n").encode())
         return folder
 
     @classmethod
