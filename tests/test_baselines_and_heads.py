@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 
 from metaphi.cli import main
-from metaphi.learners import (MAML, Baseline, BaselinePP, LearnedOptimizer, MetaOptNetSVM,
-                              RelationNet)
+from metaphi.learners import (MAML, Baseline, BaselinePP, LearnedOptimizer, Learner,
+                              MetaOptNetSVM, RelationNet)
 from metaphi.learners.svm import cs_svm_dual, project_simplex, solve_cs_dual
 from metaphi.models import mlp
 from metaphi.registry import BACKBONES
@@ -94,12 +94,12 @@ def test_baseline_fine_tuning_learns_the_support_set_and_is_batched_like_the_loo
     t = ts[0]
     out = learner.adapt(t.support_x, t.support_y)(t.support_x)
     assert (out.argmax(-1) == t.support_y).all()
-    learner.batched = False
-    loop = learner.eval_episodes(ts)
-    learner.batched = True
-    together = learner.eval_episodes(ts)
-    assert torch.allclose(loop[0], together[0])
-    assert torch.allclose(loop[1].double(), together[1])
+    loop = Learner.eval_episodes(learner, ts)  # one task at a time
+    for embed_together in (False, True):  # heads fitted together, embeddings either way
+        learner.batched = embed_together
+        together = learner.eval_episodes(ts)
+        assert torch.allclose(loop[0], together[0])
+        assert torch.allclose(loop[1].double(), together[1])
 
 
 def test_baseline_needs_global_labels():

@@ -48,6 +48,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from ..registry import register_learner
 from ..tasks.task import Task
+from . import batched
 from .base import Learner
 from .functional import Params
 from .metric import EmbeddingLearner, EmbeddingOptions
@@ -221,6 +222,18 @@ class Baseline(EmbeddingLearner):
         return Learner.meta_loss(self, tasks, params)
 
     # adapting: a new head per task ---------------------------------------------------------
+    def batches_tasks(self, tasks: list[Task]) -> bool:
+        # The heads of equally shaped tasks are always fitted together, one SGD run for all
+        # (its cost is that of one task's); :meth:`embed_tasks` embeds them together or one
+        # by one, as ``batched`` says.
+        return True
+
+    def embed_tasks(self, params: Params, xs: Tensor, running: bool = False) -> Tensor:
+        if running or (batched.auto(self.model, xs[0]) if self.batched is None
+                       else self.batched):
+            return super().embed_tasks(params, xs, running)
+        return torch.stack([self.embed(params, x) for x in xs])
+
     def fit_head(self, z_support: Tensor, onehot: Tensor, params: Params) -> tuple[Tensor, Tensor]:
         """The head ``(weights (T, N, D), bias or norms (T, N))`` fitted by SGD on support
         embeddings ``(T, S, D)``; differentiable in them when they carry a graph."""

@@ -296,11 +296,15 @@ class EmbeddingLearner(Learner):
         return super().episode(task, params, create_graph)
 
     # batched fast path ---------------------------------------------------------------------
+    def batches_tasks(self, tasks: list[Task]) -> bool:
+        """Whether a meta-batch runs as one batch (``batched``, or by default where it is the
+        faster path)."""
+        return bool(batched.auto(self.model, tasks[0].support_x) if self.batched is None and tasks
+                    else self.batched)
+
     def _batchable(self, tasks: list[Task]) -> int | None:
         """N when the tasks can run as one batch (same shapes, same N), else None."""
-        use = (batched.auto(self.model, tasks[0].support_x) if self.batched is None and tasks
-               else self.batched)
-        if not use or len(tasks) < 2:
+        if not self.batches_tasks(tasks) or len(tasks) < 2:
             return None
         ways = []
         for t in tasks:
