@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..registry import register_learner
 from . import batched
 from .functional import LossSpec, Params, forward
-from .maml import MAML, MAMLOptions
+from .maml import MAML, InnerLoopOptions
 
 BETA1, BETA2 = 0.9, 0.999
 N_FEATURES = 4
@@ -96,8 +96,10 @@ def learned_step(rule: Params, lr: Tensor, p: Tensor, g: Tensor, seg: Segments,
     return p - lr * (g + seg.rms(g) * d), (m, v)
 
 
-class LearnedOptOptions(MAMLOptions):
+class LearnedOptOptions(InnerLoopOptions):
     name: str = "learned_opt"
+    first_order: bool = Field(False, description="treat the gradients fed to the rule as "
+                              "constants")
     inner_lr: float = Field(0.01, gt=0, description="the rule's initial step size (the rule "
                             "starts as SGD with it; meta-learned)")
     hidden: int = Field(16, ge=1, description="units of the update rule's two hidden layers")
