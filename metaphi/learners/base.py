@@ -138,12 +138,18 @@ class Learner(nn.Module):
         return (torch.stack([loss.detach() for loss, _ in pairs]),
                 torch.stack([metric for _, metric in pairs]))
 
+    def objective(self, task: Task, params: Params | None = None) -> tuple[Tensor, Tensor]:
+        """What meta-training minimises on one task, differentiable in φ, and its metric: the
+        query loss after adapting to the support set (:meth:`episode`). Learners trained
+        otherwise (Baseline's supervised pre-training) override it."""
+        return self.episode(task, params, create_graph=True)
+
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
-        """The meta-objective as one differentiable value: the mean query loss over ``tasks``
-        (and the mean metric), holding every task's graph at once; :meth:`meta_backward` is
-        the memory-lean way to its gradient."""
+        """The meta-objective as one differentiable value: the mean :meth:`objective` (the
+        query loss) over ``tasks`` (and the mean metric), holding every task's graph at once;
+        :meth:`meta_backward` is the memory-lean way to its gradient."""
         with train_mode(self):
-            pairs = [self.episode(t, params, create_graph=True) for t in tasks]
+            pairs = [self.objective(t, params) for t in tasks]
         return (torch.stack([loss for loss, _ in pairs]).mean(),
                 torch.stack([metric for _, metric in pairs]).mean())
 
@@ -175,7 +181,7 @@ class Learner(nn.Module):
         n = float(normalize_by) if normalize_by is not None else max(len(tasks), 1)
 
         def one(learner: "Learner", task: Task) -> tuple[Params, float, float]:
-            loss, metric = learner.episode(task, params, create_graph=True)
+            loss, metric = learner.objective(task, params)
             return self.grads_of(loss / n, params), float(loss.detach()), float(metric)
 
         with train_mode(self):

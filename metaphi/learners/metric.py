@@ -120,6 +120,10 @@ class EmbeddingLearner(Learner):
     A model with dropout draws different masks on the two paths (vmap's ``randomness="different"``).
     """
 
+    # embeddings are flattened to vectors (D,); False keeps the network's output shape (feature
+    # maps for a relation module)
+    flat_embeddings = True
+
     def __init__(self, model: nn.Module | None = None, loss: str = "ce",
                  batched: bool | None = None, batchnorm: str = "episode",
                  batchnorm_tasks: int = 50) -> None:
@@ -238,7 +242,8 @@ class EmbeddingLearner(Learner):
                 # mode) it still normalises with the batch's own, so this never needs undoing
                 self.model.get_submodule(n).training = False
             mp = {**mp, **self._running_buffers()}
-        return forward(self.model, mp, x).flatten(1)
+        out = forward(self.model, mp, x)
+        return out.flatten(1) if self.flat_embeddings else out
 
     def embed_tasks(self, params: Params, xs: Tensor, running: bool = False) -> Tensor:
         """Embeddings ``(T, B, D)`` of ``T`` episodes' inputs ``(T, B, ...)`` in one call;
@@ -249,8 +254,9 @@ class EmbeddingLearner(Learner):
         if batched.supports(self.model):
             # One pass per layer over all episodes with shared weights; BatchNorm statistics
             # are still per episode (no vmap overhead).
-            return batched.batched_forward(self.model, mp, xs).flatten(2)
-        return vmap(lambda x: forward(self.model, mp, x).flatten(1), randomness="different")(xs)
+            out = batched.batched_forward(self.model, mp, xs)
+            return out.flatten(2) if self.flat_embeddings else out
+        return vmap(lambda x: self.embed(params, x), randomness="different")(xs)
 
     def _logits(self, params: Params, z_s: Tensor, y_s: Tensor, n_way: int,
                 z_q: Tensor) -> Tensor:
@@ -290,11 +296,15 @@ class EmbeddingLearner(Learner):
         return super().episode(task, params, create_graph)
 
     # batched fast path ---------------------------------------------------------------------
+    def batches_tasks(self, tasks: list[Task]) -> bool:
+        """Whether a meta-batch runs as one batch (``batched``, or by default where it is the
+        faster path)."""
+        return bool(batched.auto(self.model, tasks[0].support_x) if self.batched is None and tasks
+                    else self.batched)
+
     def _batchable(self, tasks: list[Task]) -> int | None:
         """N when the tasks can run as one batch (same shapes, same N), else None."""
-        use = (batched.auto(self.model, tasks[0].support_x) if self.batched is None and tasks
-               else self.batched)
-        if not use or len(tasks) < 2:
+        if not self.batches_tasks(tasks) or len(tasks) < 2:
             return None
         ways = []
         for t in tasks:
@@ -314,9 +324,14 @@ class EmbeddingLearner(Learner):
         y_q = torch.stack([t.query_y for t in tasks])
         z = self.embed_tasks(params, xs, running)
         logits = self._logits(params, z[:, :s], y_s, n_way, z[:, s:])
-        losses = F.cross_entropy(logits.flatten(0, 1), y_q.flatten(), reduction="none")
         acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
-        return losses.view(len(tasks), -1).mean(1), acc.detach()
+        return self.query_losses(logits, y_q), acc.detach()
+
+    def query_losses(self, logits: Tensor, y_q: Tensor) -> Tensor:
+        """Per-task query losses ``(T,)`` of logits ``(T, Q, N)`` (the learner's ``loss_fn``,
+        softmax cross-entropy, task by task)."""
+        losses = F.cross_entropy(logits.flatten(0, 1), y_q.flatten(), reduction="none")
+        return losses.view(len(logits), -1).mean(1)
 
     def eval_episodes(self, tasks: list[Task]) -> tuple[Tensor, Tensor]:
         n_way = self._batchable(tasks)

@@ -47,19 +47,24 @@ def conv_block(c_in: int, c_out: int, max_pool: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def conv4_features(in_channels: int = 1, hidden: int = 64, depth: int = 4) -> nn.Sequential:
-    """Conv-4 embedding: ``depth`` blocks of 3x3 conv, BatchNorm, ReLU, 2x2 max-pool, flattened."""
-    blocks = [conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
+def conv4_features(in_channels: int = 1, hidden: int = 64, depth: int = 4,
+                   pool: int | None = None) -> nn.Sequential:
+    """Conv-4 embedding: ``depth`` blocks of 3x3 conv, BatchNorm, ReLU, 2x2 max-pool, flattened;
+    ``pool``: only the first ``pool`` blocks max-pool (default: all)."""
+    pool = depth if pool is None else pool
+    blocks = [conv_block(in_channels if i == 0 else hidden, hidden, max_pool=i < pool)
+              for i in range(depth)]
     return nn.Sequential(*blocks, nn.Flatten())
 
 
 def conv4(n_way: int, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
-          depth: int = 4) -> Classifier:
+          depth: int = 4, pool: int | None = None) -> Classifier:
     """Conv-4 classifier as in MAML / ProtoNet (28x28 Omniglot gives a 64-d feature)."""
     side = image_size
-    for _ in range(depth):
+    for _ in range(depth if pool is None else min(pool, depth)):
         side //= 2
-    return Classifier(conv4_features(in_channels, hidden, depth), nn.Linear(hidden * side * side, n_way))
+    return Classifier(conv4_features(in_channels, hidden, depth, pool),
+                      nn.Linear(hidden * side * side, n_way))
 
 
 def mlp_features(in_dim: int = 1, hidden: tuple[int, ...] = (40, 40)) -> nn.Sequential:

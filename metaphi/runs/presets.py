@@ -100,6 +100,7 @@ def _build() -> None:
 
 
 _build()
+from . import presets_extra  # noqa: E402,F401  (registers its presets; it imports this module)
 
 
 def get_preset(name: str) -> Preset:

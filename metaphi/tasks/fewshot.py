@@ -180,7 +180,10 @@ def as_labelled(data: Any) -> LabelledData:
 class FewShotSource:
     """N-way K-shot tasks with ``n_query`` per class over a subset of the classes.
 
-    Labels inside a task are 0..N-1 in a random order; ``meta["classes"]`` names the classes.
+    Labels inside a task are 0..N-1 in a random order; ``meta["classes"]`` names the classes,
+    ``meta["class_index"]`` gives their positions among this source's classes (0 ..
+    ``meta["n_classes"]`` - 1): global labels for learners that pre-train a classifier over all
+    meta-train classes (:class:`~metaphi.learners.Baseline`).
     """
 
     data: LabelledData
@@ -228,7 +231,9 @@ class FewShotSource:
         y_s = torch.arange(n).repeat_interleave(k)
         y_q = torch.arange(n).repeat_interleave(q)
         return Task(x[: n * k], y_s, x[n * k:], y_q,
-                    {"classes": [self.data.class_names[int(c)] for c in chosen]})
+                    {"classes": [self.data.class_names[int(c)] for c in chosen],
+                     "class_index": np.searchsorted(self.classes, chosen).tolist(),
+                     "n_classes": len(self.classes)})
 
 
 def split_classes(n_classes: int, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
