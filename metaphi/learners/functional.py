@@ -8,6 +8,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -32,19 +33,43 @@ def sgd_step(params: Params, grads: Iterable[Tensor], names: list[str],
 
 def inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor,
                loss_fn: Callable[[Tensor, Tensor], Tensor], names: list[str], steps: int,
-               lr: float | Params, second_order: bool, forward_fn=forward) -> Params:
+               lr: float | Params, second_order: bool, forward_fn=forward,
+               checkpoint: bool = False) -> Params:
     """``steps`` SGD steps on the support set ``(x, y)`` for the parameters in ``names``.
 
     With ``second_order`` the steps stay in the autograd graph (MAML); without, each gradient is
     treated as a constant (first-order MAML) while the path from φ to the result remains.
+    ``checkpoint`` (second order only): each step's activations and inner-gradient graph are
+    recomputed in the backward pass instead of stored (:func:`checkpointed`).
     """
-    for _ in range(steps):
-        loss = loss_fn(forward_fn(model, params, x), y)
-        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=second_order)
+    def one(p: Params) -> Params:
+        loss = loss_fn(forward_fn(model, p, x), y)
+        grads = torch.autograd.grad(loss, [p[n] for n in names], create_graph=second_order)
         if not second_order:
             grads = [g.detach() for g in grads]
-        params = sgd_step(params, grads, names, lr)
+        return sgd_step(p, grads, names, lr)
+
+    for _ in range(steps):
+        params = checkpointed(one, params, names) if checkpoint and second_order else one(params)
     return params
+
+
+def checkpointed(step: Callable[[Params], Params], params: Params, names: list[str]) -> Params:
+    """``step(params)``, with the entries ``names`` of the result computed under
+    :func:`torch.utils.checkpoint.checkpoint`: the autograd graph keeps only the step's inputs
+    and outputs, and the step (its forward pass and its inner gradient, second order
+    included) runs again when the backward pass reaches it. The gradient is the same; the
+    memory of an unrolled inner loop grows by the parameters per step instead of by the
+    activations and inner-gradient graph of each step. Entries not in ``names`` pass through
+    unchanged. ``step`` must be deterministic given its inputs (the RNG state is replayed)."""
+    keys = list(params)
+
+    def run(*tensors: Tensor) -> tuple[Tensor, ...]:
+        out = step(dict(zip(keys, tensors)))
+        return tuple(out[n] for n in names)
+
+    outs = torch.utils.checkpoint.checkpoint(run, *params.values(), use_reentrant=False)
+    return {**params, **dict(zip(names, outs))}
 
 
 def transductive_batchnorm(model: nn.Module) -> nn.Module:
