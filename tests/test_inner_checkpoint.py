@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from metaphi.learners import ANIL, MAML, MetaSGD
+from metaphi.learners import ANIL, MAML, MAMLpp, MetaSGD
 from metaphi.tasks import Task
 
 from helpers import meta_grad
@@ -13,7 +13,8 @@ from test_meta_gradients import DEV, DT, rel_err, small_net, tasks
 
 
 def pair(cls, **kw):
-    plain = cls(small_net(), inner_lr=0.3, inner_steps=3, batched=False, **kw).to(DEV, DT)
+    extra = {} if cls is MAMLpp else {"batched": False}
+    plain = cls(small_net(), inner_lr=0.3, inner_steps=3, **extra, **kw).to(DEV, DT)
     ckpt = cls(small_net(), inner_lr=0.3, inner_steps=3, checkpoint=True, **kw).to(DEV, DT)
     if cls is MetaSGD:
         with torch.no_grad():
@@ -23,7 +24,7 @@ def pair(cls, **kw):
     return plain, ckpt
 
 
-@pytest.mark.parametrize("cls", [MAML, MetaSGD, ANIL])
+@pytest.mark.parametrize("cls", [MAML, MetaSGD, ANIL, MAMLpp])
 def test_checkpointed_inner_loop_gives_the_same_meta_gradient(cls):
     plain, ckpt = pair(cls)
     ts = tasks(2)
@@ -63,7 +64,7 @@ def test_checkpoint_is_a_config_option_of_the_maml_family():
     from metaphi.runs import validate_config
     from metaphi.runs.build import build_learner
 
-    for name in ("maml", "metasgd", "anil"):
+    for name in ("maml", "metasgd", "anil", "mamlpp"):
         cfg = validate_config({"task": {"source": "sinusoid"},
                                "learner": {"name": name, "checkpoint": True}})
         assert build_learner(cfg).checkpoint
