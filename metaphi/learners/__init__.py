@@ -5,11 +5,12 @@ Every learner is registered in :data:`metaphi.registry.LEARNERS` under the name 
 from .base import Adapted, Learner, eval_mode, train_mode
 from .closed_form import R2D2
 from .functional import forward, inner_loop, transductive_batchnorm
+from .imaml import IMAML
 from .maml import ANIL, FOMAML, MAML, MetaSGD
 from .mamlpp import MAMLpp
 from .metric import EmbeddingLearner, MatchingNet, ProtoNet
 from .reptile import Reptile
 
 __all__ = ["Adapted", "Learner", "eval_mode", "train_mode", "forward", "inner_loop",
-           "transductive_batchnorm", "ANIL", "FOMAML", "MAML", "MAMLpp", "MetaSGD",
+           "transductive_batchnorm", "ANIL", "FOMAML", "IMAML", "MAML", "MAMLpp", "MetaSGD",
            "Reptile", "EmbeddingLearner", "MatchingNet", "ProtoNet", "R2D2"]
