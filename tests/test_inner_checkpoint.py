@@ -35,17 +35,28 @@ def test_checkpointed_inner_loop_gives_the_same_meta_gradient(cls):
 
 
 def saved_bytes(learner, task):
-    """Bytes of distinct tensors the autograd graph of one task's meta-loss saves for the
-    backward pass (outside checkpointed regions, which save their own inputs only)."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        learner.meta_loss([task])
-    return sum(seen.values())
+    """Bytes of distinct tensors that the autograd graph of one task's meta-loss holds for the
+    backward pass (every node's saved tensors, found by walking the graph from the loss)."""
+    loss, _ = learner.meta_loss([task])
+    storages, seen, stack = {}, set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(f for f, _ in node.next_functions)
+        values = []
+        for attr in dir(node):
+            if attr.startswith("_saved_") or attr == "saved_tensors":
+                try:
+                    values.append(getattr(node, attr))
+                except RuntimeError:  # freed or not a tensor
+                    continue
+        for v in values:
+            for t in (v if isinstance(v, (tuple, list)) else [v]):
+                if isinstance(t, torch.Tensor):
+                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
 
 
 def test_checkpointing_saves_less_of_the_inner_loop():

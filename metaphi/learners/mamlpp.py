@@ -263,23 +263,25 @@ class MAMLpp(Learner):
         weight is not zero (the multi-step loss's terms) and the last such query output."""
         names = self.adapted_names()
         fast = {n: p for n, p in self.model_params(params).items() if n in names}
-        lrs = {n: self.inner_lr_of(params, n) for n in names}
+        # the rest of φ (per-step learning rates and BatchNorm weights): inputs of a step
+        rest = {n: p for n, p in params.items() if not n.startswith(MODEL_PREFIX)}
         terms: list[Tensor] = []
         out = None
         with torch.enable_grad():
             for k in range(steps):
                 j = min(k, self.n_sets - 1)
 
-                def one(p: Params, k: int = k, j: int = j) -> Params:
-                    loss = self.loss_fn(self.step_forward(params, p, x, k, running), y)
+                def one(p: Params, phi: Params, k: int = k, j: int = j) -> Params:
+                    loss = self.loss_fn(self.step_forward(phi, p, x, k, running), y)
                     grads = torch.autograd.grad(loss, [p[n] for n in names],
                                                 create_graph=second_order)
                     if not second_order:
                         grads = [g.detach() for g in grads]
-                    return sgd_step(p, grads, names, {n: lrs[n][j] for n in names})
+                    return sgd_step(p, grads, names,
+                                    {n: self.inner_lr_of(phi, n)[j] for n in names})
 
-                fast = (checkpointed(one, fast, names) if self.checkpoint and second_order
-                        else one(fast))
+                fast = (checkpointed(one, fast, names, rest) if self.checkpoint and second_order
+                        else one(fast, rest))
                 if query is not None and weights is not None and weights[k] != 0:
                     out = self.step_forward(params, fast, query[0], k, running)
                     terms.append(weights[k] * self.loss_fn(out, query[1]))
