@@ -16,8 +16,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "metaphi.learners": ("ANIL", "FOMAML", "MAML", "R2D2", "Adapted", "Learner", "MatchingNet",
-                         "MetaSGD", "ProtoNet", "Reptile"),
+    "metaphi.learners": ("ANIL", "FOMAML", "IMAML", "MAML", "MAMLpp", "R2D2", "Adapted",
+                         "Learner", "MatchingNet", "MetaSGD", "ProtoNet", "Reptile", "Baseline",
+                         "BaselinePP", "RelationNet", "MetaOptNetSVM", "LearnedOptimizer"),
     "metaphi.models": ("conv4", "conv4_features", "mlp"),
     "metaphi.registry": ("register_backbone", "register_learner", "register_meta_optimizer",
                          "register_source"),

@@ -39,6 +39,10 @@ class InnerLoopOptions(Options):
 class MAMLOptions(InnerLoopOptions):
     name: str = "maml"
     first_order: bool = Field(False, description="treat inner gradients as constants")
+    checkpoint: bool = Field(
+        False, description="gradient checkpointing through the inner loop: each inner step is "
+        "recomputed in the backward pass instead of stored (memory grows by the parameters per "
+        "step, not by the activations; the per-task path only)")
 
 
 def _check_inner(inner_lr: float, inner_steps: int) -> None:
@@ -63,15 +67,24 @@ class MAML(Learner):
             (:mod:`metaphi.learners.batched`), equal to the per-task loop's result. ``None``
             picks the faster path (:func:`metaphi.learners.batched.auto`: batched for dense
             networks or on a GPU, the per-task loop for convolutional networks on CPU).
+        checkpoint: gradient checkpointing through the inner loop
+            (:func:`~metaphi.learners.functional.checkpointed`): the same meta-gradient with
+            one inner step's activations held at a time, for about one more forward and
+            inner-gradient pass per step; it runs the per-task loop (not with ``batched=True``).
     """
 
     def __init__(self, model: nn.Module, loss: LossSpec = "ce", inner_lr: float = 0.01,
                  inner_steps: int = 1, first_order: bool = False,
-                 eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
+                 eval_inner_steps: int | None = None, batched: bool | None = None,
+                 checkpoint: bool = False) -> None:
         super().__init__(loss)
         _check_inner(inner_lr, inner_steps)
+        if checkpoint and batched:
+            raise ValueError("checkpoint=True runs the per-task loop; it cannot be combined with "
+                             "batched=True")
         self.model = transductive_batchnorm(model)
         self.batched = batched
+        self.checkpoint = bool(checkpoint)
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(eval_inner_steps or inner_steps)
@@ -104,7 +117,8 @@ class MAML(Learner):
         with torch.enable_grad():
             fast = inner_loop(self.model, self.model_params(params), support_x, support_y,
                               self.loss_fn, self.adapted_names(), steps, self.inner_lrs(params),
-                              second_order=create_graph and not self.first_order)
+                              second_order=create_graph and not self.first_order,
+                              checkpoint=self.checkpoint)
         if not create_graph:
             fast = {n: p.detach() for n, p in fast.items()}
         return fast
@@ -114,7 +128,7 @@ class MAML(Learner):
 
     def use_batched(self, tasks: list[Task]) -> bool:
         if (len(tasks) < 2 or self.loss_kind == "custom" or len({t.shapes for t in tasks}) != 1
-                or not batched.supports(self.model)):
+                or self.checkpoint or not batched.supports(self.model)):
             return False
         if self.batched is None:
             return batched.auto(self.model, tasks[0].support_x)
@@ -223,9 +237,10 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, loss: LossSpec = "ce", inner_lr: float = 0.01,
                  inner_steps: int = 1, first_order: bool = False,
-                 eval_inner_steps: int | None = None, batched: bool | None = None) -> None:
+                 eval_inner_steps: int | None = None, batched: bool | None = None,
+                 checkpoint: bool = False) -> None:
         super().__init__(model, loss, inner_lr, inner_steps, first_order, eval_inner_steps,
-                         batched)
+                         batched, checkpoint)
         self.lrs = nn.ParameterDict({
             _lr_key(n): nn.Parameter(torch.full_like(p, self.inner_lr))
             for n, p in self.model.named_parameters()})
@@ -293,7 +308,8 @@ class ANIL(MAML):
             head = self._sub(mp, self.head_prefix)
             fast_head = inner_loop(self.head, head, feats, support_y, self.loss_fn, list(head),
                                    steps, self.inner_lr,
-                                   second_order=create_graph and not self.first_order)
+                                   second_order=create_graph and not self.first_order,
+                                   checkpoint=self.checkpoint)
         fast = {**{n: p for n, p in mp.items() if not n.startswith(self.head_prefix)},
                 **{self.head_prefix + n: p for n, p in fast_head.items()}}
         if not create_graph:

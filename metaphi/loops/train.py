@@ -155,6 +155,10 @@ def _outer_step(learner: Learner, tasks: list[Task], optimizer: torch.optim.Opti
     # too, so a resumed run replays it exactly.
     torch.manual_seed(int(task_rng(o.seed, "train", step, 1 << 30).integers(2**62)))
     optimizer.zero_grad(set_to_none=True)
+    # learners with schedules over the outer steps (MAML++) follow the loop's step, so a
+    # resumed run continues them exactly
+    if hasattr(learner, "set_outer_step"):
+        learner.set_outer_step(step)
     # dividing by the global meta-batch makes the sum over ranks the mean gradient
     stats = learner.meta_backward(tasks, normalize_by=o.meta_batch)
     if ctx.enabled:
