@@ -4,6 +4,7 @@ Every learner is registered in :data:`metaphi.registry.LEARNERS` under the name 
 """
 from .base import Adapted, Learner, eval_mode, train_mode
 from .closed_form import R2D2
+from .dg import ERM, MLDG, DGLearner, Fish
 from .functional import forward, inner_loop, transductive_batchnorm
 from .maml import ANIL, FOMAML, MAML, MetaSGD
 from .metric import EmbeddingLearner, MatchingNet, ProtoNet
@@ -11,4 +12,5 @@ from .reptile import Reptile
 
 __all__ = ["Adapted", "Learner", "eval_mode", "train_mode", "forward", "inner_loop",
            "transductive_batchnorm", "ANIL", "FOMAML", "MAML", "MetaSGD", "Reptile",
-           "EmbeddingLearner", "MatchingNet", "ProtoNet", "R2D2"]
+           "EmbeddingLearner", "MatchingNet", "ProtoNet", "R2D2", "DGLearner", "ERM", "MLDG",
+           "Fish"]
