@@ -142,6 +142,10 @@ def read_sib200(root: str | Path | None = None, wanted: dict[str, list[str]] | N
     for lang, split, where, read in _sources(folder):
         if (lang, split) not in want or (lang, split) in found:
             continue
+        key = (where, _stamp(where), verify)
+        if key in _PARSED:  # already read, checked and parsed in this process
+            found[(lang, split)] = _PARSED[key]
+            continue
         data = read()
         if verify:
             import hashlib
@@ -153,7 +157,7 @@ def read_sib200(root: str | Path | None = None, wanted: dict[str, list[str]] | N
                 raise DatasetError(f"{where} does not match the SIB-200 file {key} of the "
                                    f"repository (SHA-256 differs): it is damaged, truncated or "
                                    "edited; download it again")
-        found[(lang, split)] = parse_tsv(data, where, split)
+        found[(lang, split)] = _PARSED[key] = parse_tsv(data, where, split)
     missing = sorted(want - set(found))
     if missing:
         shown = ", ".join(f"{lang}/{s}.tsv" for lang, s in missing[:8])
@@ -162,6 +166,15 @@ def read_sib200(root: str | Path | None = None, wanted: dict[str, list[str]] | N
                            "annotated/<lang>/<split>.tsv or those files extracted. Download "
                            "them with `metaphi data sib200 --download`")
     return found
+
+
+_PARSED: dict[tuple[str, tuple[int, int], bool], list[tuple[int, str, str]]] = {}
+
+
+def _stamp(where: str) -> tuple[int, int]:
+    """(mtime, size) of the file, or of the zip, that ``where`` names."""
+    st = os.stat(where.split(":")[0] if ".zip:" in where else where)
+    return st.st_mtime_ns, st.st_size
 
 
 def parse_tsv(data: bytes, where: str, split: str | None = None) -> list[tuple[int, str, str]]:

@@ -88,12 +88,35 @@ class _WeightedBag(torch.autograd.Function):
         return pullback(g)[0], None, None
 
 
+def hashed_counts(ids: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """The hashing trick (Weinberger et al. 2009): n-gram counts folded into ``dim`` signed
+    features (bucket ``h % dim``, sign from the hash's next bit), log-scaled (``sign * log(1 +
+    |v|)``, like TF-IDF's sublinear term frequency) and L2-normalised. Not learned: two texts
+    that share n-grams are close in it whatever their language or script."""
+    sign = ((ids // dim) % 2) * 2 - 1
+    v = torch.zeros(ids.shape[:-1] + (dim,), dtype=mask.dtype, device=ids.device)
+    v = v.scatter_add(-1, ids % dim, mask * sign.to(mask.dtype))
+    return F.normalize(v.sign() * torch.log1p(v.abs()), dim=-1)
+
+
 class NGramBag(nn.Module):
-    """Mean embedding of a text's hashed token n-grams (see the module docstring)."""
+    """Mean embedding of a text's hashed token n-grams (see the module docstring), optionally
+    beside its hashed n-gram counts (``lexical`` features, :func:`hashed_counts`, weighted by a
+    meta-learned scale): the learned part carries what meta-training taught, the lexical part
+    the plain overlap of n-grams with the support texts, which still works for a script never
+    seen in meta-training. ``center`` adds a BatchNorm without affine parameters: the metric
+    and MAML-family learners normalise it with each episode's own statistics, which removes
+    what all texts of the episode share (its language) and keeps what tells them apart."""
 
     def __init__(self, buckets: int = 131072, dim: int = 64,
-                 ngrams: tuple[int, ...] = (1, 2, 3, 4, 5), normalize: bool = True) -> None:
+                 ngrams: tuple[int, ...] = (1, 2, 3, 4, 5), normalize: bool = True,
+                 lexical: int = 0, center: bool = False) -> None:
         super().__init__()
+        self.lexical = int(lexical)
+        if self.lexical:
+            self.lexical_scale = nn.Parameter(torch.tensor(1.0))
+        out = dim + self.lexical
+        self.center = nn.BatchNorm1d(out, affine=False) if center else nn.Identity()
         self.buckets, self.ngrams = int(buckets), tuple(int(n) for n in ngrams)
         self.embedding = nn.Embedding(self.buckets, dim)
         nn.init.normal_(self.embedding.weight, std=dim ** -0.5)
@@ -109,7 +132,11 @@ class NGramBag(nn.Module):
         # embedding_bag sums without materialising a (B, G, D) tensor: several times faster
         out = _WeightedBag.apply(self.embedding.weight, ids_t.reshape(-1, ids_t.shape[-1]),
                                  weights.reshape(-1, ids_t.shape[-1]))
-        return self.norm(out.reshape(*lead, -1))
+        out = self.norm(out.reshape(*lead, -1))
+        if self.lexical:
+            lex = hashed_counts(ids_t, mask, self.lexical) * self.lexical_scale
+            out = torch.cat([out, lex * out.shape[-1] ** 0.5], -1)
+        return self.center(out)
 
 
 class TokenCNN(nn.Module):
@@ -214,6 +241,10 @@ class NGramBagOptions(Options):
     ngrams: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1,
                               description="n-gram orders, in tokens (bytes or subwords)")
     normalize: bool = Field(True, description="LayerNorm (no affine) on the mean embedding")
+    lexical: int = Field(0, ge=0, description="dimensions of hashed n-gram counts beside the "
+                         "learned embedding (0: none)")
+    center: bool = Field(False, description="BatchNorm without affine on the output (episode "
+                         "statistics under the metric and MAML-family learners)")
     hidden: list[int] = Field(default_factory=list, description="Linear+ReLU layers on top")
 
 
@@ -221,8 +252,8 @@ class NGramBagOptions(Options):
 def build_ngram_bag(o: NGramBagOptions, info: "TaskInfo", out_dim: int | None) -> nn.Module:
     if any(n < 1 for n in o.ngrams):
         raise ValueError(f"model.ngrams: orders must be >= 1, got {o.ngrams}")
-    feats, dim = _with_projection(NGramBag(o.buckets, o.dim, tuple(o.ngrams), o.normalize),
-                                  o.dim, o.hidden)
+    bag = NGramBag(o.buckets, o.dim, tuple(o.ngrams), o.normalize, o.lexical, o.center)
+    feats, dim = _with_projection(bag, o.dim + o.lexical, o.hidden)
     return _finish(feats, dim, out_dim)
 
 

@@ -121,11 +121,17 @@ def encode_all(tokenizer: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
     """Token ids of every text."""
     if isinstance(tokenizer, BPETokenizer):
         return tokenizer.encode_batch(texts)
-    if any("[" in t and _MARKER_RE.search(t) for t in texts):
-        return [tokenizer.encode(t) for t in texts]
-    # no markers: one conversion of all the bytes, then views per text
+    # One conversion of all the bytes, then views per text. Markers become the bytes
+    # 0xF8..0xFB first, which never occur in UTF-8, and then their ids.
     encoded = [t.encode("utf-8") for t in texts]
+    marked = any(b"[" in b for b in encoded)
+    if marked:
+        for i, m in enumerate(MARKERS):
+            encoded = [b.replace(m.encode(), bytes([0xF8 + i])) for b in encoded]
     flat = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.int32) + 1
+    if marked:
+        special = flat >= 0xF8 + 1
+        flat[special] = flat[special] - (0xF8 + 1) + 257
     ends = np.cumsum([len(b) for b in encoded])
     return np.split(flat, ends[:-1]) if len(encoded) else []
 
