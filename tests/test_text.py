@@ -259,3 +259,28 @@ def test_second_order_maml_through_the_ngram_bag_matches_finite_differences():
     err = directional_fd_check(lambda: float(learner.meta_loss(tasks)[0].detach()),
                                learner.meta_params(), grads)
     assert err < 1e-5
+
+
+def test_bpe_vocabulary_is_learned_on_meta_train_text_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAPHI_CACHE", str(tmp_path / "cache"))
+    path = write_csv(tmp_path / "d.csv", per_class=10)
+    with open(path, "a", newline="", encoding="utf-8") as f:  # a class of its own words
+        w = csv.writer(f)
+        for _ in range(10):
+            w.writerow(["quokkazzz quokkazzz wombatqqq", "zoo"])
+    from metaphi.tasks.fewshot import split_classes
+
+    names = sorted([*TOPICS, "zoo"])
+    fractions = (0.34, 0.33, 0.33)
+    seed = next(s for s in range(50)  # a split that keeps 'zoo' out of meta-training
+                if names.index("zoo") not in split_classes(len(names), fractions, s)[0])
+    o = TextSourceOptions(data_dir=str(path), tokenizer="bpe", bpe_vocab=300, n_way=2,
+                          k_shot=2, n_query=3, split_fractions=fractions, split_seed=seed)
+    splits = text_splits(o)
+    tok = splits.tokenizer
+    assert not any("okka" in v or "zzz" in v for v in tok.tok.get_vocab())
+    assert len(tok.encode("quokkazzz")) > 3  # unseen words fall apart into small pieces
+    assert splits.info.vocab_size == 300 and tok.vocab_size <= 300
+    x = splits.train.sample(np.random.default_rng(0)).support_x
+    assert int(x.max()) < 300 and (x == 0).any()  # padded with 0
+    assert list((tmp_path / "cache" / "text").glob("bpe_300_*.json"))  # cached

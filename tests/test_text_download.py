@@ -13,19 +13,7 @@ import metaphi.data.udhr as udhr
 from metaphi.data.download import ChecksumError
 from metaphi.data.textsets import DatasetError
 
-from test_data_download import Server
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "served"
-    root.mkdir()
-    s = Server(root)
-    yield s
-    s.close()
+from test_data_download import server  # noqa: F401  (the fixture: a server on 127.0.0.1)
 
 
 def sha(data: bytes) -> str:
