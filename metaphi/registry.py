@@ -120,7 +120,8 @@ def _qualname(obj: Any) -> str:
 LEARNERS = Registry("learner", builtin=("metaphi.learners",))
 SOURCES = Registry("task source", key="source",
                    builtin=("metaphi.tasks.sinusoid", "metaphi.data.omniglot",
-                            "metaphi.data.folder"))
+                            "metaphi.data.folder", "metaphi.data.usertext", "metaphi.data.sib200",
+                            "metaphi.data.udhr", "metaphi.data.fewrel"))
 BACKBONES = Registry("backbone", builtin=("metaphi.models",))
 META_OPTIMIZERS = Registry("meta-optimizer", builtin=("metaphi.meta.optimizers",))
 

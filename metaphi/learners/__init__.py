@@ -5,6 +5,7 @@ Every learner is registered in :data:`metaphi.registry.LEARNERS` under the name 
 from .base import Adapted, Learner, eval_mode, train_mode
 from .baseline import Baseline, BaselinePP
 from .closed_form import R2D2
+from .dg import ERM, MLDG, DGLearner, Fish
 from .functional import forward, inner_loop, transductive_batchnorm
 from .imaml import IMAML
 from .learned_opt import LearnedOptimizer
@@ -18,4 +19,5 @@ from .svm import MetaOptNetSVM
 __all__ = ["Adapted", "Learner", "eval_mode", "train_mode", "forward", "inner_loop",
            "transductive_batchnorm", "ANIL", "FOMAML", "IMAML", "MAML", "MAMLpp", "MetaSGD",
            "Reptile", "EmbeddingLearner", "MatchingNet", "ProtoNet", "R2D2", "Baseline",
-           "BaselinePP", "RelationNet", "MetaOptNetSVM", "LearnedOptimizer"]
+           "BaselinePP", "RelationNet", "MetaOptNetSVM", "LearnedOptimizer", "DGLearner", "ERM",
+           "MLDG", "Fish"]

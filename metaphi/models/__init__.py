@@ -1,8 +1,10 @@
-"""Backbones (Conv-4, ResNet-12, MLP, any timm model); any nn.Module works with the learners.
-Each is registered in :data:`metaphi.registry.BACKBONES` under the name configs use."""
+"""Backbones (Conv-4, ResNet-12, MLP, text encoders, any timm model); any nn.Module works with
+the learners. Each is registered in :data:`metaphi.registry.BACKBONES` under the name configs
+use."""
 from .backbones import Classifier, conv4, conv4_features, mlp, mlp_features
 from .resnet import resnet12, resnet12_features
+from .text import NGramBag, TextTransformer, TokenCNN
 from . import timm_backbone  # registers the optional `timm` backbone
 
 __all__ = ["Classifier", "conv4", "conv4_features", "mlp", "mlp_features", "resnet12",
-           "resnet12_features"]
+           "resnet12_features", "NGramBag", "TextTransformer", "TokenCNN"]

@@ -156,3 +156,6 @@ def get_preset(name: str) -> Preset:
 
 def preset_config(name: str) -> RunConfig:
     return validate_config(get_preset(name))
+
+
+from . import language_presets  # noqa: E402,F401  (registers the language presets)

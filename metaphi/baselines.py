@@ -1,0 +1,60 @@
+"""Support-set-only baselines: classifiers fit on each task's support set alone, with no
+meta-learning, scored on the same tasks as a meta-learned learner.
+
+For text, TF-IDF over character n-grams (scikit-learn's ``TfidfVectorizer``, fit on the support
+texts only, so even the IDF weights come from the task) with a nearest-centroid (cosine) or a
+logistic-regression classifier: the standard strong baseline for few-shot topic and language
+identification without pretrained models.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Literal, Sequence
+
+import numpy as np
+from torch import Tensor
+
+from .tasks.task import Task
+
+
+def decode_rows(x: Tensor, decode: Callable[[Sequence[int]], str]) -> list[str]:
+    """Texts of a batch of padded token ids."""
+    return [decode([int(i) for i in row if int(i) != 0]) for row in x]
+
+
+def tfidf_task_accuracy(support: list[str], support_y: np.ndarray, query: list[str],
+                        query_y: np.ndarray, classifier: Literal["centroid", "logreg"] = "centroid",
+                        ngram_range: tuple[int, int] = (1, 4),
+                        analyzer: str = "char_wb") -> float:
+    """Accuracy on the query texts of a TF-IDF classifier fit on the support texts alone."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True,
+                          lowercase=True)
+    xs = vec.fit_transform(support)
+    xq = vec.transform(query)
+    if classifier == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=10.0, max_iter=1000)
+        pred = clf.fit(xs, support_y).predict(xq)
+    elif classifier == "centroid":
+        classes = np.unique(support_y)
+        cent = np.vstack([np.asarray(xs[support_y == c].mean(0)) for c in classes])
+        cent /= np.linalg.norm(cent, axis=1, keepdims=True).clip(1e-12)
+        pred = classes[np.asarray(xq @ cent.T).argmax(1)]
+    else:
+        raise ValueError(f"classifier must be 'centroid' or 'logreg', got {classifier!r}")
+    return float((pred == query_y).mean())
+
+
+def tfidf_scores(tasks: Iterable[Task], decode: Callable[[Sequence[int]], str],
+                 classifier: Literal["centroid", "logreg"] = "centroid",
+                 ngram_range: tuple[int, int] = (1, 4), analyzer: str = "char_wb") -> list[float]:
+    """Per-task query accuracy of the support-only TF-IDF classifier on token-id tasks
+    (``decode`` turns a task's token ids back into text, e.g. the source's tokenizer's)."""
+    out = []
+    for t in tasks:
+        out.append(tfidf_task_accuracy(decode_rows(t.support_x, decode), t.support_y.numpy(),
+                                       decode_rows(t.query_x, decode), t.query_y.numpy(),
+                                       classifier, ngram_range, analyzer))
+    return out
