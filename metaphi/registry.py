@@ -120,9 +120,11 @@ def _qualname(obj: Any) -> str:
 LEARNERS = Registry("learner", builtin=("metaphi.learners",))
 SOURCES = Registry("task source", key="source",
                    builtin=("metaphi.tasks.sinusoid", "metaphi.data.omniglot",
-                            "metaphi.data.folder"))
+                            "metaphi.data.folder", "metaphi.tasks.combinators",
+                            "metaphi.tasks.regression"))
 BACKBONES = Registry("backbone", builtin=("metaphi.models",))
 META_OPTIMIZERS = Registry("meta-optimizer", builtin=("metaphi.meta.optimizers",))
+AUGMENTATIONS = Registry("task augmentation", builtin=("metaphi.tasks.augment",))
 
 
 def register_learner(name: str, options: type[Options], *, model: str = "head",
@@ -160,6 +162,13 @@ def register_meta_optimizer(name: str, options: type[Options], *, kind: str) -> 
     if kind not in ("gradient", "population"):
         raise ValueError(f"kind must be 'gradient' or 'population', got {kind!r}")
     return META_OPTIMIZERS.register(name, options, kind=kind)
+
+
+def register_augmentation(name: str, options: type[Options]) -> Callable[[T], T]:
+    """Register a task augmentation builder ``build(options, source) -> map`` where
+    ``map(task, rng) -> Task`` transforms one meta-train task, a pure function of ``rng``
+    (``source`` is the augmented source, for maps that draw a second task)."""
+    return AUGMENTATIONS.register(name, options)
 
 
 # -- plugins ----------------------------------------------------------------------------------
