@@ -97,6 +97,9 @@ def _build() -> None:
             register_preset(_omniglot(learner, n, k), "Omniglot few-shot classification, "
                             "Vinyals split, rotations as classes (needs the dataset: --data-dir "
                             "or METAPHI_DATA)")
+    from .task_presets import register_task_presets
+
+    register_task_presets(register_preset)
 
 
 _build()
