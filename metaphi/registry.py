@@ -1,5 +1,5 @@
-"""One registry per extension point: learners, task sources (datasets), backbones and
-meta-optimizers.
+"""One registry per extension point: learners, task sources (datasets), backbones,
+meta-optimizers and task augmentations.
 
 An extension is one file and one registration. The file defines a pydantic options model
 (a subclass of :class:`Options`: the keyword options a config may set, with their defaults and
