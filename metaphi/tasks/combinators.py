@@ -90,12 +90,6 @@ class MapSource:
     def sample(self, rng: np.random.Generator) -> Task:
         return self.fn(self.source.sample(rng), rng)
 
-    def __getattr__(self, name: str) -> Any:
-        # the underlying source's attributes (classes, data, name...) stay reachable
-        if name in ("source", "fn"):
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
 
 # -- building sources from config sections ----------------------------------------------------
 def source_options(raw: Any, where: str = "task") -> Options:
