@@ -139,7 +139,7 @@ def main() -> None:
         gap = b["mean"] - none["mean"]
         apart = b["mean"] - b["ci95"] > none["mean"] + none["ci95"]
         checks.append(f"{lr}, {a} alphabets, {w}-way 1-shot: best augmentation {best[2]} "
-                      f"{b['mean']:.2f} vs none {none['mean']:.2f} (+{gap:.2f} points; CIs "
+                      f"{b['mean']:.2f} vs none {none['mean']:.2f} ({gap:+.2f} points; CIs "
                       f"{'do not overlap' if apart else 'overlap'}); target >= 2 points with "
                       f"CIs apart: {'met' if gap >= 2 and apart else 'not met'}")
         print(checks[-1], flush=True)
@@ -157,15 +157,18 @@ def main() -> None:
           "notes": (
               f"Meta-train classes: the characters as drawn (no rotated classes) of the first "
               f"N background alphabets in alphabetical order, leaving out Vinyals' 5 meta-val "
-              f"alphabets ({lists}). Meta-val: Vinyals' val classes (100 tasks, 4 times a "
-              f"run; best φ kept); meta-test: Vinyals' test classes (1692 rotated-character "
-              f"classes of 13 evaluation alphabets), 15 queries per class. Conv-4 (64 filters). "
+              f"alphabets ({lists}). No meta-validation: φ of the last step. Meta-test: "
+              f"Vinyals' test classes (1692 rotated-character classes of 13 evaluation "
+              f"alphabets), 5 queries per class. Conv-4 (64 filters). "
               + " ".join(f"{lr}: {steps[lr]} outer steps every run ({_episodes(lr)})."
                          for lr in args.learners)
               + " Augmentations (task.augment, metaphi.tasks.augment, defaults): rotate = each "
               "class of a task turned by a random multiple of 90 degrees; mlti = input-level "
               "task interpolation, half of the tasks mixed with a second task, lam ~ Beta(2, 2); "
-              "affine = per-image rotation ±15°, shift ±10%, zoom 0.9-1.1, shear ±10°. "
+              "affine = per-image rotation ±15°, shift ±10%, zoom 0.9-1.1, shear ±10°; "
+              "permute_labels (MAML only) = the task's labels shuffled, which for these "
+              "sources (labels already in a random order per task) changes the tasks' "
+              "distribution in nothing. "
               + " ".join(checks) + " Wall times were measured on a shared 2-core machine, two "
               "runs at a time, one thread each.")}],
         time.perf_counter() - t0, topic="task-construction",

@@ -2,8 +2,8 @@
 domain) and meta-tested on the unseen alphabets of every group, 5-way 1-shot, with four
 BatchNorm choices at meta-test (episode, running, support, target statistics).
 
-    flock /work/notes/cpu.lock nice -n 5 python benchmarks/transfer_matrix.py [--steps 1500] \
-        [--tasks 1000] [--workers 2]
+    flock /work/notes/cpu.lock nice -n 5 python benchmarks/transfer_matrix.py [--steps 1000] \
+        [--tasks 500] [--workers 2]
 
 Domains: metaphi.runs.task_presets.ALPHABET_GROUPS (Brahmic, European, invented scripts); in
 each group, in alphabetical order, the 1st, 3rd, ... alphabets are meta-train alphabets and the
@@ -51,8 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--groups", nargs="+", default=list(ALPHABET_GROUPS))
     ap.add_argument("--batchnorm", nargs="+", default=list(BATCHNORM))
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--tasks", type=int, default=500)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--name", default="transfer_matrix_omniglot")
     args = ap.parse_args()
@@ -99,7 +99,8 @@ def main() -> None:
                        f"{', '.join(group_split(g)['test'])}" for g in G)
     write_result(
         args.name, "Omniglot transfer matrix: alphabet groups as domains, BatchNorm choices",
-        [{"title": f"Meta-test accuracy % ± 95% CI on {args.tasks} 5-way 1-shot tasks per cell "
+        [{"title": f"Meta-test accuracy % ± 95% CI on {args.tasks} 5-way 1-shot tasks (5 "
+                   "queries a class) per cell "
                    "(the same tasks in a column); in brackets: paired difference to episode "
                    "statistics",
           "columns": ["meta-train group", "meta-test group", "kind",

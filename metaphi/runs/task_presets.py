@@ -11,7 +11,7 @@ from ..tasks.regression import FAMILIES
 
 # Task-poor Omniglot: meta-train on the characters (as drawn, no rotated classes) of the first
 # 5 or 10 background alphabets in alphabetical order, leaving out the 5 alphabets of Vinyals'
-# meta-val list; meta-validate and meta-test on Vinyals' val and test classes.
+# meta-val list; meta-test on Vinyals' test classes.
 VINYALS_VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
 TASK_POOR_ALPHABETS: dict[int, tuple[str, ...]] = {
     5: ("Alphabet_of_the_Magi", "Anglo-Saxon_Futhorc", "Arcadian", "Asomtavruli_(Georgian)",
@@ -50,28 +50,27 @@ def _conv4() -> dict[str, Any]:
 
 
 def task_poor(learner: str, n_alphabets: int, n_way: int = 20) -> dict[str, Any]:
-    """Task-poor Omniglot (module doc), ``n_way``-way 1-shot meta-test."""
+    """Task-poor Omniglot (module doc), ``n_way``-way 1-shot meta-test with 5 queries a class
+    on Vinyals' test classes; no meta-validation (φ of the last step), so that every run
+    spends its budget on the same outer steps."""
     task: dict[str, Any] = {
-        "source": "omniglot", "n_way": n_way, "k_shot": 1, "n_query": 5, "eval_n_query": 15,
+        "source": "omniglot", "n_way": n_way, "k_shot": 1, "n_query": 5, "eval_n_query": 5,
         "rotations": [0],
         "classes": {"train": list(TASK_POOR_ALPHABETS[n_alphabets]),
-                    "val": ["split:vinyals/val"], "test": ["split:vinyals/test"]}}
+                    "test": ["split:vinyals/test"]}}
     if learner == "protonet":
         learn: dict[str, Any] = {"name": "protonet"}
-        optim: dict[str, Any] = {"name": "adam", "lr": 1e-3}
-        meta_batch, steps = 1, 1500
+        meta_batch = 1
     else:  # the MAML family (Finn et al.'s Omniglot settings)
-        task["n_query"] = 5
         learn = {"name": learner, "inner_lr": 0.4, "inner_steps": 1 if n_way == 5 else 5,
                  "eval_inner_steps": 3 if n_way == 5 else 5}
-        optim = {"name": "adam", "lr": 1e-3}
-        meta_batch, steps = 8, 1000
+        meta_batch = 8
     name = f"taskpoor-{learner}-{n_alphabets}alph" + ("" if learner == "protonet"
                                                       else f"-{n_way}w")
     return {"name": name, "task": task, "model": _conv4(), "learner": learn,
-            "meta_optimizer": optim, "steps": steps, "meta_batch": meta_batch,
-            "val_every": max(steps // 4, 1), "val_tasks": 100, "test_tasks": 1000,
-            "checkpoint_every": max(steps // 4, 1)}
+            "meta_optimizer": {"name": "adam", "lr": 1e-3}, "steps": 1000,
+            "meta_batch": meta_batch, "val_every": 1000, "val_tasks": 100, "test_tasks": 1000,
+            "checkpoint_every": 250}
 
 
 def transfer(group: str) -> dict[str, Any]:
@@ -80,11 +79,11 @@ def transfer(group: str) -> dict[str, Any]:
     split = group_split(group)
     return {"name": f"transfer-protonet-{group}",
             "task": {"source": "omniglot", "n_way": 5, "k_shot": 1, "n_query": 5,
-                     "eval_n_query": 15, "train_n_way": 20, "rotations": [0],
+                     "eval_n_query": 5, "train_n_way": 20, "rotations": [0],
                      "classes": {"train": split["train"], "test": split["test"]}},
             "model": _conv4(), "learner": {"name": "protonet"},
-            "meta_optimizer": {"name": "adam", "lr": 1e-3}, "steps": 1500, "meta_batch": 1,
-            "val_every": 1500, "val_tasks": 100, "test_tasks": 1000, "checkpoint_every": 500}
+            "meta_optimizer": {"name": "adam", "lr": 1e-3}, "steps": 1000, "meta_batch": 1,
+            "val_every": 1000, "val_tasks": 100, "test_tasks": 1000, "checkpoint_every": 250}
 
 
 def regression(train: list[str], test: list[str], name: str) -> dict[str, Any]:
