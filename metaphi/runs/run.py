@@ -309,9 +309,9 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
     """The run's config and its learner with the deployed φ (loaded safely, in evaluation
     mode); for an unfinished run, φ from its last checkpoint (see :func:`run_status`).
 
-    ``batchnorm`` ('episode' or 'running', metric learners only) evaluates the saved φ with
-    other BatchNorm statistics than the run used; running statistics missing from the run
-    folder are estimated on meta-train episodes (needs the run's data). ``overrides``
+    ``batchnorm`` ('episode', 'running' or 'support', metric learners only) evaluates the
+    saved φ with other BatchNorm statistics than the run used; running statistics missing from
+    the run folder are estimated on meta-train episodes (needs the run's data). ``overrides``
     (``key=value``) change what does not touch φ, e.g. the meta-test way and shot.
     ``fit_running=False`` leaves missing running statistics unestimated (the caller estimates
     them, e.g. on a target domain)."""
@@ -390,9 +390,9 @@ def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None =
     if n_tasks is not None and n_tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {n_tasks}")
     status = run_status(run_dir)
-    t0 = time.perf_counter()
     cfg, learner, splits, seed = prepare_test(run_dir, device, batchnorm, on, overrides, seed)
     n = n_tasks or cfg.test_tasks
+    t0 = time.perf_counter()
     res = meta_test(learner, splits, seed, n, next(learner.parameters()).device, progress)
     out = {"name": cfg.name, "metric": learner.metric_name, "seed": seed,
            "meta_test": test_summary(res),
