@@ -25,8 +25,10 @@ from task_runs import WORK, ci, fmt, parallel, scores, train  # noqa: E402
 from metaphi.runs import get_preset  # noqa: E402
 from metaphi.tasks.regression import FAMILIES  # noqa: E402
 
+LABEL = {"maml": "MAML", "fomaml": "first-order MAML", "metasgd": "Meta-SGD"}
 
-def floor_scores(family: str, steps: int, n: int) -> np.ndarray:
+
+def floor_scores(family: str, steps: int, n: int, learner: str = "maml") -> np.ndarray:
     """The floor: φ at its random initialisation (the run's seed), adapted on each support set
     with the runs' inner steps, on the same tasks as the runs' meta-test."""
     import torch
@@ -38,19 +40,21 @@ def floor_scores(family: str, steps: int, n: int) -> np.ndarray:
     from metaphi.tasks.sources import fixed_tasks
 
     torch.set_num_threads(1)
-    cfg = validate_config(apply_overrides(get_preset(f"regression-{family}"), [f"steps={steps}"]))
+    cfg = validate_config(apply_overrides(get_preset(f"regression-{family}"),
+                                          [f"steps={steps}", f"learner.name={learner}"]))
     learner = build_learner(cfg).eval()
     tasks = fixed_tasks(build_sources(cfg).test, cfg.seed + 1, "test", n)
     return np.array([m for m, _ in task_scores(learner, tasks)])
 
 
-def one(family: str, kind: str, steps: int, n: int) -> tuple[str, str, np.ndarray, float]:
+def one(family: str, kind: str, steps: int, n: int,
+        learner: str = "maml") -> tuple[str, str, np.ndarray, float]:
     """(family, kind, per-task MSEs, train seconds) of one run (or the floor)."""
     if kind == "floor":
-        return family, kind, floor_scores(family, steps, n), 0.0
+        return family, kind, floor_scores(family, steps, n, learner), 0.0
     name = f"regression-lofo-{family}" if kind == "cross" else f"regression-{family}"
-    out = WORK / "cross_problem" / name
-    res = train(get_preset(name), [f"steps={steps}"], out)
+    out = WORK / "cross_problem" / (name if learner == "maml" else f"{name}+{learner}")
+    res = train(get_preset(name), [f"steps={steps}", f"learner.name={learner}"], out)
     return family, kind, scores(out, n=n), res["train_seconds"]
 
 
@@ -60,10 +64,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--learner", default="maml", choices=["maml", "fomaml", "metasgd"],
+                    help="the MAML-family learner of every run (the presets' is maml)")
     ap.add_argument("--name", default="cross_problem_regression")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    jobs = [(f, k, args.steps, args.tasks) for f in args.families
+    jobs = [(f, k, args.steps, args.tasks, args.learner) for f in args.families
             for k in ("cross", "ceiling", "floor")]
     got = {(f, k): (s, sec) for f, k, s, sec in parallel(one, jobs, args.workers)}
     rows, details, met = [], {}, []
@@ -80,10 +86,11 @@ def main() -> None:
                       "cross_minus_in_family": diff, "gap_closed": closed}
         print(rows[-1], flush=True)
     _figure(args.families, details, Path(__file__).resolve().parent / "figures"
-            / f"{args.name}.png")
+            / f"{args.name}.png", LABEL[args.learner])
     others = {f: [g for g in FAMILIES if g != f] for f in args.families}
     write_result(
-        args.name, "Leave-one-family-out regression: cross-problem φ vs in-family φ vs random init",
+        args.name, "Leave-one-family-out regression: cross-problem φ vs in-family φ vs random init"
+        + ("" if args.learner == "maml" else f" ({LABEL[args.learner]})"),
         [{"title": f"Meta-test MSE ± 95% CI on {args.tasks} tasks of the held-out family "
                    "(the same tasks in each column)",
           "columns": ["held-out family", "floor: random init", "cross-problem φ (other 6 families)",
@@ -91,7 +98,9 @@ def main() -> None:
                       "target ≥ 0.5 met", "cross train min", "in-family train min"],
           "rows": rows,
           "notes": (
-              "MAML, MLP 1-40-40-1, 10-shot, inner SGD lr 0.01 with 5 steps at meta-train and "
+              f"{LABEL[args.learner]}, MLP 1-40-40-1, 10-shot, inner SGD lr 0.01 "
+              f"{'(initial value of the meta-learned per-parameter lrs) ' if args.learner == 'metasgd' else ''}"
+              "with 5 steps at meta-train and "
               f"meta-test, Adam 1e-3, meta-batch 25, {args.steps} outer steps for every run "
               "(presets regression-lofo-<family> and regression-<family>), φ chosen on 200 "
               "meta-val tasks of the meta-train families every 1000 steps. Floor: the runs' "
@@ -107,7 +116,7 @@ def main() -> None:
         target_met_on_every_family=all(met), steps=args.steps)
 
 
-def _figure(families: list[str], details: dict, path: Path) -> None:
+def _figure(families: list[str], details: dict, path: Path, learner: str = "MAML") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +135,7 @@ def _figure(families: list[str], details: dict, path: Path) -> None:
     ax.set_xticklabels(families)
     ax.set_yscale("log")
     ax.set_ylabel("meta-test MSE (log scale)")
-    ax.set_title("Leave-one-family-out regression (MAML, 10-shot)", fontsize=10)
+    ax.set_title(f"Leave-one-family-out regression ({learner}, 10-shot)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
