@@ -169,7 +169,8 @@ def main() -> None:
               "permute_labels (MAML only) = the task's labels shuffled, which for these "
               "sources (labels already in a random order per task) changes the tasks' "
               "distribution in nothing. "
-              + " ".join(checks) + " Wall times were measured on a shared 2-core machine, two "
+              + "".join(f"{c}. " for c in checks) + "Wall times were measured on a shared "
+              "2-core machine, two "
               "runs at a time, one thread each.")}],
         time.perf_counter() - t0, topic="task-construction",
         question="Which task augmentations help when there are few meta-train classes, and by "
