@@ -31,6 +31,12 @@ from metaphi.runs.task_presets import ALPHABET_GROUPS, group_split  # noqa: E402
 BATCHNORM = ("episode", "running", "support", "target")
 
 
+def characters(alphabets: list[str]) -> int:
+    from metaphi.data.omniglot import ALPHABETS
+
+    return sum(p[a] for p in ALPHABETS.values() for a in alphabets if a in p)
+
+
 def run_dir(group: str) -> Path:
     return WORK / "transfer_matrix" / f"transfer-protonet-{group}"
 
@@ -97,6 +103,7 @@ def main() -> None:
                           "group (columns), by BatchNorm statistics at meta-test")
     groups = "; ".join(f"{g}: meta-train {', '.join(group_split(g)['train'])} | meta-test "
                        f"{', '.join(group_split(g)['test'])}" for g in G)
+    sizes = ", ".join(f"{g} {characters(group_split(g)['train'])}" for g in G)
     write_result(
         args.name, "Omniglot transfer matrix: alphabet groups as domains, BatchNorm choices",
         [{"title": f"Meta-test accuracy % ± 95% CI on {args.tasks} 5-way 1-shot tasks (5 "
@@ -115,7 +122,9 @@ def main() -> None:
               "together; running = estimated on 50 meta-train episodes; support = each "
               "episode's support images alone; target = re-estimated on 50 unlabelled "
               "episodes of the target's meta-test alphabets (another stream than the "
-              "evaluated ones). Wall times were measured on a shared 2-core machine.")},
+              "evaluated ones). Rows differ in meta-train data as well as in domain: "
+              f"characters in each group's meta-train alphabets: {sizes}. Wall times were "
+              "measured on a shared 2-core machine.")},
          {"title": "Mean accuracy % on the diagonal (in-domain) and off it (cross-domain)",
           "columns": ["BatchNorm", "in-domain", "cross-domain", "drop (points)"],
           "rows": summary, "notes": ""}],

@@ -62,7 +62,8 @@ def transfer_matrix(panels: dict[str, np.ndarray], rows: Sequence[str], cols: Se
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if v[i, j] < (lo + hi) / 2 else "black")
     axes[0][0].set_ylabel("meta-train domain")
-    fig.supxlabel("meta-test domain", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xlabel("meta-test domain", fontsize=8)
     fig.colorbar(im, ax=list(axes[0]), label=label, shrink=0.9)
     fig.suptitle(title, fontsize=10)
     path = Path(path)
