@@ -61,8 +61,15 @@ def scores(run_dir: Path, overrides: Sequence[str] = (), n: int = 1000, seed: in
     run's seed + 1), as `metaphi test RUN [--on SOURCE] [--batchnorm B] OVERRIDES` draws
     them. The same seed gives runs with the same test source the same tasks, so they can be
     compared task by task."""
+    import hashlib
+
     import torch
 
+    key = json.dumps([list(overrides), n, seed, batchnorm, on])
+    cache = run_dir / "bench_scores" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
+    weights = run_dir / "best.pt"
+    if cache.exists() and weights.exists() and cache.stat().st_mtime > weights.stat().st_mtime:
+        return np.load(cache)  # this run was scored on these tasks already
     torch.set_num_threads(1)
     from metaphi.loops.evaluate import task_scores
     from metaphi.runs.run import prepare_test
@@ -70,5 +77,8 @@ def scores(run_dir: Path, overrides: Sequence[str] = (), n: int = 1000, seed: in
 
     _, learner, splits, seed = prepare_test(run_dir, "cpu", batchnorm, on, list(overrides), seed)
     with torch.no_grad():
-        return np.array([m for m, _ in task_scores(learner,
-                                                   fixed_tasks(splits.test, seed, "test", n))])
+        out = np.array([m for m, _ in task_scores(learner,
+                                                  fixed_tasks(splits.test, seed, "test", n))])
+    cache.parent.mkdir(exist_ok=True)
+    np.save(cache, out)
+    return out
