@@ -65,7 +65,6 @@ def main() -> None:
     overrides = [f"steps={args.steps}", f"val_every={max(args.steps // 5, 1)}",
                  f"checkpoint_every={max(args.steps // 5, 1)}", "test_tasks=100", *args.overrides]
     res = train(PRESET, out, overrides, args.threads)
-    from metaphi.runs import validate_config  # noqa: F401  (registries loaded)
     import yaml
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())

@@ -127,6 +127,20 @@ TOPICS: dict[str, dict[str, Any]] = {
         ],
         "guide": ("forecasting guide", "../guides/forecasting.md"),
     },
+    "task-construction": {
+        "title": "Task construction",
+        "question": "How much do task augmentation, cross-domain transfer and cross-problem "
+                    "training change what φ learns from few meta-train tasks or other domains?",
+        "setup": [
+            "Task-poor Omniglot: meta-train on the characters of 5 or 10 background alphabets "
+            "(no rotated classes), meta-test 5- and 20-way 1-shot on Vinyals' test classes, "
+            "without and with task augmentation (task.augment), the same steps per run.",
+            "Transfer: ProtoNet meta-trained on one group of Omniglot alphabets, meta-tested on "
+            "unseen alphabets of every group, with four BatchNorm choices. Regression: MAML "
+            "meta-trained on six function families, meta-tested on the seventh.",
+        ],
+        "guide": ("task construction guide", "../guides/task-construction.md"),
+    },
     "distributed": {
         "title": "Distributed meta-training",
         "question": "How does meta-training throughput scale with the number of processes under "

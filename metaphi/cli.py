@@ -61,10 +61,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Registered learners, task sources, backbones and meta-optimizers with their options."""
-    from .registry import BACKBONES, LEARNERS, META_OPTIMIZERS, SOURCES
+    from .registry import AUGMENTATIONS, BACKBONES, LEARNERS, META_OPTIMIZERS, SOURCES
 
     registries = {"learners": LEARNERS, "sources": SOURCES, "backbones": BACKBONES,
-                  "meta-optimizers": META_OPTIMIZERS}
+                  "meta-optimizers": META_OPTIMIZERS, "augmentations": AUGMENTATIONS}
     for title, reg in registries.items():
         if args.what not in (None, title):
             continue
@@ -116,13 +116,20 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .runs.run import test_run
 
     res = test_run(args.run_dir, seed=args.seed, n_tasks=args.tasks, device=args.device or "auto",
-                   progress=not args.no_progress, batchnorm=args.batchnorm)
+                   progress=not args.no_progress, batchnorm=args.batchnorm, on=args.on,
+                   overrides=args.overrides)
     mt = res["meta_test"]
     if "note" in res and not args.json:
         print(f"note: {res['note']}", file=sys.stderr)
-    print(strict_json(res, indent=2) if args.json else
-          f"{res['name']}: meta-test {res['metric']} {mt['mean']:.4f} ± {mt['ci95']:.4f} "
+    if args.json:
+        print(strict_json(res, indent=2))
+        return 0
+    where = f" on {args.on}" if args.on else ""
+    print(f"{res['name']}: meta-test{where} {res['metric']} {mt['mean']:.4f} ± {mt['ci95']:.4f} "
           f"(95% CI, {mt['tasks']} fresh tasks, seed {res['seed']})")
+    for d, r in mt.get("by_domain", {}).items():
+        print(f"  {d}: {r['mean']:.4f} ± {r['ci95']:.4f} ({r['tasks']} tasks)")
+    print(f"wrote {res['path']}")
     return 0
 
 
@@ -139,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("list", help="list registered learners, task sources, backbones and "
                         "meta-optimizers with their options")
     pl.add_argument("what", nargs="?", choices=["learners", "sources", "backbones",
-                                                "meta-optimizers"])
+                                                "meta-optimizers", "augmentations"])
     pl.set_defaults(func=cmd_list)
 
     pt = sub.add_parser("train", help="meta-train a preset or config file into a run folder")
@@ -164,10 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--seed", type=int, help="meta-test task seed (default: the run's seed + 1)")
     pe.add_argument("--tasks", type=int, help="number of meta-test tasks (default: the run's)")
     pe.add_argument("--device")
-    pe.add_argument("--batchnorm", choices=["episode", "running"],
+    pe.add_argument("overrides", nargs="*", help="task options, e.g. task.n_way=20 (of the run's "
+                    "tasks, or with --on of the target's: task.classes.test=[Tengwar])")
+    pe.add_argument("--on", metavar="SOURCE", help="cross-domain testing: a task source name "
+                    "(its options as task.<option>=value) or an image folder of class "
+                    "sub-folders, with the run's input shape")
+    pe.add_argument("--batchnorm", choices=["episode", "running", "support", "target"],
                     help="ProtoNet/Matching Networks/R2-D2: evaluate with these BatchNorm "
-                         "statistics instead of the run's (running: estimated on meta-train "
-                         "episodes if the run has none)")
+                         "statistics instead of the run's: the episode's, running (estimated on "
+                         "meta-train episodes if the run has none), each episode's support "
+                         "set's, or target (re-estimated on unlabelled images of the tasks' "
+                         "source)")
     pe.add_argument("--json", action="store_true")
     pe.add_argument("--no-progress", action="store_true")
     pe.set_defaults(func=cmd_test)

@@ -1,5 +1,5 @@
-"""One registry per extension point: learners, task sources (datasets), backbones and
-meta-optimizers.
+"""One registry per extension point: learners, task sources (datasets), backbones,
+meta-optimizers and task augmentations.
 
 An extension is one file and one registration. The file defines a pydantic options model
 (a subclass of :class:`Options`: the keyword options a config may set, with their defaults and
@@ -121,9 +121,11 @@ LEARNERS = Registry("learner", builtin=("metaphi.learners",))
 SOURCES = Registry("task source", key="source",
                    builtin=("metaphi.tasks.sinusoid", "metaphi.data.omniglot",
                             "metaphi.data.folder", "metaphi.data.usertext", "metaphi.data.sib200",
-                            "metaphi.data.udhr", "metaphi.data.fewrel"))
+                            "metaphi.data.udhr", "metaphi.data.fewrel", "metaphi.tasks.combinators",
+                            "metaphi.tasks.regression"))
 BACKBONES = Registry("backbone", builtin=("metaphi.models",))
 META_OPTIMIZERS = Registry("meta-optimizer", builtin=("metaphi.meta.optimizers",))
+AUGMENTATIONS = Registry("task augmentation", builtin=("metaphi.tasks.augment",))
 
 
 def register_learner(name: str, options: type[Options], *, model: str = "head",
@@ -161,6 +163,13 @@ def register_meta_optimizer(name: str, options: type[Options], *, kind: str) -> 
     if kind not in ("gradient", "population"):
         raise ValueError(f"kind must be 'gradient' or 'population', got {kind!r}")
     return META_OPTIMIZERS.register(name, options, kind=kind)
+
+
+def register_augmentation(name: str, options: type[Options]) -> Callable[[T], T]:
+    """Register a task augmentation builder ``build(options, source) -> map`` where
+    ``map(task, rng) -> Task`` transforms one meta-train task, a pure function of ``rng``
+    (``source`` is the augmented source, for maps that draw a second task)."""
+    return AUGMENTATIONS.register(name, options)
 
 
 # -- plugins ----------------------------------------------------------------------------------

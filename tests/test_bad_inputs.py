@@ -19,13 +19,11 @@ import threading
 import time
 import zipfile
 import zlib
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from metaphi.cli import main

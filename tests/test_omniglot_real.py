@@ -85,6 +85,19 @@ def test_real_omniglot(tmp_path):
         five_way.sample(rng)
     print(f"5-way 1-shot 15-query task: {(time.perf_counter() - t0) / 200 * 1e3:.2f} ms")
 
+    # the task-construction benchmarks' written-down alphabet lists name real alphabets
+    from metaphi.data.omniglot import omniglot_class_lists
+    from metaphi.runs.task_presets import ALPHABET_GROUPS, TASK_POOR_ALPHABETS, group_split
+    from metaphi.tasks import ClassLists
+
+    for n, chars in ((5, 139), (10, 272)):
+        got = omniglot_class_lists(cached, ClassLists(train=list(TASK_POOR_ALPHABETS[n]),
+                                                      test=["split:vinyals/test"]), rotations=[0])
+        assert len(got["train"]) == chars and got["test"] == lists["test"]
+    for g in ALPHABET_GROUPS:
+        got = omniglot_class_lists(cached, ClassLists(**group_split(g)), rotations=[0])
+        assert len(got["train"]) > 90 and len(got["test"]) > 90, g
+
 
 def test_missing_data_fails_under_ci_and_skips_offline_elsewhere(monkeypatch, tmp_path):
     import sys

@@ -81,8 +81,8 @@ def test_learner_options_reach_the_learner_and_are_refused_where_they_do_not_app
     assert pn.batchnorm == "running" and pn.batchnorm_tasks == 7
     with pytest.raises(ConfigError, match=r"learner\.batchnorm: 'maml' has no option"):
         validate_config({**OMNI, "learner": {"name": "maml", "batchnorm": "running"}})
-    with pytest.raises(ConfigError, match=r"learner\.batchnorm: Input should be 'episode' or "
-                                          r"'running'"):
+    with pytest.raises(ConfigError, match=r"learner\.batchnorm: Input should be 'episode', "
+                                          r"'running' or 'support'"):
         validate_config({**OMNI, "learner": {"name": "protonet", "batchnorm": "population"}})
 
 

@@ -14,6 +14,15 @@ The PNGs are decoded once into a compact cache (all images as uint8 at ``image_s
 plus the character names), so later runs load in well under a second. Rotations by 90, 180 and
 270 degrees are classes of their own (``Alphabet/characterNN/rot090``); :class:`OmniglotData`
 rotates on the fly, so memory holds only the base images.
+
+Which classes are meta-train, meta-val and meta-test: a split's class lists (``split``, default
+Vinyals et al.'s), or user-defined lists of parts, alphabets, characters or classes
+(``task.classes``, :func:`omniglot_class_lists`), e.g. the original release's protocol,
+background alphabets for meta-training and evaluation alphabets for meta-testing, without
+rotations::
+
+    task: {source: omniglot, rotations: [0],
+           classes: {train: [images_background], test: [images_evaluation]}}
 """
 from __future__ import annotations
 
@@ -35,11 +44,12 @@ from torch import Tensor
 if TYPE_CHECKING:
     from PIL import Image
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..files import clean_stale_temporaries
 from ..registry import register_source
-from ..tasks.fewshot import FewShotOptions, FewShotSource, fewshot_splits
+from ..tasks.class_lists import ClassLists, fewshot_from_lists, resolve_class_lists
+from ..tasks.fewshot import FewShotOptions, FewShotSource
 from ..tasks.sources import Splits, TaskInfo
 from .cache import default_cache_dir, is_writable_dir, load_arrays, save_arrays
 from .download import RemoteFile, check_archive, download, safe_extract
@@ -642,15 +652,73 @@ def read_split(split: str | Path, which: str, folder: Path | None = None) -> lis
     return names
 
 
+def omniglot_class_lists(images: OmniglotImages, lists: ClassLists,
+                          rotations: Sequence[int] = ROTATIONS) -> dict[str, list[str] | None]:
+    """Class names for user-defined lists (:class:`~metaphi.tasks.class_lists.ClassLists`).
+
+    An entry names a rotated-character class (``Alphabet/characterNN/rotDDD``, taken as it
+    is), a split's list (``split:vinyals/test``: its classes as listed), a character
+    (``Alphabet/characterNN``), an alphabet (``Latin``) or a part of the release
+    (``images_background``, ``images_evaluation``); the last three stand for their characters
+    in each of ``rotations`` (degrees, counter-clockwise).
+    """
+    bad = sorted(set(rotations) - set(ROTATIONS))
+    if bad or not rotations:
+        raise OmniglotError(f"rotations must be a non-empty subset of {list(ROTATIONS)}, got "
+                            f"{list(rotations)}")
+    by_alphabet: dict[str, list[str]] = {}
+    by_part: dict[str, list[str]] = {}
+    for c, part in zip(images.characters, images.parts):
+        by_alphabet.setdefault(c.split("/")[0], []).append(c)
+        by_part.setdefault(PARTS[int(part)], []).append(c)
+    chars = set(images.characters)
+
+    def with_rotations(characters: Sequence[str]) -> list[str]:
+        return [f"{c}/rot{r:03d}" for c in characters for r in rotations]
+
+    def expand(entry: str) -> list[str]:
+        if _CLASS_RE.match(entry):
+            return [entry]  # OmniglotData says if the character is missing
+        if entry.startswith("split:"):
+            name, _, which = entry[len("split:"):].rpartition("/")
+            if not name or which not in SPLIT_FILES:
+                raise OmniglotError(f"task.classes: {entry!r}: a split's list is named "
+                                    f"split:<split>/<{'|'.join(SPLIT_FILES)}>, e.g. "
+                                    "split:vinyals/test")
+            return read_split(name, which, images.folder)
+        if entry in chars:
+            return with_rotations([entry])
+        if entry in by_part:
+            return with_rotations(by_part[entry])
+        if entry in by_alphabet:
+            return with_rotations(by_alphabet[entry])
+        known = {a for p in ALPHABETS.values() for a in p}
+        if entry in known or entry in PARTS or entry.split("/")[0] in known:
+            raise OmniglotError(f"task.classes: {entry!r} is not in the loaded data; load the "
+                                "complete dataset or name what it holds")
+        raise OmniglotError(
+            f"task.classes: {entry!r} is neither an Omniglot alphabet, a character "
+            "(Alphabet/characterNN), a class (Alphabet/characterNN/rotDDD) nor a part "
+            f"({', '.join(PARTS)}); alphabets: {', '.join(sorted(by_alphabet))}")
+
+    try:
+        return resolve_class_lists(lists, expand, with_rotations(images.characters))
+    except ValueError as e:
+        raise OmniglotError(str(e)) from None
+
+
 def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int = 1,
                      n_query: int = 15, eval_n_query: int | None = None,
                      split: str | Path = "vinyals", *, train_n_way: int | None = None,
                      meta_train: str = "train", images: OmniglotImages | None = None,
                      cache_dir: str | Path | None = None, strict: bool = True,
                      download: bool = False, resample: str = "lanczos",
+                     classes: ClassLists | None = None,
+                     rotations: Sequence[int] = ROTATIONS,
                      ) -> tuple[FewShotSource, FewShotSource | None, FewShotSource]:
     """Meta-train / meta-val / meta-test N-way K-shot task sources over Omniglot's rotated
-    characters, from the ``train``, ``val`` and ``test`` lists of ``split``.
+    characters, from the ``train``, ``val`` and ``test`` lists of ``split``, or from
+    user-defined ``classes`` lists (:func:`omniglot_class_lists`, with ``rotations``).
 
     ``eval_n_query`` (default ``n_query``) sets the queries per class of meta-val/meta-test,
     ``train_n_way`` (default ``n_way``) the ways of meta-train episodes.
@@ -665,17 +733,26 @@ def omniglot_sources(root: str | Path | None = None, n_way: int = 5, k_shot: int
     if images is None:
         images = load_omniglot(root, cache_dir=cache_dir, strict=strict, download=download,
                                resample=resample)
-    which = ("train", "val", "test") if meta_train == "train" else ("trainval", "test")
-    lists = [read_split(split, w, images.folder) for w in which]
-    data = OmniglotData(images, [c for names in lists for c in names])
-    ids, start = [], 0
-    for names in lists:
-        ids.append(np.arange(start, start + len(names)))
-        start += len(names)
-    srcs = fewshot_splits(data, n_way, k_shot, n_query, splits=ids,
-                          eval_n_query=eval_n_query, train_n_way=train_n_way,
-                          names=[f"meta-{'train' if w == 'trainval' else w}" for w in which])
-    return srcs if meta_train == "train" else (srcs[0], None, srcs[1])  # type: ignore[return-value]
+    if classes is not None:
+        lists = omniglot_class_lists(images, classes, rotations)
+        if meta_train == "trainval" and lists["train"] is not None:
+            lists = {"train": lists["train"] + (lists["val"] or []), "val": None,
+                     "test": lists["test"]}
+    elif meta_train == "trainval":
+        lists = {"train": read_split(split, "trainval", images.folder), "val": None,
+                 "test": read_split(split, "test", images.folder)}
+    else:
+        lists = {w: read_split(split, w, images.folder) for w in ("train", "val", "test")}
+    order = [c for names in lists.values() if names for c in names]
+    data = OmniglotData(images, order)
+    ids, start = {}, 0
+    for w, names in lists.items():
+        if names is not None:
+            ids[w] = np.arange(start, start + len(names))
+            start += len(names)
+        else:
+            ids[w] = None
+    return fewshot_from_lists(data, ids, n_way, k_shot, n_query, eval_n_query, train_n_way)
 
 
 class OmniglotOptions(FewShotOptions):
@@ -695,6 +772,22 @@ class OmniglotOptions(FewShotOptions):
         "('lanczos', as Finn et al.'s MAML code) or to binary strokes ('nearest', as Snell et "
         "al.'s ProtoNet code)")
     image_size: int = Field(28, ge=4, description="side of the square images, in pixels")
+    classes: ClassLists | None = Field(
+        None, description="user-defined meta-train/val/test lists instead of `split`: parts "
+        "(images_background), alphabets, characters or classes, inline or from files "
+        "(metaphi.data.omniglot.omniglot_class_lists)")
+    rotations: list[int] = Field(
+        [0, 90, 180, 270], description="with `classes`: the rotations (degrees) of each listed "
+        "character that are classes of their own ([0]: the characters as drawn)")
+
+    @model_validator(mode="after")
+    def _classes_or_split(self) -> "OmniglotOptions":
+        if not self.rotations or set(self.rotations) - set(ROTATIONS):
+            raise ValueError(f"rotations: a non-empty subset of {list(ROTATIONS)}")
+        if self.classes is not None and self.split != "vinyals":
+            raise ValueError("give either `split` (a folder of class lists) or `classes`, not "
+                             "both")
+        return self
 
     def info(self) -> TaskInfo:
         return TaskInfo("classification", "image", (1, self.image_size, self.image_size),
@@ -715,5 +808,6 @@ def omniglot_splits(o: OmniglotOptions) -> Splits:
     train, val, test = omniglot_sources(images=images, n_way=o.n_way, k_shot=o.k_shot,
                                         n_query=o.n_query, eval_n_query=o.eval_n_query,
                                         split=o.split, train_n_way=o.train_n_way,
-                                        meta_train=o.meta_train_classes)
+                                        meta_train=o.meta_train_classes, classes=o.classes,
+                                        rotations=o.rotations)
     return Splits(train, val, test, o.info())

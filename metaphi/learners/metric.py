@@ -16,8 +16,11 @@ meta-validation, meta-test, prediction) BatchNorm normalises with running statis
 :meth:`EmbeddingLearner.fit_batchnorm` estimates for the final φ from meta-train episodes (the
 mean of their batch means and unbiased variances), so every input is embedded on its own. This
 is how the Prototypical Networks reference code evaluates (``model.eval()``: running statistics
-kept during meta-training). For an embedding without BatchNorm, or with running statistics,
-the head is built once in :meth:`~EmbeddingLearner.adapt` and reused.
+kept during meta-training). ``"support"``: in evaluation mode each episode normalises with the
+statistics of its support set alone (inductive, and re-estimated on every target task: an
+option under domain shift, where statistics of the meta-train domain can be badly wrong).
+For an embedding without BatchNorm, or with running or support statistics, the head is built
+once in :meth:`~EmbeddingLearner.adapt` and reused.
 
 All heads are written with a leading task dimension, so one code path serves a single task
 (task dimension 1) and the batched fast path of :meth:`EmbeddingLearner.meta_grads`, which
@@ -89,7 +92,8 @@ class EpisodeSupport(Adapted):
     support_y: Tensor | None = None
     n_way: int = 0
     head: Head | None = None
-    running: bool = False  # BatchNorm with the learner's running statistics
+    # BatchNorm with the learner's running statistics (True) or with these ones (support mode)
+    running: bool | dict[str, Tensor] = False
 
 
 class EmbeddingOptions(Options):
@@ -99,9 +103,9 @@ class EmbeddingOptions(Options):
     batched: bool | None = Field(
         None, description="embed a meta-batch of equally shaped tasks in one call (None: where "
         "it is the faster path)")
-    batchnorm: Literal["episode", "running"] = Field(
-        "episode", description="BatchNorm statistics in evaluation mode: the episode's own, or "
-        "running statistics estimated on meta-train episodes")
+    batchnorm: Literal["episode", "running", "support"] = Field(
+        "episode", description="BatchNorm statistics in evaluation mode: the episode's own, "
+        "running statistics estimated on meta-train episodes, or the support set's own")
     batchnorm_tasks: int = Field(50, ge=1, description="batchnorm=running: meta-train episodes "
                                  "for the estimate")
 
@@ -214,6 +218,29 @@ class EmbeddingLearner(Learner):
         if self.batchnorm == "running":
             self.fit_batchnorm(fixed_tasks(source, seed, "batchnorm", self.batchnorm_tasks))
 
+    @torch.no_grad()
+    def support_statistics(self, params: Params, x: Tensor) -> dict[str, Tensor]:
+        """Every BatchNorm layer's statistics when ``x`` (a support set) is embedded alone (the
+        mean and biased variance it normalises with), as running-statistics buffers."""
+        stats: dict[str, Tensor] = {}
+
+        def hook(name: str):
+            def record(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+                x = inputs[0]
+                dims = [0] + list(range(2, x.ndim))
+                stats[f"{name}.running_mean"] = x.mean(dims)
+                stats[f"{name}.running_var"] = x.var(dims, unbiased=False)
+            return record
+
+        handles = [self.model.get_submodule(n).register_forward_pre_hook(hook(n))
+                   for n in self._bn_layers]
+        try:
+            forward(self.model, self.model_params(params), x)
+        finally:
+            for h in handles:
+                h.remove()
+        return stats
+
     def _running_buffers(self) -> dict[str, Tensor]:
         return {f"{n}.{stat}": getattr(self.bn_stats, _key(n, s))
                 for n in self._bn_layers for stat, s in (("running_mean", "mean"),
@@ -232,16 +259,18 @@ class EmbeddingLearner(Learner):
     def model_params(self, params: Params) -> Params:
         return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
-    def embed(self, params: Params, x: Tensor, running: bool = False) -> Tensor:
+    def embed(self, params: Params, x: Tensor, running: bool | dict[str, Tensor] = False
+              ) -> Tensor:
         """Embeddings ``(B, D)`` of one batch (one episode's BatchNorm statistics, or with
-        ``running`` the learner's running statistics: each input on its own)."""
+        ``running`` the learner's running statistics, or the statistics given as a dict:
+        each input on its own)."""
         mp = self.model_params(params)
-        if running:
+        if running is not False:
             for n in self._bn_layers:
                 # BatchNorm in eval mode takes the statistics it is given; without them (episode
                 # mode) it still normalises with the batch's own, so this never needs undoing
                 self.model.get_submodule(n).training = False
-            mp = {**mp, **self._running_buffers()}
+            mp = {**mp, **(running if isinstance(running, dict) else self._running_buffers())}
         out = forward(self.model, mp, x)
         return out.flatten(1) if self.flat_embeddings else out
 
@@ -273,8 +302,10 @@ class EmbeddingLearner(Learner):
             params = {n: p.detach() for n, p in params.items()}
         head = None
         # training mode normalises with the episode's statistics in either BatchNorm mode
-        running = not self.training and self.uses_running()
-        if not self._bn_layers or running:
+        running: bool | dict[str, Tensor] = not self.training and self.uses_running()
+        if not self.training and self.batchnorm == "support" and self._bn_layers:
+            running = self.support_statistics(params, support_x)
+        if not self._bn_layers or running is not False:
             with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
                 z = self.embed(params, support_x, running)[None]
                 onehot = F.one_hot(support_y.long(), n_way).to(z.dtype)[None]
@@ -334,7 +365,7 @@ class EmbeddingLearner(Learner):
         return losses.view(len(logits), -1).mean(1)
 
     def eval_episodes(self, tasks: list[Task]) -> tuple[Tensor, Tensor]:
-        n_way = self._batchable(tasks)
+        n_way = None if self.batchnorm == "support" else self._batchable(tasks)
         if n_way is None:
             return super().eval_episodes(tasks)
         with torch.no_grad(), eval_mode(self):
@@ -363,7 +394,7 @@ class EmbeddingLearner(Learner):
                 {"loss": float(losses.detach().mean()), "metric": float(accs.mean())})
 
 
-BATCHNORM_MODES = ("episode", "running")
+BATCHNORM_MODES = ("episode", "running", "support")
 
 
 def _key(layer: str, stat: str) -> str:
@@ -408,7 +439,8 @@ class ProtoNet(EmbeddingLearner):
         scale: initial logit scale (None: 1 for sqeuclidean, 10 for cosine).
         learn_scale: meta-learn the scale (None: for cosine only).
         batched: see :class:`EmbeddingLearner`.
-        batchnorm: ``"episode"`` or ``"running"`` statistics in evaluation mode (module docstring).
+        batchnorm: ``"episode"``, ``"running"`` or ``"support"`` statistics in evaluation mode
+            (module docstring).
         batchnorm_tasks: meta-train episodes for the running statistics.
     """
 

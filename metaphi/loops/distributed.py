@@ -266,13 +266,13 @@ def evaluate_gathered(learner: Any, local_tasks: Sequence[Task], ctx: DistContex
     """:func:`metaphi.loops.evaluate.evaluate` over tasks spread across ranks: each rank scores
     its block, the per-task numbers are gathered in task order and summarised identically on
     every rank (equal to a single-process evaluation of all the tasks)."""
-    from .evaluate import evaluate, summarise, task_scores
+    from .evaluate import evaluate, summarise, task_records
 
     if not ctx.enabled:
         return evaluate(learner, local_tasks, device, progress=progress, desc=desc)
-    pairs = task_scores(learner, local_tasks, device, progress and ctx.is_main,
-                        f"{desc} (rank 0 of {ctx.world_size})")
-    return summarise(learner, gather_blocks(pairs, ctx))
+    records = task_records(learner, local_tasks, device, progress and ctx.is_main,
+                           f"{desc} (rank 0 of {ctx.world_size})")
+    return summarise(learner, gather_blocks(records, ctx))
 
 
 def load_on_main(ctx: DistContext, load: Callable[[], T | None],

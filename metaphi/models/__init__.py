@@ -4,7 +4,7 @@ use."""
 from .backbones import Classifier, conv4, conv4_features, mlp, mlp_features
 from .resnet import resnet12, resnet12_features
 from .text import NGramBag, TextTransformer, TokenCNN
-from . import timm_backbone  # registers the optional `timm` backbone
+from . import timm_backbone  # noqa: F401  (registers the optional `timm` backbone)
 
 __all__ = ["Classifier", "conv4", "conv4_features", "mlp", "mlp_features", "resnet12",
            "resnet12_features", "NGramBag", "TextTransformer", "TokenCNN"]

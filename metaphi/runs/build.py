@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..learners.base import Learner
-from ..registry import BACKBONES, LEARNERS, META_OPTIMIZERS, SOURCES
+from ..registry import BACKBONES, LEARNERS, META_OPTIMIZERS
+from ..tasks.combinators import build_splits
 from ..tasks.sources import Splits, task_rng
 from .config import RunConfig
 
@@ -52,8 +53,9 @@ def build_learner(cfg: RunConfig) -> Learner:
 
 def build_sources(cfg: RunConfig) -> Splits:
     """Meta-train, meta-val and meta-test task sources (they never share classes); meta-val is
-    None where the source has none (e.g. Omniglot meta-trained on train+val classes)."""
-    return SOURCES.get(cfg.task.source).obj(cfg.task)
+    None where the source has none (e.g. Omniglot meta-trained on train+val classes). The
+    task section's ``sampler`` and ``augment`` apply (:func:`metaphi.tasks.combinators.build_splits`)."""
+    return build_splits(cfg.task)
 
 
 def build_meta_optimizer(cfg: RunConfig, learner: Learner) -> tuple[Any, Any]:

@@ -198,7 +198,7 @@ def error_lines(err: ValidationError, prefix: str = "", registry: Registry | Non
     for e in err.errors():
         where = ".".join(([prefix] if prefix else []) + [str(p) for p in e["loc"]])
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
         msg = e["msg"]
         if e["type"] == "value_error":
             msg, got_s = str(e["ctx"]["error"]), ""  # a validator's own message shows the value
@@ -232,6 +232,9 @@ def check_consistent(cfg: RunConfig) -> None:
         able = [n for n in BACKBONES.names() if info.input in BACKBONES.get(n).info["inputs"]]
         raise ValueError(f"model.name: {cfg.model.name!r} does not take {info.input} inputs "
                          f"(task.source {cfg.task.source!r}); use one of {', '.join(able)}")
+    check_task = getattr(cfg.task, "check_learner", None)  # e.g. variable-way episodes
+    if check_task is not None:
+        check_task(cfg.learner.name, entry.info["model"])
     train_n_way = getattr(cfg.task, "train_n_way", None)
     if train_n_way not in (None, info.n_way) and entry.info["model"] != "embedding":
         raise ValueError(f"task.train_n_way: {cfg.learner.name!r} has a {info.n_way}-unit output "

@@ -140,6 +140,9 @@ def _build() -> None:
                         "needs the dataset: --data-dir or METAPHI_DATA)")
     register_preset(_imaml_5w1s(), "iMAML on Omniglot 5-way 1-shot (Rajeswaran et al. 2019 "
                     "protocol; needs the dataset: --data-dir or METAPHI_DATA)")
+    from .task_presets import register_task_presets
+
+    register_task_presets(register_preset)
 
 
 _build()

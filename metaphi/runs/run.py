@@ -8,6 +8,7 @@ Every run, gradient or population, ends with cross-task testing and writes the s
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -217,7 +218,7 @@ def _finish(cfg: RunConfig, splits: Splits, out: Path, trained: Trained, progres
         "kind": "population" if cfg.population else "gradient",
         "metric": learner.metric_name,
         "higher_is_better": learner.higher_is_better,
-        "meta_test": {k: test[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
+        "meta_test": test_summary(test),
         **trained.summary,
         "steps": trained.steps,
         "train_seconds": round(trained.seconds, 2),
@@ -230,8 +231,26 @@ def _finish(cfg: RunConfig, splits: Splits, out: Path, trained: Trained, progres
         results["world_size"] = ctx.world_size
     if ctx.is_main:
         _extra_plots(learner, cfg, splits, out, device)
+        _domain_plot(results, out / "by_domain.png", cfg.name)
         atomic_write_json(out / "results.json", results)
     return results
+
+
+def test_summary(test: dict[str, Any]) -> dict[str, Any]:
+    """What results.json keeps of a meta-test: mean, CI, std, tasks, loss, and ``by_domain``
+    where the tasks name their domains."""
+    out = {k: test[k] for k in ("mean", "ci95", "std", "tasks", "loss")}
+    if "by_domain" in test:
+        out["by_domain"] = test["by_domain"]
+    return out
+
+
+def _domain_plot(results: dict[str, Any], path: Path, title: str) -> None:
+    by = results["meta_test"].get("by_domain")
+    if by:
+        from ..plots.domains import domain_bars
+
+        domain_bars(by, path, results["metric"], title=f"{title}: meta-test by domain")
 
 
 def _curve(cfg: RunConfig, learner: Learner, out: Path) -> None:
@@ -304,14 +323,17 @@ def run_status(run_dir: str | Path) -> RunStatus:
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = None,
-             overrides: list[str] | None = None) -> tuple[RunConfig, Learner]:
+             overrides: list[str] | None = None,
+             fit_running: bool = True) -> tuple[RunConfig, Learner]:
     """The run's config and its learner with the deployed φ (loaded safely, in evaluation
     mode); for an unfinished run, φ from its last checkpoint (see :func:`run_status`).
 
-    ``batchnorm`` ('episode' or 'running', metric learners only) evaluates the saved φ with
-    other BatchNorm statistics than the run used; running statistics missing from the run
-    folder are estimated on meta-train episodes (needs the run's data). ``overrides``
-    (``key=value``) change what does not touch φ, e.g. the meta-test way and shot."""
+    ``batchnorm`` ('episode', 'running' or 'support', metric learners only) evaluates the
+    saved φ with other BatchNorm statistics than the run used; running statistics missing from
+    the run folder are estimated on meta-train episodes (needs the run's data). ``overrides``
+    (``key=value``) change what does not touch φ, e.g. the meta-test way and shot.
+    ``fit_running=False`` leaves missing running statistics unestimated (the caller estimates
+    them, e.g. on a target domain)."""
     run_dir = Path(run_dir)
     extra = [] if batchnorm is None else [f"learner.batchnorm={batchnorm}"]
     saved = read_run_config(run_dir)
@@ -328,7 +350,8 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
     learner = build_learner(cfg)
     _load_weights(learner, state, run_dir / status.weights)
     learner = learner.to(resolve_device(device)).eval()
-    if getattr(learner, "batchnorm", "episode") == "running" and not bool(learner.bn_stats.fitted):
+    if (fit_running and getattr(learner, "batchnorm", "episode") == "running"
+            and not bool(learner.bn_stats.fitted)):
         learner.prepare_eval(build_sources(cfg).train, cfg.seed)
     return cfg, learner
 
@@ -349,12 +372,45 @@ def _load_weights(learner: Learner, state: dict[str, torch.Tensor], path: Path) 
                           "belongs to another run")
 
 
+def prepare_test(run_dir: str | Path, device: str = "auto", batchnorm: str | None = None,
+                 on: str | None = None, overrides: list[str] | None = None,
+                 seed: int | None = None) -> tuple[RunConfig, Learner, Splits, int]:
+    """What :func:`test_run` evaluates: ``(config, learner, task sources, seed)`` for the
+    run's own tasks (with ``overrides``) or, with ``on``, another source's; BatchNorm
+    statistics as ``batchnorm`` says (``target``: estimated here, on the target's images)."""
+    from ..tasks.combinators import build_splits
+    from .transfer import BATCHNORM_CHOICES, target_options, task_overrides
+
+    if batchnorm is not None and batchnorm not in BATCHNORM_CHOICES:
+        raise ConfigError(f"--batchnorm must be one of {BATCHNORM_CHOICES}, got {batchnorm!r}")
+    load_bn = "running" if batchnorm == "target" else batchnorm
+    own = None if on is not None else [f"task.{'.'.join(p)}={json.dumps(v)}"
+                                       for p, v in task_overrides(overrides)]
+    cfg, learner = load_run(run_dir, device, load_bn, own, fit_running=batchnorm != "target")
+    splits = build_splits(cfg.task if on is None else target_options(cfg, on, overrides))
+    seed = cfg.seed + 1 if seed is None else seed
+    if batchnorm == "target":
+        learner.fit_batchnorm(fixed_tasks(splits.test, seed, "batchnorm", learner.batchnorm_tasks))
+    return cfg, learner, splits, seed
+
+
 def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None = None,
-             device: str = "auto", progress: bool = True,
-             batchnorm: str | None = None) -> dict[str, Any]:
+             device: str = "auto", progress: bool = True, batchnorm: str | None = None,
+             on: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Re-evaluate a saved run on fresh meta-test tasks (a different seed than training's);
-    ``batchnorm``: see :func:`load_run`. An unfinished run is evaluated from its last
-    checkpoint, and the results say so (``finished: false``, ``note``)."""
+    an unfinished run is evaluated from its last checkpoint, and the results say so
+    (``finished: false``, ``note``).
+
+    ``on``: evaluate on another task source instead (cross-domain testing; a source name whose
+    options are ``overrides`` ``task.<option>=value``, or an image folder; see
+    :mod:`metaphi.runs.transfer`); without ``on``, ``overrides`` change the run's own task
+    section (e.g. ``task.n_way=20`` for a metric learner). ``batchnorm``: ``episode``,
+    ``running`` or ``support`` (see :func:`load_run`), or ``target``: running statistics
+    re-estimated on unlabelled images of the tasks' source. Results are written to
+    ``RUN_DIR/test_seed<seed>[...].json``, with ``by_domain`` and a ``by_domain`` plot where
+    the tasks name domains."""
+    from .transfer import target_label
+
     if n_tasks is not None and n_tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {n_tasks}")
     if seed is not None and seed < 0:
@@ -362,25 +418,30 @@ def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None =
     resolve_device(device)  # a bad --device is an error before anything is loaded
     read_run_config(Path(run_dir))  # a missing or damaged run folder is named first
     status = run_status(run_dir)
-    cfg, learner = load_run(run_dir, device, batchnorm)
-    dev = next(learner.parameters()).device
-    seed = cfg.seed + 1 if seed is None else seed
+    cfg, learner, splits, seed = prepare_test(run_dir, device, batchnorm, on, overrides, seed)
     n = n_tasks or cfg.test_tasks
     t0 = time.perf_counter()
-    res = meta_test(learner, build_sources(cfg), seed, n, dev, progress)
+    res = meta_test(learner, splits, seed, n, next(learner.parameters()).device, progress)
     out = {"name": cfg.name, "metric": learner.metric_name, "seed": seed,
-           "meta_test": {k: res[k] for k in ("mean", "ci95", "std", "tasks", "loss")},
+           "meta_test": test_summary(res),
            "finished": status.finished, "step": status.step,
            "seconds": round(time.perf_counter() - t0, 2), "versions": library_versions()}
+    if on is not None:
+        out["on"] = {"source": on, "overrides": list(overrides or [])}
     if status.note:
         out["note"] = status.note
     if batchnorm is not None:
         out["batchnorm"] = batchnorm
-    suffix = (f"_{batchnorm}" if batchnorm is not None else "") + (
+    suffix = (f"_on-{target_label(on, overrides)}" if on is not None else "") + (
+        f"_{batchnorm}" if batchnorm is not None else "") + (
         "" if status.finished else f"_step{status.step}")
+    if on is None and overrides:
+        suffix += "_" + target_label("task", overrides).split("-", 1)[-1]
     path = Path(run_dir) / f"test_seed{seed}{suffix}.json"
     try:
         atomic_write_json(path, out)
+        _domain_plot(out, path.with_suffix(".png"), cfg.name)
     except OSError as e:  # a read-only run folder: the results are still printed
         print(f"metaphi: warning: {e}", file=sys.stderr)
+    out["path"] = str(path)
     return out

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, SerializeAsAny, field_validator
 from torch import Tensor
 
 from ..registry import Options
+from .augment import augment_list, check_augment_learner
 from .task import Task
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -301,3 +302,21 @@ class FewShotOptions(Options):
                                      "meta-val/meta-test tasks (default n_query)")
     train_n_way: int | None = Field(None, ge=2, description="classes per meta-train task "
                                     "(default n_way; learners that take any number of ways)")
+    sampler: Literal["fixed", "meta-dataset"] = Field(
+        "fixed", description="fixed: n_way-way k_shot-shot episodes; meta-dataset: variable-way "
+        "variable-shot episodes by Meta-Dataset's procedure in every split, n_way and k_shot "
+        "unused (metaphi.tasks.variable; learners that take any number of ways)")
+    augment: list[SerializeAsAny[Options]] = Field(
+        default_factory=list, description="task augmentations of meta-train tasks, in order: "
+        "rotate, mlti, affine, permute_labels, or {name: ..., options} (metaphi.tasks.augment)")
+
+    _augment = field_validator("augment", mode="before")(augment_list)
+
+    def check_learner(self, learner: str, model: str) -> None:
+        """A clear error where the learner cannot take these tasks (``model``: its registered
+        kind, ``"head"`` or ``"embedding"``)."""
+        if self.sampler == "meta-dataset" and model != "embedding":
+            raise ValueError(f"task.sampler: 'meta-dataset' episodes have 5 to 50 ways, but "
+                             f"{learner!r} adapts an output layer of n_way units; use a learner "
+                             "that takes any number of ways (protonet, matchingnet, r2d2)")
+        check_augment_learner(self.augment, learner, model)
