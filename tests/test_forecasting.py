@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -445,7 +446,8 @@ def test_cli_holdout_origins(tmp_path, capsys):
 
 def test_cli_neural_ensemble(tmp_path):
     _, out, rc = _forecast_toy_csv(tmp_path, "ens", ["Naive", "SeasonalNaive"], "--meta",
-                                   "fforma", "neural", "--ensemble", "--neural-steps", "3")
+                                   "fforma", "neural", "--ensemble", "--neural-steps", "3",
+                                   "--n-jobs", "1")  # the worker pool: the test above
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     members = res["logs"]["neural toy"]["members"]
@@ -473,6 +475,10 @@ def test_cli_nbeats_g(tmp_path, capsys, monkeypatch):
     assert sorted(cfgs) == ["tourism-monthly", "tourism-quarterly", "tourism-yearly"]
     assert [cfgs[k].pretrain_steps for k in sorted(cfgs)] == [100, 100, 30]
     assert all(len(c.members()) == 12 and c.blocks == 30 for c in cfgs.values())
+    assert all(c.workers == (os.cpu_count() or 1) for c in cfgs.values())  # default: all cores
+    main(["forecast", "tourism", "--out", str(tmp_path / "t1"), "--max-series", "2", "--meta",
+          "neural", "--nbeats-g", "2", "--n-jobs", "1", "--no-progress"])
+    assert all(c.workers == 1 for c in seen[1].values())  # --n-jobs sizes the member pool
     # a user's file has no published settings; mixing with --ensemble is refused
     _, _, rc = _forecast_toy_csv(tmp_path, "u", ["Naive"], "--meta", "neural", "--nbeats-g", "1")
     assert rc == 2 and "no published N-BEATS-G settings for 'toy'" in capsys.readouterr().err
@@ -481,12 +487,22 @@ def test_cli_nbeats_g(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "--nbeats-g sets the whole neural ensemble" in capsys.readouterr().err
 
 
-def test_cli_neural_loss(tmp_path, capsys):
+def test_cli_neural_loss(tmp_path, capsys, monkeypatch):
+    import metaphi.forecasting.evaluate as evaluate_mod
+
+    seen = []
+
+    def fake_evaluate(sets, methods, neural_config=None, **kw):  # the ensemble trains above
+        seen.append(neural_config)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(evaluate_mod, "evaluate_forecasters", fake_evaluate)
     _, out, rc = _forecast_toy_csv(tmp_path, "mae", ["Naive"], "--meta", "neural", "--ensemble",
                                    "--neural-steps", "2", "--neural-loss", "mae", "mase")
-    assert rc == 0
-    members = json.loads((out / "results.json").read_text())["logs"]["neural toy"]["members"]
-    assert len(members) == 12 and {m["loss"] for m in members} == {"mae", "mase"}
+    assert rc == 2 and "stop here" in capsys.readouterr().err
+    members = seen[0].members()
+    assert len(members) == 12 and {m.loss for m in members} == {"mae", "mase"}
+    assert {m.pretrain_steps for m in members} == {2}
     _, _, rc = _forecast_toy_csv(tmp_path, "two", ["Naive"], "--meta", "neural",
                                  "--neural-loss", "mae", "mase")
     assert rc == 2 and "add --ensemble or give one loss" in capsys.readouterr().err

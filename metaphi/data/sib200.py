@@ -39,7 +39,7 @@ from ..tasks.domains import DomainBatchSource, DomainFewShotSource
 from ..tasks.sources import Splits
 from ..tasks.text import TextData, TextOptions, encode_all
 from .download import RemoteFile
-from .textsets import (PACKAGE_SPLITS, DatasetError, dataset_dir, fetch, read_splits,
+from .textsets import (PACKAGE_SPLITS, DatasetError, dataset_dir, fetch, open_zip, read_splits,
                        source_tokenizer)
 
 COMMIT = "593cea88519930f776c1a4a1980b6a35b39dca57"
@@ -106,11 +106,7 @@ def _sources(folder: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]
                            "metaphi.data.sib200.download_sib200() or `metaphi data sib200 "
                            "--download`, or set METAPHI_DATA to the folder holding sib200/")
     for z in sorted(folder.glob("*.zip")):
-        try:
-            zf = zipfile.ZipFile(z)
-        except zipfile.BadZipFile as e:
-            raise DatasetError(f"{z} is not a valid zip file ({e}); delete it and download "
-                               "it again") from None
+        zf = open_zip(z)
         for name in zf.namelist():
             m = _FILE_RE.search(name)
             if m:

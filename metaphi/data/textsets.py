@@ -3,6 +3,7 @@ verifying their files, and the tokenizer learned on meta-train text."""
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +54,15 @@ def verify_present(path: Path, checksums: tuple[tuple[str, str], ...]) -> None:
         verify_file(path, checksums)
     except ChecksumError as e:
         raise DatasetError(str(e)) from None
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """The zip file at ``path``, or a :class:`DatasetError` that says how to repair it."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{path} is not a valid zip file ({e}); delete it and download "
+                           "it again") from None
 
 
 def split_names(folder: str | Path, which: str) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import os
 import unicodedata
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..tasks.fewshot import fewshot_splits
 from ..tasks.sources import Splits
 from ..tasks.text import TextData, TextOptions, encode_all
 from .download import RemoteFile
-from .textsets import (DatasetError, dataset_dir, fetch, read_splits, source_tokenizer,
+from .textsets import (DatasetError, dataset_dir, fetch, open_zip, read_splits, source_tokenizer,
                        verify_present)
 
 OFFICIAL_URL = ("https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/"
@@ -60,11 +59,7 @@ def read_udhr(root: str | Path | None = None, codes: list[str] | None = None,
     if zpath.is_file():
         if verify:
             verify_present(zpath, CHECKSUMS)
-        try:
-            zf = zipfile.ZipFile(zpath)
-        except zipfile.BadZipFile as e:
-            raise DatasetError(f"{zpath} is not a valid zip file ({e}); delete it and download "
-                               "it again") from None
+        zf = open_zip(zpath)
         for n in zf.namelist():
             if n.startswith("udhr2/") and n.endswith(".txt"):
                 files[n[6:-4]] = (f"{zpath}:{n}", lambda n=n: zf.read(n))

@@ -100,7 +100,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="where the chunks of finished work are kept (default: OUT/cache); a "
                         "rerun reuses them and fits only what is missing")
     p.add_argument("--n-jobs", type=int, default=None,
-                   help="processes for the base forecasters (default: all cores)")
+                   help="processes for the base forecasters and the neural ensemble's members "
+                        "(default: all cores)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="series per unit of resumable work (default: 500)")
     p.add_argument("--backend", choices=["local", "dask"], default=None,
@@ -184,15 +185,16 @@ def _neural_config(opts: ForecastOptions, sets):
     from .neural import NeuralConfig
 
     losses = tuple(opts.neural_loss or ())
+    workers = None if opts.n_jobs == -1 else opts.n_jobs  # None: all cores
     if opts.nbeats_g is not None:
         if opts.ensemble or losses or opts.neural_steps is not None:
             raise ValueError("--nbeats-g sets the whole neural ensemble; leave out "
                              "--ensemble, --neural-loss and --neural-steps")
-        return {s.name: NeuralConfig.nbeats_g(s.name, bags=opts.nbeats_g, seed=opts.seed)
-                for s in sets}
+        return {s.name: NeuralConfig.nbeats_g(s.name, bags=opts.nbeats_g, seed=opts.seed,
+                                              workers=workers) for s in sets}
     if opts.ensemble:
-        cfg = NeuralConfig.nbeats_ensemble(seed=opts.seed, **({"losses": losses} if losses
-                                                              else {}))
+        cfg = NeuralConfig.nbeats_ensemble(seed=opts.seed, workers=workers,
+                                           **({"losses": losses} if losses else {}))
     elif len(losses) > 1:
         raise ValueError(f"--neural-loss got {len(losses)} losses: several losses make an "
                          "ensemble (one member each), so add --ensemble or give one loss")

@@ -90,7 +90,8 @@ class ForecastOptions(Settings):
         "of the base forecasters instead")
     backend: Literal["local", "dask"] = "local"
     dask_address: str | None = None
-    n_jobs: int = Field(-1, description="processes for the base forecasters (-1: all cores)")
+    n_jobs: int = Field(-1, description="processes for the base forecasters and the neural ensemble's "
+                        "members (-1: all cores)")
     chunk_size: int = Field(500, ge=1, description="series per unit of resumable work")
 
     @field_validator("freq")
