@@ -207,7 +207,8 @@ class FewShotSource:
         if self.n_way > len(self.classes):
             raise ValueError(
                 f"{self.name}: {self.n_way}-way tasks need at least {self.n_way} classes, but this "
-                f"split has {len(self.classes)}; lower n_way or give the split more classes")
+                f"split has {len(self.classes)}; lower n_way (task.n_way in a run config) or give "
+                "the split more classes")
         need = self.k_shot + self.n_query
         for c in self.classes:
             have = self.index.count(int(c))
