@@ -248,6 +248,23 @@ def test_bad_inner_settings_are_clear_errors():
         MAML(small_net(), inner_steps=0)
 
 
+def test_anil_with_a_recurrent_backbone_says_how_to_wrap_it():
+    class Last(nn.Module):  # what the error asks for: the GRU's last hidden state
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(3, 8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.gru(x)[1][-1]
+
+    sx, sy = torch.randn(6, 4, 3), torch.arange(3).repeat(2)
+    bare = ANIL(Classifier(nn.GRU(3, 8, batch_first=True), nn.Linear(8, 3)))
+    with pytest.raises(TypeError, match=r"nn.GRU returns \(outputs, hidden\): wrap it"):
+        bare.adapt(sx, sy)
+    wrapped = ANIL(Classifier(Last(), nn.Linear(8, 3)))
+    assert wrapped.adapt(sx, sy)(torch.randn(5, 4, 3)).shape == (5, 3)
+
+
 def test_the_finite_difference_check_can_fail():
     """First-order gradients are not the MAML meta-gradient: the check must reject them."""
     ts = tasks()
