@@ -71,6 +71,22 @@ def test_map_tasks_runs_on_several_threads_and_keeps_order():
     assert len(seen) == 2
 
 
+def test_fold_tasks_adds_in_task_order_and_on_one_thread_before_the_next_task():
+    # on one thread a task's result (a meta-gradient) is folded in before the next task runs,
+    # so the meta-batch does not hold every task's gradient at once
+    events = []
+
+    def fn(module, i):
+        events.append(("run", i))
+        return i
+
+    parallel.fold_tasks(nn.Linear(2, 2), fn, list(range(4)), 1, lambda r: events.append(("add", r)))
+    assert events == [(kind, i) for i in range(4) for kind in ("run", "add")]
+    added = []
+    parallel.fold_tasks(nn.Linear(2, 2), lambda m, i: i * i, list(range(10)), 2, added.append)
+    assert added == [i * i for i in range(10)]
+
+
 def test_task_threads_validation():
     with pytest.raises(ValueError, match="task_threads must be >= 1"):
         parallel.resolve_threads(0, [torch.zeros(1)])

@@ -184,13 +184,25 @@ class Learner(nn.Module):
             loss, metric = learner.objective(task, params)
             return self.grads_of(loss / n, params), float(loss.detach()), float(metric)
 
+        total: Params = {}
+        stats: list[tuple[float, float]] = []
+
+        def add(result: tuple[Params, float, float]) -> None:
+            grads, loss, metric = result
+            accumulate(total, grads, params)
+            stats.append((loss, metric))
+
         with train_mode(self):
-            per_task = self.map_tasks(one, tasks, list(params.values()))
-        total = {k: torch.zeros_like(p) for k, p in params.items()}
-        for grads, _, _ in per_task:
-            for k, g in grads.items():
-                total[k] += g
-        return total, mean_stats([(loss, metric) for _, loss, metric in per_task])
+            self.fold_tasks(one, tasks, list(params.values()), add)
+        return with_zeros(total, params), mean_stats(stats)
+
+    def fold_tasks(self, fn: Callable[["Learner", Task], R], tasks: list[Task],
+                   tensors: list[Tensor], add: Callable[[R], None]) -> None:
+        """``add(fn(learner, task))`` for every task in task order, on :attr:`task_threads`
+        threads (:func:`metaphi.learners.parallel.fold_tasks`: on one thread, each result is
+        added before the next task runs)."""
+        threads = parallel.resolve_threads(self.task_threads, tensors)
+        parallel.fold_tasks(self, fn, tasks, threads, add)
 
     def map_tasks(self, fn: Callable[["Learner", Task], R], tasks: list[Task],
                   tensors: list[Tensor]) -> list[R]:
@@ -210,6 +222,20 @@ class Learner(nn.Module):
         """Called before every meta-validation and meta-test with the meta-train task source:
         learners whose evaluation needs statistics of φ on meta-train tasks (running BatchNorm
         statistics) compute them here, as a function of (φ, seed). Default: nothing."""
+
+
+def accumulate(total: Params, grads: Params, params: Params, prefix: str = "") -> None:
+    """``total[prefix + k] += grads[k]``, a missing total starting at zero. The totals are
+    allocated when the first task's gradient arrives, not held through its backward pass."""
+    for k, g in grads.items():
+        if prefix + k not in total:
+            total[prefix + k] = torch.zeros_like(params[prefix + k])
+        total[prefix + k] += g
+
+
+def with_zeros(total: Params, params: Params) -> Params:
+    """``total`` in the order of ``params``, with zeros for the names no task gave."""
+    return {k: total[k] if k in total else torch.zeros_like(p) for k, p in params.items()}
 
 
 def mean_stats(pairs: list[tuple[float, float]]) -> dict[str, float]:

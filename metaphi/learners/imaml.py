@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..registry import Options, register_learner
 from ..tasks.task import Task
-from .base import Adapted, Learner, mean_stats, train_mode
+from .base import Adapted, Learner, accumulate, mean_stats, train_mode, with_zeros
 from .functional import LossSpec, Params, forward, transductive_batchnorm
 
 MODEL_PREFIX = "model."
@@ -187,13 +187,17 @@ class IMAML(Learner):
             g, loss, metric = learner.implicit_grad(theta, task)
             return g, float(loss), float(metric)
 
+        total: Params = {}
+        stats: list[tuple[float, float]] = []
+
+        def add(result: tuple[Params, float, float]) -> None:
+            g, loss, metric = result
+            accumulate(total, {k: v / n for k, v in g.items()}, params, MODEL_PREFIX)
+            stats.append((loss, metric))
+
         with train_mode(self):
-            per_task = self.map_tasks(one, tasks, list(params.values()))
-        total = {k: torch.zeros_like(p) for k, p in params.items()}
-        for g, _, _ in per_task:
-            for k, v in g.items():
-                total[MODEL_PREFIX + k] += v / n
-        return total, mean_stats([(loss, metric) for _, loss, metric in per_task])
+            self.fold_tasks(one, tasks, list(params.values()), add)
+        return with_zeros(total, params), mean_stats(stats)
 
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
         """The meta-objective's value: the mean query loss at θ* (and the mean metric). It

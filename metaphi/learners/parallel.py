@@ -79,13 +79,35 @@ def resolve_threads(requested: int | None, tensors: Sequence[torch.Tensor]) -> i
     return torch.get_num_threads()
 
 
+def fold_tasks(module: nn.Module, fn: Callable[[nn.Module, T], R], tasks: Sequence[T],
+               threads: int, add: Callable[[R], None]) -> None:
+    """``add(fn(module_or_replica, task))`` for every task, in task order.
+
+    On one thread each result is added before the next task runs, so that a task's result (a
+    meta-gradient: a copy of φ) is not held while the later tasks' graphs are built; on more,
+    the results of :func:`map_tasks` are added in task order, as they would be on one.
+    """
+    if _sequential(tasks, threads):
+        for t in tasks:
+            add(fn(module, t))
+        return
+    for r in map_tasks(module, fn, tasks, threads):
+        add(r)
+
+
+def _sequential(tasks: Sequence[Any], threads: int) -> bool:
+    """Whether :func:`map_tasks` runs the plain loop (one thread, one task, or nested)."""
+    return (threads <= 1 or len(tasks) < 2
+            or threading.current_thread().name.startswith("metaphi-task"))
+
+
 def map_tasks(module: nn.Module, fn: Callable[[nn.Module, T], R], tasks: Sequence[T],
               threads: int) -> list[R]:
     """``[fn(module_or_replica, task) for task in tasks]``, on ``threads`` threads.
 
     Tasks are dealt round-robin to the threads; results come back in task order.
     """
-    if threads <= 1 or len(tasks) < 2 or threading.current_thread().name.startswith("metaphi-task"):
+    if _sequential(tasks, threads):
         return [fn(module, t) for t in tasks]
     threads = min(threads, len(tasks))
     mods = [module] + [replica(module) for _ in range(threads - 1)]
