@@ -16,7 +16,10 @@ autograd engine loaded), the high-water mark of the resident set size is reset
 (``/proc/self/clear_refs``) and the resident set size taken as the baseline; the table gives
 the high-water mark after one warm-up outer step and ``--reps`` timed ones, minus that
 baseline: what the meta-gradient itself needs at its peak, one-time costs excluded. This does
-not depend on the load of the machine; tasks/s, timed over the ``--reps`` steps, does.
+not depend on the load of the machine; tasks/s, timed over the ``--reps`` steps, does. The heap
+allocator's fragmentation moves that peak by a few MiB from one process to the next, so each
+configuration runs in ``--processes`` fresh processes and the table gives the median (and the
+range in the notes).
 
 learn2learn 0.2.0 runs in a separate virtual environment (``--l2l-python``; how it was built:
 ``benchmarks/install_learn2learn.sh``), as ``l2l.algorithms.MAML(model, lr)`` with
@@ -34,6 +37,7 @@ import gc
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -214,6 +218,19 @@ def run_one(python: str, kind: str, steps: int, args: argparse.Namespace) -> dic
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One configuration's runs in fresh processes as one row: the median peak and tasks/s,
+    the range of the peaks (the first error if any run failed)."""
+    bad = [r for r in runs if "error" in r]
+    if bad:
+        return bad[0]
+    peaks = sorted(r["peak_over_baseline_mib"] for r in runs)
+    return {**runs[0], "peak_over_baseline_mib": statistics.median(peaks),
+            "peak_range_mib": [peaks[0], peaks[-1]],
+            "baseline_mib": statistics.median(r["baseline_mib"] for r in runs),
+            "tasks_per_s": statistics.median(r["tasks_per_s"] for r in runs)}
+
+
 def l2l_available(python: str | None) -> str | None:
     """The learn2learn version importable by ``python`` (None if it is not)."""
     if not python or not Path(python).exists():
@@ -229,6 +246,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20])
     ap.add_argument("--meta-batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=5,
+                    help="fresh processes per configuration; the table gives their median")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-query", type=int, default=1,
                     help="queries per class (1: MAML's, MAML++'s and learn2learn's Omniglot "
@@ -255,7 +274,8 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     for steps in args.steps:
         for kind, python, label in runs:
-            r = run_one(python, kind, steps, args)
+            r = median_run([run_one(python, kind, steps, args)
+                            for _ in range(args.processes)])
             results[(label, steps)] = r
             print(f"{label:>16} K={steps:>2}: " + (
                 r.get("error") or f"{r['peak_over_baseline_mib']:8.1f} MiB over baseline, "
@@ -267,10 +287,12 @@ def main() -> None:
         for _, _, label in runs:
             r = results[(label, steps)]
             if "error" in r:
-                rows.append([label, steps, None, None, None, None, r["error"]])
+                rows.append([label, steps, None, None, None, None, None, r["error"]])
                 continue
             m = r["peak_over_baseline_mib"]
-            rows.append([label, steps, round(m, 1), round(r["baseline_mib"], 1),
+            lo, hi = r.get("peak_range_mib", (m, m))
+            rows.append([label, steps, round(m, 1), f"{lo:.1f}-{hi:.1f}",
+                         round(r["baseline_mib"], 1),
                          round(m / ref, 3) if ref else None, round(r["tasks_per_s"], 2),
                          r["torch"]])
     target = {}
@@ -286,14 +308,15 @@ def main() -> None:
         f"Peer: {'learn2learn ' + l2l_version + ' (its own venv: benchmarks/install_learn2learn.sh)' if l2l_version else 'textbook per-task second-order loop (learn2learn not importable)'}. "
         "Memory: the high-water mark of the resident set size, reset after imports, model, "
         "data and a warm-up that loads the kernels, minus the resident set size then; each "
-        "configuration in a fresh process (module docstring). "
+        f"configuration in {args.processes} fresh processes, their median (module docstring). "
         f"At 10 inner steps, peak memory relative to the peer: {target or 'not measured'} "
         "(target <= 0.3). " + shared + ".")
     queries = f"{args.n_query} quer{'y' if args.n_query == 1 else 'ies'} per class"
     table = {"title": "Peak memory of one outer step above the process baseline (MiB), by inner "
                       f"steps; Conv-4 64, 5-way 1-shot, {queries}, meta-batch "
                       f"{args.meta_batch} one task at a time, {args.threads} thread(s)",
-             "columns": ["path", "inner steps", "peak over baseline MiB", "baseline MiB",
+             "columns": ["path", "inner steps", "peak over baseline MiB (median)",
+                         f"range over {args.processes} processes", "baseline MiB",
                          f"x {peer}", "tasks/s", "torch"],
              "rows": rows, "notes": notes}
     sys.path.insert(0, str(HERE))
