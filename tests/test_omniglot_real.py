@@ -1,7 +1,7 @@
 """Integration test on the real Omniglot data (decodes all 32460 PNGs once, ~10-20 s).
 
-The data is looked up at ``<workspace>/shared/data/omniglot`` (beside the repository) or at
-``$METAPHI_OMNIGLOT``. Where it is missing: under CI (``CI=true``) the test fails, since it is
+The data is looked up at ``$METAPHI_DATA/omniglot`` or at ``<workspace>/shared/data/omniglot``
+(beside the repository). Where it is missing: under CI (``CI=true``) the test fails, since it is
 the evidence that the loader works on the real dataset; elsewhere (a user's fresh clone) it
 downloads the data with the library's own checksummed downloader into the metaphi cache, and
 skips with a one-line reason only when that is impossible (offline).
@@ -21,8 +21,9 @@ from metaphi.data.download import verify_file
 from metaphi.data.omniglot import PACKAGE_SPLITS, download_omniglot
 from metaphi.tasks import task_rng
 
-DATA = Path(os.environ.get("METAPHI_OMNIGLOT")
-            or Path(__file__).resolve().parents[2] / "shared/data/omniglot")
+from helpers import shared_data
+
+DATA = shared_data("omniglot")
 
 
 def _has_data(folder: Path) -> bool:
@@ -36,12 +37,13 @@ def omniglot_folder() -> Path:
         return DATA
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"real Omniglot data not found at {DATA}: put images_background.zip and "
-                    "images_evaluation.zip there, or set METAPHI_OMNIGLOT to their folder")
+                    "images_evaluation.zip there, or set METAPHI_DATA to the folder holding "
+                    "omniglot/")
     try:
         return download_omniglot(default_cache_dir() / "omniglot", timeout=30, progress=False)
     except Exception as e:  # offline, or a mirror that is down
         pytest.skip(f"no Omniglot data at {DATA} and the download failed "
-                    f"({type(e).__name__}: {e}); set METAPHI_OMNIGLOT to run this test")
+                    f"({type(e).__name__}: {e}); set METAPHI_DATA to run this test")
 
 
 def test_real_omniglot(tmp_path):

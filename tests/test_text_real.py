@@ -1,14 +1,11 @@
 """Integration test on the real SIB-200, UDHR and FewRel copies (every file checked against its
 SHA-256 and parsed; the shipped splits built into task sources).
 
-The data is looked up at ``<workspace>/shared/data`` (beside the repository) or at
-``$METAPHI_TEXT_DATA``. Missing data is a failure, not a skip: this test is the evidence that
+The data is looked up under ``$METAPHI_DATA`` or at ``<workspace>/shared/data`` (beside the
+repository). Missing data is a failure, not a skip: this test is the evidence that
 the loaders work on the real datasets.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,14 +15,15 @@ from metaphi.data.sib200 import SIB200Options, read_sib200, sib200_splits
 from metaphi.data.udhr import UDHROptions, udhr_splits
 from metaphi.tasks import sample_tasks
 
-DATA = Path(os.environ.get("METAPHI_TEXT_DATA")
-            or Path(__file__).resolve().parents[2] / "shared/data")
+from helpers import shared_data
+
+DATA = shared_data("sib200").parent  # the folder holding sib200/, udhr2/ and fewrel/
 
 
 def test_real_text_datasets():
     for name in ("sib200", "udhr2", "fewrel"):
-        assert (DATA / name).is_dir(), (
-            f"real {name} data not found at {DATA / name}: set METAPHI_TEXT_DATA to the data "
+        assert shared_data(name).is_dir(), (
+            f"real {name} data not found at {shared_data(name)}: set METAPHI_DATA to the data "
             "folder holding sib200/, udhr2/ and fewrel/ (or fetch them with `metaphi data "
             f"{name.rstrip('2')} --download`)")
     rows = read_sib200(DATA)  # all 615 files, each against its SHA-256
