@@ -88,7 +88,8 @@ def run_one(csv: Path, out: Path, extra: list[str]) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     res = json.loads((out / "results.json").read_text())
     avg = res["metrics"]["FFORMA"]["Average"]
-    stages = {k: round(v, 1) for k, v in res["timings"].items()}
+    # stage names carry the data's name (rw_<n>); one name per stage lines the sizes up
+    stages = {k.replace(csv.stem, "data"): round(v, 1) for k, v in res["timings"].items()}
     return {"wall_seconds": round(wall, 1), "peak_tree_mb": round(peak[0] / 2**20),
             "peak_process_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
             "fforma_smape": round(avg["sMAPE"], 3), "stages": stages, "command": " ".join(cmd)}
