@@ -119,7 +119,6 @@ class FewRelOptions(TextOptions):
     split: str = Field("fewrel_domains", description="relation split: fewrel_domains "
                        "(meta-train wiki+nyt+semeval, meta-test pubmed) or a folder with "
                        "train/val/test.txt (domain/relation, one a line)")
-    max_len: int = Field(256, ge=8, description="tokens kept per sentence")
 
 
 @register_source("fewrel", options=FewRelOptions)

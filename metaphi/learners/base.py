@@ -184,17 +184,27 @@ class Learner(nn.Module):
             loss, metric = learner.objective(task, params)
             return self.grads_of(loss / n, params), float(loss.detach()), float(metric)
 
+        return self.sum_task_grads(one, tasks, params)
+
+    def sum_task_grads(self, one: Callable[["Learner", Task], tuple[Params, float, float]],
+                       tasks: list[Task], params: Params,
+                       prefix: str = "") -> tuple[Params, dict[str, float]]:
+        """``(Σ gradients, mean stats)`` of ``one(learner, task) -> (gradients, loss, metric)``
+        over ``tasks``, in train mode: each task's gradients (names prefixed with ``prefix``)
+        are added as its task finishes, the sum comes in the order of ``params`` (zeros where
+        no task gave a gradient)."""
         total: Params = {}
         stats: list[tuple[float, float]] = []
 
         def add(result: tuple[Params, float, float]) -> None:
             grads, loss, metric = result
-            accumulate(total, grads, params)
+            _accumulate(total, grads, params, prefix)
             stats.append((loss, metric))
 
         with train_mode(self):
             self.fold_tasks(one, tasks, list(params.values()), add)
-        return with_zeros(total, params), mean_stats(stats)
+        return ({k: total[k] if k in total else torch.zeros_like(p) for k, p in params.items()},
+                mean_stats(stats))
 
     def fold_tasks(self, fn: Callable[["Learner", Task], R], tasks: list[Task],
                    tensors: list[Tensor], add: Callable[[R], None]) -> None:
@@ -224,18 +234,13 @@ class Learner(nn.Module):
         statistics) compute them here, as a function of (φ, seed). Default: nothing."""
 
 
-def accumulate(total: Params, grads: Params, params: Params, prefix: str = "") -> None:
+def _accumulate(total: Params, grads: Params, params: Params, prefix: str = "") -> None:
     """``total[prefix + k] += grads[k]``, a missing total starting at zero. The totals are
     allocated when the first task's gradient arrives, not held through its backward pass."""
     for k, g in grads.items():
         if prefix + k not in total:
             total[prefix + k] = torch.zeros_like(params[prefix + k])
         total[prefix + k] += g
-
-
-def with_zeros(total: Params, params: Params) -> Params:
-    """``total`` in the order of ``params``, with zeros for the names no task gave."""
-    return {k: total[k] if k in total else torch.zeros_like(p) for k, p in params.items()}
 
 
 def mean_stats(pairs: list[tuple[float, float]]) -> dict[str, float]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..registry import Options, register_learner
 from ..tasks.task import Task
-from .base import Adapted, Learner, accumulate, mean_stats, train_mode, with_zeros
+from .base import Adapted, Learner, train_mode
 from .functional import LossSpec, Params, forward, transductive_batchnorm
 
 MODEL_PREFIX = "model."
@@ -185,19 +185,9 @@ class IMAML(Learner):
         def one(learner: "IMAML", task: Task) -> tuple[Params, float, float]:
             theta = learner.solve(params, task.support_x, task.support_y, learner.inner_steps)
             g, loss, metric = learner.implicit_grad(theta, task)
-            return g, float(loss), float(metric)
+            return {k: v / n for k, v in g.items()}, float(loss), float(metric)
 
-        total: Params = {}
-        stats: list[tuple[float, float]] = []
-
-        def add(result: tuple[Params, float, float]) -> None:
-            g, loss, metric = result
-            accumulate(total, {k: v / n for k, v in g.items()}, params, MODEL_PREFIX)
-            stats.append((loss, metric))
-
-        with train_mode(self):
-            self.fold_tasks(one, tasks, list(params.values()), add)
-        return with_zeros(total, params), mean_stats(stats)
+        return self.sum_task_grads(one, tasks, params, MODEL_PREFIX)
 
     def meta_loss(self, tasks: list[Task], params: Params | None = None) -> tuple[Tensor, Tensor]:
         """The meta-objective's value: the mean query loss at θ* (and the mean metric). It
