@@ -193,8 +193,8 @@ def test_one_progress_bar_over_all_stages(tmp_path, capsys):
 def test_dask_cluster_gives_the_single_process_numbers(tmp_path):
     import logging
 
-    distributed = pytest.importorskip("distributed")
-    pytest.importorskip("fugue_dask")
+    import distributed  # the test extra installs the dask extra: missing is a failure
+    import fugue_dask  # noqa: F401
     csv = _csv(tmp_path, n_series=12, n=24)
     common = ["--horizon", "4", "--freq", "QS", "--methods", *FAST, "--no-progress"]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
