@@ -36,6 +36,15 @@ def train(preset: dict[str, Any], overrides: Sequence[str], out: Path) -> dict[s
     return train_run(cfg, out, resume=(out / "checkpoint.pt").exists(), progress=False)
 
 
+def train_preset(bench: str, preset: str, steps: int) -> float:
+    """Train (or reuse) a preset for ``steps`` outer steps in ``WORK/<bench>/<preset>``, its
+    own meta-test cut to one task (the benchmark meta-tests it); returns its train seconds."""
+    from metaphi.runs import get_preset
+
+    res = train(get_preset(preset), [f"steps={steps}", "test_tasks=1"], WORK / bench / preset)
+    return res["train_seconds"]
+
+
 def parallel(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
     """``[fn(*job) for job in jobs]`` on ``workers`` processes (in this process for 1)."""
     if workers <= 1 or len(jobs) <= 1:

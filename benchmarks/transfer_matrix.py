@@ -23,9 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from task_runs import WORK, ci, fmt, parallel, scores, train  # noqa: E402
+from task_runs import WORK, ci, fmt, parallel, scores, train_preset  # noqa: E402
 
-from metaphi.runs import get_preset  # noqa: E402
 from metaphi.runs.task_presets import ALPHABET_GROUPS, group_split  # noqa: E402
 
 BATCHNORM = ("episode", "running", "support", "target")
@@ -39,12 +38,6 @@ def characters(alphabets: list[str]) -> int:
 
 def run_dir(group: str) -> Path:
     return WORK / "transfer_matrix" / f"transfer-protonet-{group}"
-
-
-def train_row(group: str, steps: int) -> tuple[str, float]:
-    res = train(get_preset(f"transfer-protonet-{group}"), [f"steps={steps}", "test_tasks=1"],
-                run_dir(group))
-    return group, res["train_seconds"]
 
 
 def cell(row: str, col: str, bn: str, n: int) -> tuple[tuple[str, str, str], np.ndarray]:
@@ -63,7 +56,9 @@ def main() -> None:
     ap.add_argument("--name", default="transfer_matrix_omniglot")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    seconds = dict(parallel(train_row, [(g, args.steps) for g in args.groups], args.workers))
+    seconds = dict(zip(args.groups, parallel(
+        train_preset, [("transfer_matrix", f"transfer-protonet-{g}", args.steps)
+                       for g in args.groups], args.workers)))
     jobs = [(r, c, bn, args.tasks) for r in args.groups for c in args.groups
             for bn in args.batchnorm]
     got = dict(parallel(cell, jobs, args.workers))

@@ -122,7 +122,7 @@ SOURCES = Registry("task source", key="source",
                    builtin=("metaphi.tasks.sinusoid", "metaphi.data.omniglot",
                             "metaphi.data.folder", "metaphi.data.usertext", "metaphi.data.sib200",
                             "metaphi.data.udhr", "metaphi.data.fewrel", "metaphi.tasks.combinators",
-                            "metaphi.tasks.regression"))
+                            "metaphi.tasks.regression", "metaphi.forecasting.tasks"))
 BACKBONES = Registry("backbone", builtin=("metaphi.models",))
 META_OPTIMIZERS = Registry("meta-optimizer", builtin=("metaphi.meta.optimizers",))
 AUGMENTATIONS = Registry("task augmentation", builtin=("metaphi.tasks.augment",))

@@ -8,6 +8,8 @@
   Dask cluster.
 - :mod:`.features`, :mod:`.fforma`: meta-learner A, feature-based combination (FFORMA).
 - :mod:`.neural`: meta-learner B, global N-BEATS-style network + MAML per-series adaptation.
+- :mod:`.tasks`: the ``forecast`` task source (series as tasks, frequency subsets as domains)
+  for meta-training any learner through a run config.
 - :mod:`.metrics`: sMAPE, MAPE, MASE, OWA as in the competitions.
 - :mod:`.evaluate`, :mod:`.plots`, :mod:`.cli`: end-to-end runs, PNGs and ``metaphi forecast``.
 """

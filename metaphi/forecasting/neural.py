@@ -28,51 +28,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..learners import MAML
+from ..models.nbeats import NBeats
 from ..tasks.task import Task
 from .config import Settings
 from .data import SeriesSet
-
-
-class Block(nn.Module):
-    """A generic N-BEATS block: an MLP that emits a backcast and a forecast."""
-
-    def __init__(self, L: int, h: int, width: int, layers: int, backcast: bool = True) -> None:
-        super().__init__()
-        mods: list[nn.Module] = []
-        d = L
-        for _ in range(layers):
-            mods += [nn.Linear(d, width), nn.ReLU()]
-            d = width
-        self.mlp = nn.Sequential(*mods)
-        # the last block's backcast would feed nothing (and leave unused inner-loop parameters)
-        self.backcast = nn.Linear(width, L) if backcast else None
-        self.forecast = nn.Linear(width, h)
-
-    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
-        z = self.mlp(x)
-        return (self.backcast(z) if self.backcast is not None else None), self.forecast(z)
-
-
-class NBeats(nn.Module):
-    """Doubly residual stack of generic blocks (Oreshkin et al., 2020), small by default."""
-
-    def __init__(self, L: int, h: int, width: int = 128, blocks: int = 3, layers: int = 2) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList([Block(L, h, width, layers, backcast=i < blocks - 1)
-                                     for i in range(blocks)])
-        self.h = h
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Inputs are scaled to mean ~1; centring them on the last value helps the residual stack.
-        last = x[..., -1:]
-        res = x - last
-        out = last.expand(*x.shape[:-1], self.h).clone()
-        for b in self.blocks:
-            back, fc = b(res)
-            out = out + fc
-            if back is not None:
-                res = res - back
-        return out
 
 
 def window(y: np.ndarray, end: int, L: int, h: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -83,6 +42,22 @@ def window(y: np.ndarray, end: int, L: int, h: int) -> tuple[np.ndarray, np.ndar
     scale = float(np.mean(np.abs(y[max(0, end - h - L):end - h])))
     scale = scale if scale > 1e-8 else 1.0
     return inp / scale, y[end - h:end] / scale, scale
+
+
+def support_windows(y: np.ndarray, last_end: int, L: int, h: int, k: int, recent: int,
+                    rng: np.random.Generator, fill: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A series' support set: ``k`` scaled windows (see :func:`window`) whose targets end at
+    most ``last_end``, drawn without replacement among the ``recent * h`` most recent ends
+    (they say most about the series' near future); None when no window fits. Fewer than ``k``
+    when fewer fit, or, with ``fill``, ``k`` drawn with replacement (equal-sized tasks)."""
+    ends = np.arange(h + 1, last_end + 1)[-recent * h:]
+    if len(ends) == 0:
+        return None
+    short = len(ends) < k
+    pick = rng.choice(ends, size=k if fill else min(k, len(ends)), replace=fill and short)
+    xs, ys = zip(*[window(y, int(e), L, h)[:2] for e in pick])
+    return np.stack(xs), np.stack(ys)
 
 
 def forecast_input(y: np.ndarray, L: int) -> tuple[np.ndarray, float]:
@@ -228,15 +203,11 @@ class NeuralForecaster:
 
     # tasks -----------------------------------------------------------------------------------
     def _support(self, y: np.ndarray, last_end: int, rng: np.random.Generator) -> tuple[Tensor, Tensor] | None:
-        ends = np.arange(self.h + 1, last_end + 1)
-        if len(ends) == 0:
+        sup = support_windows(y, last_end, self.L, self.h, self.cfg.support, self.cfg.recent, rng)
+        if sup is None:
             return None
-        # most recent windows first: they say most about the series' near future
-        ends = ends[-self.cfg.recent * self.h:]
-        pick = rng.choice(ends, size=min(self.cfg.support, len(ends)), replace=False)
-        xs, ys = zip(*[window(y, int(e), self.L, self.h)[:2] for e in pick])
-        return (torch.tensor(np.stack(xs), dtype=torch.float32),
-                torch.tensor(np.stack(ys), dtype=torch.float32))
+        return (torch.tensor(sup[0], dtype=torch.float32),
+                torch.tensor(sup[1], dtype=torch.float32))
 
     def train_task(self, y: np.ndarray, rng: np.random.Generator) -> Task | None:
         """Meta-train task: support from ``y[:-h]``, query = the last ``h`` values of ``y``."""

@@ -1,5 +1,6 @@
-"""Presets of the task-construction benchmarks: task-poor Omniglot, the Omniglot transfer
-matrix and leave-one-family-out regression (``metaphi presets`` lists them).
+"""Presets of the task-construction benchmarks: task-poor Omniglot, the Omniglot and
+forecasting transfer matrices and leave-one-family-out regression (``metaphi presets`` lists
+them).
 
 The lists below are the protocol, written down once; the benchmarks and the docs read them.
 """
@@ -36,6 +37,17 @@ ALPHABET_GROUPS: dict[str, tuple[str, ...]] = {
     # scripts invented for fiction, games or magic
     "invented": ("Alphabet_of_the_Magi", "Angelic", "Atemayar_Qelisayer", "Atlantean",
                  "Aurek-Besh", "Futurama", "Keble", "Tengwar", "ULOG"),
+}
+
+
+# Forecasting domains for the transfer matrix: the frequency subsets of M3 and Tourism, all
+# forecast 4 steps ahead (Tourism's yearly test period is 4 values long). The cross-frequency
+# row meta-trains on the yearly and quarterly series of both and is meta-tested on monthly.
+FORECAST_DOMAINS = ("m3-yearly", "m3-quarterly", "m3-monthly", "tourism-yearly",
+                    "tourism-quarterly", "tourism-monthly")
+FORECAST_ROWS: dict[str, tuple[str, ...]] = {
+    **{d: (d,) for d in FORECAST_DOMAINS},
+    "yearly+quarterly": ("m3-yearly", "m3-quarterly", "tourism-yearly", "tourism-quarterly"),
 }
 
 
@@ -86,6 +98,22 @@ def transfer(group: str) -> dict[str, Any]:
             "val_every": 1000, "val_tasks": 100, "test_tasks": 1000, "checkpoint_every": 250}
 
 
+def forecast(row: str) -> dict[str, Any]:
+    """MAML on N-BEATS meta-trained on the series of ``FORECAST_ROWS[row]`` (each series a
+    task: 8 support windows, 12 values -> the next 4), meta-tested on every forecasting
+    domain's meta-test series (``meta_test.by_domain`` is the row of the transfer matrix)."""
+    return {"name": f"forecast-maml-{row}",
+            "task": {"source": "forecast", "domains": list(FORECAST_ROWS[row]),
+                     "test_domains": list(FORECAST_DOMAINS), "horizon": 4, "lookback": 3,
+                     "k_shot": 8},
+            "model": {"name": "nbeats", "width": 128, "blocks": 3, "layers": 2},
+            "learner": {"name": "maml", "inner_lr": 0.01, "inner_steps": 2,
+                        "eval_inner_steps": 3},
+            "loss": "mae", "meta_optimizer": {"name": "adam", "lr": 1e-3}, "steps": 1000,
+            "meta_batch": 16, "val_every": 250, "val_tasks": 300, "test_tasks": 1000,
+            "checkpoint_every": 250}
+
+
 def regression(train: list[str], test: list[str], name: str) -> dict[str, Any]:
     """MAML on regression families (1-40-40-1 MLP, 10-shot, 5 inner steps)."""
     return {"name": name,
@@ -111,6 +139,10 @@ def register_task_presets(register) -> None:
         register(transfer(g), f"Omniglot transfer matrix: ProtoNet on the {g} alphabets "
                  "(test other groups with `metaphi test RUN --on omniglot "
                  "task.classes.test=[...]`)")
+    for r in FORECAST_ROWS:
+        register(forecast(r), f"forecasting transfer matrix: MAML on N-BEATS meta-trained on "
+                 f"{' + '.join(FORECAST_ROWS[r])} series, meta-tested on every M3 and Tourism "
+                 "frequency subset")
     families = list(FAMILIES)
     register(regression(families, families, "regression-all"), "MAML on a mixture of all "
              "regression families (cross-problem training; metrics per family)")
