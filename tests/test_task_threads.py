@@ -91,3 +91,26 @@ def test_task_threads_validation():
     with pytest.raises(ValueError, match="task_threads must be >= 1"):
         parallel.resolve_threads(0, [torch.zeros(1)])
     assert parallel.resolve_threads(None, [torch.zeros(1)]) == torch.get_num_threads()
+
+
+def test_gradient_accumulators_exist_before_the_task_threads_start(monkeypatch):
+    # The threads must only look up the trainable leaves' accumulators, never create them
+    # (creating one takes the tensor's autograd lock, then the GIL: threads can stall).
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    net[0].bias.requires_grad_(False)
+    seen, made = [], []
+    real = parallel.shared_accumulators
+    monkeypatch.setattr(parallel, "shared_accumulators", lambda m: made.append(real(m)) or made[-1])
+
+    def fn(module, task):
+        seen.append([p.view_as(p).grad_fn.next_functions[0][0]
+                     for p in module.parameters() if p.requires_grad])
+        return task
+
+    assert parallel.map_tasks(net, fn, list(range(6)), threads=2) == list(range(6))
+    assert len(made) == 1 and [type(a).__name__ for a in made[0]] == ["AccumulateGrad"] * 3
+    # every thread, every task: the accumulators created before the threads started
+    assert len(seen) == 6 and all(all(a is b for a, b in zip(got, made[0])) for got in seen)
+    with torch.no_grad():
+        assert real(net) == []

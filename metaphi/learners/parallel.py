@@ -117,6 +117,7 @@ def map_tasks(module: nn.Module, fn: Callable[[nn.Module, T], R], tasks: Sequenc
         for i in range(w, len(tasks), threads):
             results[i] = fn(mods[w], tasks[i])
 
+    keep = shared_accumulators(module)
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -126,4 +127,19 @@ def map_tasks(module: nn.Module, fn: Callable[[nn.Module, T], R], tasks: Sequenc
             f.result()
     finally:
         torch.set_num_threads(prev)
+        del keep
     return results
+
+
+def shared_accumulators(module: nn.Module) -> list[Any]:
+    """The gradient accumulators of ``module``'s trainable parameters, created now.
+
+    A thread that creates a leaf's accumulator holds the tensor's autograd lock while it waits
+    for the GIL, and a thread that holds the GIL can wait for that lock: the two threads then
+    stall each other. Created here, before the task threads start, and kept alive until they
+    finish, the accumulators are only looked up by the threads, never created.
+    """
+    if not torch.is_grad_enabled():
+        return []
+    return [p.view_as(p).grad_fn.next_functions[0][0] for p in module.parameters()
+            if p.requires_grad]
