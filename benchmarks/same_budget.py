@@ -77,7 +77,7 @@ def main() -> None:
     write_result(
         args.name, f"Every learner on Omniglot with {args.seconds:.0f} s of meta-training each",
         [{"title": f"Omniglot (Vinyals split), {args.seconds:.0f} s of CPU meta-training per "
-                   f"run, {args.threads} threads, 1000 meta-test episodes",
+                   f"run, {args.threads} threads, {args.test_tasks} meta-test episodes",
           "columns": ["setting", "learner", "outer steps done", "train s", "meta-batch",
                       "meta-test accuracy % ± 95% CI"],
           "rows": rows,

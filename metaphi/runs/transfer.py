@@ -5,9 +5,9 @@
 (``--on omniglot task.classes.test=[Tengwar]``), or the path of an image folder (one
 sub-folder per class; every class is a meta-test class). The target inherits from the run's
 task section what decides the episodes' shape and the input (``n_way``, ``k_shot``,
-``n_query``, ``eval_n_query``, ``image_size``, ``channels``; ``data_dir``, ``resample``,
-``rotations``, ``horizon`` and ``lookback`` when it is the run's own source) unless the overrides set them; its input shape
-must be the run's.
+``n_query``, ``eval_n_query``, ``image_size``, ``channels``; and when it is the run's own source,
+its data and split: ``data_dir``, ``resample``, ``rotations``, ``horizon``, ``lookback``,
+``split``, ``split_seed``) unless the overrides set them; its input shape must be the run's.
 The meta-test tasks are the target's meta-test split, drawn with the test seed; results are
 reported with their 95% CI and per domain where the target's tasks name domains (a
 ``mixture``).
@@ -30,7 +30,8 @@ from ..tasks.combinators import source_options
 from .config import ConfigError, RunConfig, parse_override
 
 INHERITED = ("n_way", "k_shot", "n_query", "eval_n_query")
-SAME_SOURCE = ("data_dir", "resample", "rotations", "channels", "horizon", "lookback")
+SAME_SOURCE = ("data_dir", "resample", "rotations", "channels", "horizon", "lookback", "split",
+               "split_seed")
 BATCHNORM_CHOICES = ("episode", "running", "support", "target")
 
 
