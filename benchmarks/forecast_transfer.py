@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from task_runs import WORK, ci, fmt, parallel, train_preset  # noqa: E402
+from task_runs import WORK, ci, fmt, parallel, train_rows  # noqa: E402
 
 from metaphi.runs.task_presets import FORECAST_DOMAINS, FORECAST_ROWS  # noqa: E402
 
@@ -75,9 +75,8 @@ def main() -> None:
     ap.add_argument("--name", default="forecast_transfer")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    seconds = dict(zip(args.rows, parallel(
-        train_preset, [("forecast_transfer", f"forecast-maml-{r}", args.steps)
-                       for r in args.rows], args.workers)))
+    seconds = train_rows("forecast_transfer", {r: f"forecast-maml-{r}" for r in args.rows},
+                         args.steps, args.workers)
     got = dict(parallel(score_row, [(r,) for r in args.rows], args.workers))
     R, C = args.rows, list(FORECAST_DOMAINS)
     S = np.array([[got[r][c]["smape/maml"].mean() for c in C] for r in R])

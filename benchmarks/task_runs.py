@@ -45,6 +45,14 @@ def train_preset(bench: str, preset: str, steps: int) -> float:
     return res["train_seconds"]
 
 
+def train_rows(bench: str, presets: dict[str, str], steps: int, workers: int
+               ) -> dict[str, float]:
+    """:func:`train_preset` for each row's preset (row -> preset name), ``workers`` at a time;
+    the train seconds by row."""
+    secs = parallel(train_preset, [(bench, p, steps) for p in presets.values()], workers)
+    return dict(zip(presets, secs))
+
+
 def parallel(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
     """``[fn(*job) for job in jobs]`` on ``workers`` processes (in this process for 1)."""
     if workers <= 1 or len(jobs) <= 1:

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from task_runs import WORK, ci, fmt, parallel, scores, train_preset  # noqa: E402
+from task_runs import WORK, ci, fmt, parallel, scores, train_rows  # noqa: E402
 
 from metaphi.runs.task_presets import ALPHABET_GROUPS, group_split  # noqa: E402
 
@@ -56,9 +56,8 @@ def main() -> None:
     ap.add_argument("--name", default="transfer_matrix_omniglot")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    seconds = dict(zip(args.groups, parallel(
-        train_preset, [("transfer_matrix", f"transfer-protonet-{g}", args.steps)
-                       for g in args.groups], args.workers)))
+    seconds = train_rows("transfer_matrix", {g: f"transfer-protonet-{g}" for g in args.groups},
+                         args.steps, args.workers)
     jobs = [(r, c, bn, args.tasks) for r in args.groups for c in args.groups
             for bn in args.batchnorm]
     got = dict(parallel(cell, jobs, args.workers))
