@@ -27,16 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 from task_runs import WORK, ci, fmt, parallel, train_rows  # noqa: E402
 
+from metaphi.forecasting.metrics import smape  # noqa: E402
 from metaphi.runs.task_presets import FORECAST_DOMAINS, FORECAST_ROWS  # noqa: E402
 
 
 def run_dir(row: str) -> Path:
     return WORK / "forecast_transfer" / f"forecast-maml-{row}"
-
-
-def smape(f: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-series sMAPE % (scale-free, so the same on scaled windows as on the series)."""
-    return 200 * np.mean(np.abs(f - y) / np.maximum(np.abs(f) + np.abs(y), 1e-8), axis=-1)
 
 
 def score_row(row: str) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
@@ -62,7 +58,8 @@ def score_row(row: str) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
             got["y"].append(t.query_y[0])
         arr = {k: torch.stack(v).detach().double().numpy() for k, v in got.items()}
         y = arr.pop("y")
-        out[col] = {**{f"smape/{k}": smape(v, y) for k, v in arr.items()},
+        # sMAPE is scale-free: the same on scaled windows as on the series
+        out[col] = {**{f"smape/{k}": smape(y, v) for k, v in arr.items()},
                     **{f"mae/{k}": np.mean(np.abs(v - y), axis=-1) for k, v in arr.items()}}
     return row, out
 
