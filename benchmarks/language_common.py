@@ -18,6 +18,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "language"
 FIGURES = HERE / "figures"
+# the meta-learned learners these benchmarks compare with the support-only baseline
+LEARNER_LABELS = {"protonet": "ProtoNet", "protonet_tfidf": "ProtoNet + TF-IDF"}
 SHARED_NOTE = ("Wall times and throughput were measured on a shared 2-core machine (other "
                "sessions' jobs ran at the same time), so they are upper bounds; budgets are in "
                "outer steps.")

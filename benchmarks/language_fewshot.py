@@ -7,8 +7,9 @@ cross-domain relation classification on FewRel (meta-train wiki+nyt+semeval, met
     flock /work/notes/cpu.lock nice -n 5 env METAPHI_DATA=/path/to/data \\
         python benchmarks/language_fewshot.py fewrel [--steps 400] [--tasks 1000]
 
-One ProtoNet model per benchmark (meta-trained at the preset's shots) is meta-tested at 1 and
-5 shots.
+One model per benchmark (meta-trained at the preset's shots) is meta-tested at 1 and 5 shots:
+ProtoNet, or with ``--learner protonet_tfidf`` ProtoNet + TF-IDF (results
+``language_<bench>_protonet_tfidf``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from language_common import SHARED_NOTE, WORK, ci, pct, scored_tasks, throughput, train  # noqa: E402
+from language_common import (LEARNER_LABELS, SHARED_NOTE, WORK, ci, pct,  # noqa: E402
+                             scored_tasks, throughput, train)
 
 BENCH = {
     "udhr": {
@@ -55,14 +57,17 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--learner", default="protonet", choices=list(LEARNER_LABELS))
     args = ap.parse_args()
     b = BENCH[args.bench]
-    name = f"language_{args.bench}"
+    name = f"language_{args.bench}" + ("" if args.learner == "protonet" else f"_{args.learner}")
+    preset = b["preset"].replace("protonet", args.learner, 1)
+    label = LEARNER_LABELS[args.learner]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = WORK / name
     every = max(args.steps // 5, 1)
-    res = train(b["preset"], out, [f"steps={args.steps}", f"val_every={every}",
+    res = train(preset, out, [f"steps={args.steps}", f"val_every={every}",
                                    f"checkpoint_every={every}", "test_tasks=100",
                                    *args.overrides], args.threads)
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -77,7 +82,7 @@ def main() -> None:
     tput = throughput(out, cfg["meta_batch"])
     tables = [
         {"title": "Meta-test accuracy % ± 95% CI",
-         "columns": ["setting", "ProtoNet (meta-learned)", "TF-IDF support-only",
+         "columns": ["setting", f"{label} (meta-learned)", "TF-IDF support-only",
                      "difference (paired)", "CIs apart"],
          "rows": rows,
          "notes": f"{args.tasks} meta-test episodes per setting, the same for both methods. " +
@@ -86,12 +91,12 @@ def main() -> None:
         {"title": "Meta-training",
          "columns": ["preset", "outer steps", "meta-batch", "train minutes", "tasks/s",
                      "peak RSS MiB", "encoder"],
-         "rows": [[b["preset"], res["steps"], cfg["meta_batch"],
+         "rows": [[preset, res["steps"], cfg["meta_batch"],
                    round(res["train_seconds"] / 60, 1), round(tput, 2), res["peak_rss_mib"],
                    cfg["model"]["name"]]],
          "notes": SHARED_NOTE},
     ]
-    write_result(name, b["title"], tables, time.perf_counter() - t0, topic="language",
+    write_result(name, b["title"] + ("" if args.learner == "protonet" else f", {label}"), tables, time.perf_counter() - t0, topic="language",
                  question=b["question"], run_config=cfg, meta_val_best=res.get("meta_val_best"))
 
 

@@ -5,9 +5,9 @@ meta-training), against a support-only TF-IDF nearest-centroid baseline on the s
     flock /work/notes/cpu.lock nice -n 5 env METAPHI_DATA=/path/to/data \\
         python benchmarks/language_sib200.py [--steps 600] [--tasks 1000]
 
-One ProtoNet model (the `sib200-protonet-7w5s` preset, meta-trained on 5-shot episodes) is
-meta-tested at 5 and 1 shots; results per language, per script group, and a plot grouped by
-script.
+One model (the `sib200-<learner>-7w5s` preset, meta-trained on 5-shot episodes; ``--learner``
+protonet or protonet_tfidf) is meta-tested at 5 and 1 shots; results per language, per script
+group, and a plot grouped by script.
 """
 from __future__ import annotations
 
@@ -20,13 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from language_common import (FIGURES, SHARED_NOTE, WORK, ci, group, mean, pct,  # noqa: E402
-                             scored_tasks, throughput, train)
-
-PRESET = "sib200-protonet-7w5s"
+from language_common import (FIGURES, LEARNER_LABELS, SHARED_NOTE, WORK, ci, group,  # noqa: E402
+                             mean, pct, scored_tasks, throughput, train)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, label: str) -> None:
     import matplotlib.pyplot as plt
 
     by = group(rows, lambda r: r["domain"])
@@ -36,7 +34,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     colors = ["tab:blue" if by[d][0]["seen_script"] else "tab:orange" for d in langs]
     fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(langs)), 4.2))
     x = range(len(langs))
-    ax.bar(x, meta, color=colors, label="ProtoNet (blue: seen script, orange: unseen)")
+    ax.bar(x, meta, color=colors, label=f"{label} (blue: seen script, orange: unseen)")
     ax.scatter(x, base, color="black", marker="_", s=120, label="TF-IDF support-only", zorder=3)
     ax.axhline(100 / 7, color="grey", lw=0.8, ls=":", label="chance")
     ax.set_xticks(list(x))
@@ -58,13 +56,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--name", default="language_sib200")
+    ap.add_argument("--learner", default="protonet", choices=list(LEARNER_LABELS))
     args = ap.parse_args()
+    preset, label = f"sib200-{args.learner}-7w5s", LEARNER_LABELS[args.learner]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = WORK / args.name
     overrides = [f"steps={args.steps}", f"val_every={max(args.steps // 5, 1)}",
                  f"checkpoint_every={max(args.steps // 5, 1)}", "test_tasks=100", *args.overrides]
-    res = train(PRESET, out, overrides, args.threads)
+    res = train(preset, out, overrides, args.threads)
     import yaml
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
@@ -75,8 +75,8 @@ def main() -> None:
         all_rows[k] = rows
         seen = [r for r in rows if r["seen_script"]]
         unseen = [r for r in rows if not r["seen_script"]]
-        for label, key in (("ProtoNet (meta-learned)", "acc"), ("TF-IDF support-only", "tfidf")):
-            summary_rows.append([f"7-way {k}-shot", label, pct(ci(r[key] for r in rows)),
+        for method, key in ((f"{label} (meta-learned)", "acc"), ("TF-IDF support-only", "tfidf")):
+            summary_rows.append([f"7-way {k}-shot", method, pct(ci(r[key] for r in rows)),
                                  pct(ci(r[key] for r in seen)), pct(ci(r[key] for r in unseen))])
         diff = ci(r["acc"] - r["tfidf"] for r in rows)
         diff_u = ci(r["acc"] - r["tfidf"] for r in unseen)
@@ -95,8 +95,8 @@ def main() -> None:
                               f"{100 * mean(r['tfidf'] for r in one):.1f}"])
     fig = f"{args.name}_by_language.png"
     plot(all_rows[5], FIGURES / fig, "SIB-200 held-out languages, 7-way 5-shot (grouped by "
-         "seen/unseen script, then script)")
-    train_row = [PRESET, res["steps"], cfg["meta_batch"], round(res["train_seconds"] / 60, 1),
+         "seen/unseen script, then script)", label)
+    train_row = [preset, res["steps"], cfg["meta_batch"], round(res["train_seconds"] / 60, 1),
                  round(tput, 2), res["peak_rss_mib"], cfg["model"]["name"]]
     tables = [
         {"title": "Meta-test accuracy % ± 95% CI on held-out languages",
@@ -104,13 +104,13 @@ def main() -> None:
          "rows": summary_rows,
          "notes": f"{args.tasks} meta-test episodes per setting (the same episodes for both "
                   "methods; 10 queries per topic), drawn from the 43 meta-test languages' SIB-200 "
-                  "test sentences (never seen in any language during meta-training). One ProtoNet "
+                  f"test sentences (never seen in any language during meta-training). One {label} "
                   "model meta-trained on 5-shot episodes is tested at 5 and 1 shots. TF-IDF: "
                   "character n-grams (1-4, char_wb, sublinear tf) fit on the support set alone, "
                   "nearest centroid by cosine. Differences are paired per episode."},
         {"title": "Per language (accuracy %, mean over its episodes)",
          "columns": ["language", "name", "script", "family", "script seen", "episodes (5-shot)",
-                     "ProtoNet 5-shot", "TF-IDF 5-shot", "ProtoNet 1-shot", "TF-IDF 1-shot"],
+                     f"{label} 5-shot", "TF-IDF 5-shot", f"{label} 1-shot", "TF-IDF 1-shot"],
          "rows": per_lang_rows, "notes": "Sorted by seen/unseen script, then script."},
         {"title": "Meta-training",
          "columns": ["preset", "outer steps", "meta-batch", "train minutes", "tasks/s",

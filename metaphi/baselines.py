@@ -21,27 +21,40 @@ def decode_rows(x: Tensor, decode: Callable[[Sequence[int]], str]) -> list[str]:
     return [decode([int(i) for i in row if int(i) != 0]) for row in x]
 
 
+def _tfidf(support: list[str], query: list[str], ngram_range: tuple[int, int], analyzer: str):
+    """TF-IDF matrices of the support and query texts, the vectoriser fit on the support only."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngram_range), sublinear_tf=True,
+                          lowercase=True)
+    return vec.fit_transform(support), vec.transform(query)
+
+
+def tfidf_centroid_cosines(support: list[str], support_y: np.ndarray, query: list[str],
+                           ngram_range: tuple[int, int] = (1, 4),
+                           analyzer: str = "char_wb") -> np.ndarray:
+    """Cosine similarities ``(Q, N)`` of the query texts' TF-IDF vectors to the class centroids
+    (normalised means of the support vectors), classes in ``np.unique(support_y)`` order."""
+    xs, xq = _tfidf(support, query, ngram_range, analyzer)
+    classes = np.unique(support_y)
+    cent = np.vstack([np.asarray(xs[support_y == c].mean(0)) for c in classes])
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True).clip(1e-12)
+    return np.asarray(xq @ cent.T)
+
+
 def tfidf_task_accuracy(support: list[str], support_y: np.ndarray, query: list[str],
                         query_y: np.ndarray, classifier: Literal["centroid", "logreg"] = "centroid",
                         ngram_range: tuple[int, int] = (1, 4),
                         analyzer: str = "char_wb") -> float:
     """Accuracy on the query texts of a TF-IDF classifier fit on the support texts alone."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True,
-                          lowercase=True)
-    xs = vec.fit_transform(support)
-    xq = vec.transform(query)
     if classifier == "logreg":
         from sklearn.linear_model import LogisticRegression
 
-        clf = LogisticRegression(C=10.0, max_iter=1000)
-        pred = clf.fit(xs, support_y).predict(xq)
+        xs, xq = _tfidf(support, query, ngram_range, analyzer)
+        pred = LogisticRegression(C=10.0, max_iter=1000).fit(xs, support_y).predict(xq)
     elif classifier == "centroid":
-        classes = np.unique(support_y)
-        cent = np.vstack([np.asarray(xs[support_y == c].mean(0)) for c in classes])
-        cent /= np.linalg.norm(cent, axis=1, keepdims=True).clip(1e-12)
-        pred = classes[np.asarray(xq @ cent.T).argmax(1)]
+        cos = tfidf_centroid_cosines(support, support_y, query, ngram_range, analyzer)
+        pred = np.unique(support_y)[cos.argmax(1)]
     else:
         raise ValueError(f"classifier must be 'centroid' or 'logreg', got {classifier!r}")
     return float((pred == query_y).mean())

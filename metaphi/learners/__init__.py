@@ -9,6 +9,7 @@ from .dg import ERM, MLDG, DGLearner, Fish
 from .functional import forward, inner_loop, transductive_batchnorm
 from .imaml import IMAML
 from .learned_opt import LearnedOptimizer
+from .lexical import ProtoNetTfidf
 from .maml import ANIL, FOMAML, MAML, MetaSGD
 from .mamlpp import MAMLpp
 from .metric import EmbeddingLearner, MatchingNet, ProtoNet
@@ -20,4 +21,4 @@ __all__ = ["Adapted", "Learner", "eval_mode", "train_mode", "forward", "inner_lo
            "transductive_batchnorm", "ANIL", "FOMAML", "IMAML", "MAML", "MAMLpp", "MetaSGD",
            "Reptile", "EmbeddingLearner", "MatchingNet", "ProtoNet", "R2D2", "Baseline",
            "BaselinePP", "RelationNet", "MetaOptNetSVM", "LearnedOptimizer", "DGLearner", "ERM",
-           "MLDG", "Fish"]
+           "MLDG", "Fish", "ProtoNetTfidf"]

@@ -349,14 +349,19 @@ class EmbeddingLearner(Learner):
                          running: bool = False) -> tuple[Tensor, Tensor]:
         """Per-task query losses and accuracies ``(T,)`` of equally shaped tasks, all at once
         (``running``: BatchNorm with the running statistics, in evaluation mode)."""
+        y_q = torch.stack([t.query_y for t in tasks])
+        logits = self.batched_logits(tasks, params, n_way, running)
+        acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
+        return self.query_losses(logits, y_q), acc.detach()
+
+    def batched_logits(self, tasks: list[Task], params: Params, n_way: int,
+                       running: bool = False) -> Tensor:
+        """Query logits ``(T, Q, N)`` of equally shaped tasks, all at once."""
         s = len(tasks[0].support_x)
         xs = torch.stack([torch.cat([t.support_x, t.query_x]) for t in tasks])
         y_s = torch.stack([t.support_y for t in tasks])
-        y_q = torch.stack([t.query_y for t in tasks])
         z = self.embed_tasks(params, xs, running)
-        logits = self._logits(params, z[:, :s], y_s, n_way, z[:, s:])
-        acc = (logits.argmax(-1) == y_q).to(logits.dtype).mean(1)
-        return self.query_losses(logits, y_q), acc.detach()
+        return self._logits(params, z[:, :s], y_s, n_way, z[:, s:])
 
     def query_losses(self, logits: Tensor, y_q: Tensor) -> Tensor:
         """Per-task query losses ``(T,)`` of logits ``(T, Q, N)`` (the learner's ``loss_fn``,

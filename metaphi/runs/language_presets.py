@@ -31,6 +31,10 @@ def _fewshot(name: str, task: dict[str, Any], learner: str, steps: int, meta_bat
     else:
         # the task-batched path runs the n-gram bag item by item under vmap: slower than the loop
         inner.update(batched=False)
+    if learner == "protonet_tfidf":
+        # cosine logits (scale learned from 10) are on the TF-IDF cosines' scale; squared
+        # distances in the centred 4160-d embedding would drown them
+        inner.update(distance="cosine")
     return {
         "name": name, "task": task,
         "model": model or dict(BAG),
@@ -73,6 +77,13 @@ def _build() -> None:
             "source": "udhr", "n_way": 20, "k_shot": k, "n_query": 5, "eval_n_query": 10},
             "protonet", 400, 2), f"UDHR language identification, 20-way {k}-shot, unseen "
             f"languages {DATA}")
+        for name, ways, n_query, steps, batch in (("sib200", 7, 10, 600, 4),
+                                                  ("udhr", 20, 5, 400, 2),
+                                                  ("fewrel", 5, 5, 400, 4)):
+            register_preset(_fewshot(f"{name}-protonet_tfidf-{ways}w{k}s", {
+                "source": name, "n_way": ways, "k_shot": k, "n_query": n_query,
+                "eval_n_query": 10}, "protonet_tfidf", steps, batch),
+                f"{name} {ways}-way {k}-shot with ProtoNet + support-only TF-IDF {DATA}")
         register_preset(_fewshot(f"fewrel-protonet-5w{k}s", {
             "source": "fewrel", "n_way": 5, "k_shot": k, "n_query": 5, "eval_n_query": 10},
             "protonet", 400, 4), f"FewRel cross-domain relations, wiki+nyt+semeval -> pubmed, "
