@@ -64,30 +64,29 @@ def _dg(learner: str) -> Preset:
     }
 
 
+# The few-shot settings: source -> (ways, meta-train queries per class, outer steps,
+# meta-batch, what is measured, the learners with a preset)
+FEWSHOT = {
+    "sib200": (7, 10, 600, 4, "SIB-200 cross-lingual topic classification, held-out languages",
+               ("protonet", "anil", "protonet_tfidf")),
+    "udhr": (20, 5, 400, 2, "UDHR language identification, unseen languages",
+             ("protonet", "protonet_tfidf")),
+    "fewrel": (5, 5, 400, 4, "FewRel cross-domain relations, wiki+nyt+semeval -> pubmed",
+               ("protonet", "protonet_tfidf")),
+}
+LEARNER_NAMES = {"protonet": "ProtoNet", "anil": "ANIL (head adapted)",
+                 "protonet_tfidf": "ProtoNet + support-only TF-IDF"}
+
+
 def _build() -> None:
-    for k in (1, 5):
-        register_preset(_fewshot(f"sib200-protonet-7w{k}s", {
-            "source": "sib200", "n_way": 7, "k_shot": k, "n_query": 10, "eval_n_query": 10},
-            "protonet", 600, 4), "SIB-200 cross-lingual topic classification, 7-way, "
-            f"{k}-shot, held-out languages {DATA}")
-        register_preset(_fewshot(f"sib200-anil-7w{k}s", {
-            "source": "sib200", "n_way": 7, "k_shot": k, "n_query": 10, "eval_n_query": 10},
-            "anil", 600, 4), f"SIB-200 7-way {k}-shot with ANIL (head adapted) {DATA}")
-        register_preset(_fewshot(f"udhr-protonet-20w{k}s", {
-            "source": "udhr", "n_way": 20, "k_shot": k, "n_query": 5, "eval_n_query": 10},
-            "protonet", 400, 2), f"UDHR language identification, 20-way {k}-shot, unseen "
-            f"languages {DATA}")
-        for name, ways, n_query, steps, batch in (("sib200", 7, 10, 600, 4),
-                                                  ("udhr", 20, 5, 400, 2),
-                                                  ("fewrel", 5, 5, 400, 4)):
-            register_preset(_fewshot(f"{name}-protonet_tfidf-{ways}w{k}s", {
-                "source": name, "n_way": ways, "k_shot": k, "n_query": n_query,
-                "eval_n_query": 10}, "protonet_tfidf", steps, batch),
-                f"{name} {ways}-way {k}-shot with ProtoNet + support-only TF-IDF {DATA}")
-        register_preset(_fewshot(f"fewrel-protonet-5w{k}s", {
-            "source": "fewrel", "n_way": 5, "k_shot": k, "n_query": 5, "eval_n_query": 10},
-            "protonet", 400, 4), f"FewRel cross-domain relations, wiki+nyt+semeval -> pubmed, "
-            f"5-way {k}-shot {DATA}")
+    for source, (ways, n_query, steps, batch, what, learners) in FEWSHOT.items():
+        for k in (1, 5):
+            task = {"source": source, "n_way": ways, "k_shot": k, "n_query": n_query,
+                    "eval_n_query": 10}
+            for learner in learners:
+                register_preset(_fewshot(f"{source}-{learner}-{ways}w{k}s", dict(task), learner, steps,
+                                         batch),
+                                f"{what}, {ways}-way {k}-shot, {LEARNER_NAMES[learner]} {DATA}")
     for learner in ("erm", "mldg", "fish"):
         register_preset(_dg(learner), f"SIB-200 domain generalisation over languages "
                         f"({learner.upper()}; no support set in a target language) {DATA}")
