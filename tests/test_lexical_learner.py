@@ -1,5 +1,5 @@
-"""ProtoNet + TF-IDF (protonet_tfidf): its TF-IDF scores are scikit-learn's (the baseline's,
-and the PyTorch ones over token ids), its meta-gradient matches float64 finite differences,
+"""ProtoNet + TF-IDF (protonet_tfidf): its TF-IDF scores are the baseline's (scikit-learn's,
+over characters or over token ids), its meta-gradient matches float64 finite differences,
 batched == per task, bad inputs are clear errors, and it runs from a config through the CLI."""
 import json
 

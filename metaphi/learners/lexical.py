@@ -14,8 +14,8 @@ meta-learning as a residual on a support-only baseline.
 ``analyzer``: ``"char_wb"`` or ``"char"`` decode the tasks' UTF-8 byte tokens
 (``task.tokenizer: bytes``) and score with scikit-learn's ``TfidfVectorizer`` (lowercased
 character n-grams, within word boundaries for ``char_wb``): exactly the baseline's scores.
-``"tokens"`` computes the same TF-IDF in PyTorch over n-grams of token ids (any tokenizer,
-e.g. a BPE vocabulary), hashed into 2^31 - 1 values.
+``"tokens"`` scores n-grams of token ids (any tokenizer, e.g. a BPE vocabulary) with the same
+vectoriser.
 
 The TF-IDF part is a fixed function of the task (no gradient flows into it); φ is the
 embedding network, ``log_tfidf_weight`` and ProtoNet's scale where it is learned.
@@ -25,62 +25,42 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..baselines import decode_rows, tfidf_centroid_cosines
-from ..models.text import ngram_buckets
 from ..registry import register_learner
 from ..tasks.text import BYTE_VOCAB, ByteTokenizer
 from ..tasks.task import Task
 from .functional import Params
 from .metric import EpisodeSupport, ProtoNet, ProtoNetOptions
 
-_HASH_SPACE = 2_147_483_647  # collisions among a task's few thousand n-grams are negligible
+# TF-IDF of one task over token ids ----------------------------------------------------------
+def _token_grams(x: Tensor, orders: tuple[int, ...]) -> list[list[str]]:
+    """Each row's n-grams of token ids (pad 0 dropped), as strings, for every order."""
+    rows = [[t for t in row if t != 0] for row in x.tolist()]
+    return [[" ".join(map(str, r[i:i + n])) for n in orders for i in range(len(r) - n + 1)]
+            for r in rows]
 
 
-# TF-IDF of one task ------------------------------------------------------------------------
-def token_ngrams(x: Tensor, ngrams: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Hashed ids ``(B, G)`` of every n-gram of token ids ``x`` (B, L) for each order in
-    ``ngrams``, and which of them are real (no pad inside)."""
-    ids, real = zip(*(ngram_buckets(x, n, _HASH_SPACE) for n in ngrams))
-    return torch.cat(ids, -1), torch.cat(real, -1)
-
-
-def _counts(ids: Tensor, real: Tensor, vocab: Tensor, dtype: torch.dtype) -> Tensor:
-    """Counts ``(B, V)`` of each vocabulary n-gram in each row (n-grams outside it dropped)."""
-    pos = torch.searchsorted(vocab, ids).clamp_max(len(vocab) - 1)
-    keep = real & (vocab[pos] == ids)
-    rows = torch.arange(len(ids), device=ids.device)[:, None].expand_as(ids)
-    out = torch.zeros(len(ids), len(vocab), dtype=dtype, device=ids.device)
-    return out.index_put_((rows[keep], pos[keep]), torch.ones((), dtype=dtype,
-                                                             device=ids.device).expand(
-        int(keep.sum())), accumulate=True)
+def _given(grams: list[str]) -> list[str]:
+    """The vectoriser's analyzer: the n-grams are already made."""
+    return grams
 
 
 def tfidf_cosines(support_x: Tensor, support_y: Tensor, n_way: int, query_x: Tensor,
                   ngrams: tuple[int, ...] = (1, 2, 3, 4),
                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Cosine similarities ``(Q, N)`` of the queries' TF-IDF vectors to the class centroids of
-    the support's, with the vectoriser fit on the support texts alone (module docstring)."""
-    ids_s, real_s = token_ngrams(support_x, ngrams)
-    ids_q, real_q = token_ngrams(query_x, ngrams)
-    vocab = torch.unique(ids_s[real_s])  # sorted
-    if len(vocab) == 0:
+    """Cosine similarities ``(Q, N)`` of the queries' TF-IDF vectors to the centroids of the
+    ``n_way`` classes (labels 0..N-1) of the support's, over n-grams of token ids: the
+    baseline's vectoriser (:func:`metaphi.baselines.tfidf_centroid_cosines`), fit on the
+    support set alone."""
+    support, query = _token_grams(support_x, ngrams), _token_grams(query_x, ngrams)
+    if not any(support):  # nothing to fit: every query is as far from every class
         return torch.zeros(len(query_x), n_way, dtype=dtype, device=query_x.device)
-    c_s, c_q = _counts(ids_s, real_s, vocab, dtype), _counts(ids_q, real_q, vocab, dtype)
-    idf = torch.log((1.0 + len(support_x)) / (1.0 + (c_s > 0).sum(0).to(dtype))) + 1.0
-
-    def vectors(c: Tensor) -> Tensor:
-        tf = torch.where(c > 0, 1.0 + torch.log(c.clamp_min(1.0)), torch.zeros_like(c))
-        return F.normalize(tf * idf, dim=-1)
-
-    onehot = F.one_hot(support_y.long(), n_way).to(dtype)
-    centroids = F.normalize(onehot.T @ vectors(c_s) / onehot.sum(0)[:, None], dim=-1)
-    return vectors(c_q) @ centroids.T
+    cos = tfidf_centroid_cosines(support, support_y.cpu().numpy(), query, (1, 1), _given)
+    return torch.from_numpy(cos).to(dtype=dtype, device=query_x.device)
 
 
 # the learner -------------------------------------------------------------------------------
@@ -156,7 +136,7 @@ class ProtoNetTfidf(ProtoNet):
         cos = tfidf_centroid_cosines(decode_rows(support_x.cpu(), decode),
                                      support_y.cpu().numpy(), decode_rows(x.cpu(), decode),
                                      self.ngram_range, self.analyzer)
-        return torch.from_numpy(np.ascontiguousarray(cos, dtype=np.float64)).to(x.device)
+        return torch.from_numpy(cos).to(dtype=torch.float64, device=x.device)
 
     def tfidf_logits(self, support_x: Tensor, support_y: Tensor, n_way: int, x: Tensor,
                      params: Params) -> Tensor:
