@@ -28,7 +28,7 @@ from language_common import (LEARNER_LABELS, SHARED_NOTE, WORK, ci, pct,  # noqa
 
 BENCH = {
     "udhr": {
-        "preset": "udhr-protonet-20w1s", "ways": 20,
+        "ways": 20,
         "title": "UDHR few-shot language identification on unseen languages",
         "question": "Does a meta-learned encoder identify languages never seen in "
                     "meta-training from 1 or 5 lines better than support-only TF-IDF?",
@@ -37,7 +37,7 @@ BENCH = {
                  "queries per language.",
     },
     "fewrel": {
-        "preset": "fewrel-protonet-5w1s", "ways": 5,
+        "ways": 5,
         "title": "FewRel cross-domain relation classification (wiki+nyt+semeval to pubmed)",
         "question": "Does meta-learning on general-domain relations beat support-only TF-IDF "
                     "on biomedical relations (FewRel 2.0's domain shift)?",
@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     b = BENCH[args.bench]
     name = f"language_{args.bench}" + ("" if args.learner == "protonet" else f"_{args.learner}")
-    preset = b["preset"].replace("protonet", args.learner, 1)
+    preset = f"{args.bench}-{args.learner}-{b['ways']}w1s"  # meta-trained 1-shot
     label = LEARNER_LABELS[args.learner]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -57,43 +57,46 @@ def config(learner: str, setting: str, seconds: float, test_tasks: int):
     return validate_config(apply_overrides(data, over)), fallback
 
 
+def run_dir(learner: str, setting: str) -> Path:
+    return WORK / f"{learner}-{setting}"
+
+
 def retest(out: Path, seed: int, tasks: int, threads: int) -> dict:
-    """A trained run's results with its meta-test redone on ``tasks`` episodes."""
+    """A trained run's meta-test redone on ``tasks`` episodes."""
     torch.set_num_threads(threads)
-    res = json.loads((out / "results.json").read_text())
-    res["meta_test"] = test_run(out, seed=seed, n_tasks=tasks, progress=False)["meta_test"]
-    return res
+    return test_run(out, seed=seed, n_tasks=tasks, progress=False)["meta_test"]
 
 
 def run_all(args, cells: list[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
     """Train and meta-test every cell, or with ``--retest`` only meta-test again."""
     done = {}
     if not args.retest:
-        for learner, setting in cells:
-            cfg, fallback = config(learner, setting, args.seconds, args.test_tasks)
-            out = WORK / f"{learner}-{setting}"
-            shutil.rmtree(out, ignore_errors=True)
-            done[learner, setting] = (cfg, fallback, train_run(cfg, out, progress=False))
-            print(learner, setting, done[learner, setting][2]["meta_test"], flush=True)
+        for cell in cells:
+            cfg, fallback = config(*cell, args.seconds, args.test_tasks)
+            shutil.rmtree(run_dir(*cell), ignore_errors=True)
+            done[cell] = (cfg, fallback, train_run(cfg, run_dir(*cell), progress=False))
+            print(*cell, done[cell][2]["meta_test"], flush=True)
         return done
+    saved = {}
+    for cell in cells:
+        path = run_dir(*cell) / "results.json"
+        if not path.exists():
+            raise SystemExit(f"--retest: {path.parent} has no finished run; train it first "
+                             f"(the same command without --retest)")
+        saved[cell] = json.loads(path.read_text())
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        outs = {cell: WORK / "-".join(cell) for cell in cells}
-        for out in outs.values():
-            if not (out / "results.json").exists():
-                raise SystemExit(f"--retest: {out} has no finished run; train it first "
-                                 f"(the same command without --retest)")
         futures = {}
         # longest meta-tests first, so the processes finish together
-        for cell in sorted(cells, key=lambda c: -json.loads(
-                (outs[c] / "results.json").read_text()).get("test_seconds", 0)):
+        for cell in sorted(cells, key=lambda c: -saved[c].get("test_seconds", 0)):
             cfg, fallback = config(*cell, args.seconds, args.test_tasks)
             futures[cell] = cfg, fallback, pool.submit(
-                retest, outs[cell], cfg.seed, args.test_tasks, max(1, args.threads // args.jobs))
-        for key in cells:
-            cfg, fallback, fut = futures[key]
-            done[key] = (cfg, fallback, fut.result())
-            print(*key, done[key][2]["meta_test"], flush=True)
+                retest, run_dir(*cell), cfg.seed, args.test_tasks,
+                max(1, args.threads // args.jobs))
+        for cell in cells:
+            cfg, fallback, fut = futures[cell]
+            done[cell] = (cfg, fallback, {**saved[cell], "meta_test": fut.result()})
+            print(*cell, done[cell][2]["meta_test"], flush=True)
     return done
 
 
