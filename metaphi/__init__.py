@@ -19,6 +19,7 @@ _EXPORTS = {
     "metaphi.learners": ("ANIL", "FOMAML", "IMAML", "MAML", "MAMLpp", "R2D2", "Adapted",
                          "Learner", "MatchingNet", "MetaSGD", "ProtoNet", "Reptile", "Baseline",
                          "BaselinePP", "RelationNet", "MetaOptNetSVM", "LearnedOptimizer"),
+    "metaphi.loops.evaluate": ("evaluate",),
     "metaphi.models": ("conv4", "conv4_features", "mlp"),
     "metaphi.registry": ("register_backbone", "register_learner", "register_meta_optimizer",
                          "register_source"),

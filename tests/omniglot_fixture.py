@@ -106,3 +106,15 @@ def write_split(folder: str | Path, name: str, lists: Mapping[str, list[str]]) -
     for which, classes in lists.items():
         (d / f"{which}.txt").write_text("".join(c + "\n" for c in classes))
     return d
+
+
+def write_mini_split(folder: str | Path, name: str = "mini") -> Path:
+    """A split of the default fixture's characters, each in its four rotations: 3 meta-train,
+    2 meta-val and 2 meta-test characters (enough for 5-way tasks everywhere)."""
+    def rot(chars: list[str]) -> list[str]:
+        return [f"{c}/rot{r:03d}" for c in chars for r in (0, 90, 180, 270)]
+
+    return write_split(folder, name, {
+        "train": rot(["Latin/character01", "Latin/character02", "Greek/character01"]),
+        "val": rot(["Latin/character03", "Greek/character02"]),
+        "test": rot(["Angelic/character01", "Angelic/character02"])})

@@ -125,14 +125,10 @@ def test_cli_trains_the_omniglot_preset_on_a_tiny_omniglot(tmp_path, monkeypatch
     from metaphi.cli import main
     from metaphi.loops.checkpoint import load_checkpoint
 
-    from omniglot_fixture import make_omniglot_fixture, write_split
+    from omniglot_fixture import make_omniglot_fixture, write_mini_split
 
     folder = make_omniglot_fixture(tmp_path / "omniglot")
-    rot = lambda chars: [f"{c}/rot{r:03d}" for c in chars for r in (0, 90, 180, 270)]  # noqa: E731
-    write_split(folder, "mini", {
-        "train": rot(["Latin/character01", "Latin/character02", "Greek/character01"]),
-        "val": rot(["Latin/character03", "Greek/character02"]),
-        "test": rot(["Angelic/character01", "Angelic/character02"])})
+    write_mini_split(folder)
     # the fixture is a partial copy: load it without the completeness check
     monkeypatch.setattr(og, "load_omniglot", functools.partial(
         og.load_omniglot, strict=False, cache_dir=tmp_path / "cache"))

@@ -33,6 +33,9 @@ from ..tasks.task import Task
 from . import parallel
 from .functional import LossSpec, Params, loss_and_metric
 
+# a learner's network is its ``model`` attribute, so φ names the network's tensors with this
+MODEL_PREFIX = "model."
+
 R = TypeVar("R")
 
 
@@ -93,6 +96,10 @@ class Learner(nn.Module):
     def meta_params(self) -> Params:
         """φ as a name -> tensor dict (the learner's trainable parameters)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def model_params(self, params: Params) -> Params:
+        """The network's part of φ (the learner's ``model``), named as in the network."""
+        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
     def graph(self, create_graph: bool | None) -> bool:
         """Whether adaptation stays in the autograd graph: as asked, or by default in training

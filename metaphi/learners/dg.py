@@ -30,7 +30,6 @@ from ..tasks.task import Task
 from .base import Adapted, Learner, train_mode
 from .functional import LossSpec, Params, forward, sgd_step
 
-MODEL_PREFIX = "model."
 
 
 def pooled(task: Task) -> tuple[Tensor, Tensor]:
@@ -48,9 +47,6 @@ class DGLearner(Learner):
     def __init__(self, model: nn.Module, loss: LossSpec = "ce") -> None:
         super().__init__(loss)
         self.model = model
-
-    def model_params(self, params: Params) -> Params:
-        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
     def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None, *,
               create_graph: bool | None = None, steps: int | None = None) -> Adapted:

@@ -28,10 +28,9 @@ from torch import Tensor, nn
 
 from ..registry import Options, register_learner
 from ..tasks.task import Task
-from .base import Adapted, Learner, train_mode
+from .base import MODEL_PREFIX, Adapted, Learner, train_mode
 from .functional import LossSpec, Params, forward, transductive_batchnorm
 
-MODEL_PREFIX = "model."
 
 Vec = list[Tensor]
 
@@ -114,9 +113,6 @@ class IMAML(Learner):
         self.cg_steps = int(cg_steps)
         self.cg_damping = float(cg_damping)
         self.inner_optimizer = inner_optimizer
-
-    def model_params(self, params: Params) -> Params:
-        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
     def solve(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Params:
         """θ*: ``steps`` inner optimizer steps on the proximal support objective from φ

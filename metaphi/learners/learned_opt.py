@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..registry import register_learner
 from . import batched
+from .base import MODEL_PREFIX
 from .functional import LossSpec, Params, forward
 from .maml import MAML, InnerLoopOptions
 
@@ -196,7 +197,7 @@ class LearnedOptimizer(MAML):
         # every adapted weight gets a per-task copy (leading task dimension)
         per_task = {n: (p if p.dim() == len(shapes[n]) + 1 else p.unsqueeze(0).expand(t, *p.shape))
                     if n in names else p for n, p in mp.items()}
-        merged = {**params, **{"model." + n: p for n, p in per_task.items()}}
+        merged = {**params, **{MODEL_PREFIX + n: p for n, p in per_task.items()}}
 
         def loss_of(out: Tensor, target: Tensor) -> Tensor:
             return batched.per_task_loss(self.loss_kind, out, target).sum()

@@ -19,7 +19,6 @@ from .base import Adapted, Learner, train_mode
 from .functional import LossSpec, Params, forward, inner_loop, sgd_step, transductive_batchnorm
 from . import batched
 
-MODEL_PREFIX = "model."
 
 
 class InnerLoopOptions(Options):
@@ -93,9 +92,6 @@ class MAML(Learner):
     # Names of model parameters the inner loop adapts (ANIL narrows this to the head).
     def adapted_names(self) -> list[str]:
         return [n for n, _ in self.model.named_parameters()]
-
-    def model_params(self, params: Params) -> Params:
-        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
 
     def inner_lrs(self, params: Params) -> float | Params:
         return self.inner_lr

@@ -40,12 +40,10 @@ from torch import Tensor, nn
 from ..registry import Options, register_learner
 from ..tasks.sources import TaskSource, fixed_tasks
 from ..tasks.task import Task
-from .base import Adapted, Learner
+from .base import MODEL_PREFIX, Adapted, Learner
 from .functional import (LossSpec, Params, checkpointed, forward, sgd_step,
                          transductive_batchnorm)
 from .maml import _lr_key as _key
-
-MODEL_PREFIX = "model."
 
 
 def multi_step_weights(steps: int, progress: float) -> list[float]:
@@ -208,9 +206,6 @@ class MAMLpp(Learner):
         return stats
 
     # the functional core ---------------------------------------------------------------------
-    def model_params(self, params: Params) -> Params:
-        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
-
     def adapted_names(self) -> list[str]:
         """Model parameters the inner loop adapts: all but BatchNorm's affine parameters."""
         return list(self._adapted)

@@ -46,7 +46,6 @@ from . import batched
 from .base import Adapted, Learner, eval_mode, train_mode
 from .functional import Params, forward, transductive_batchnorm
 
-MODEL_PREFIX = "model."
 Head = Any
 
 
@@ -256,9 +255,6 @@ class EmbeddingLearner(Learner):
         raise NotImplementedError
 
     # embedding -----------------------------------------------------------------------------
-    def model_params(self, params: Params) -> Params:
-        return {n[len(MODEL_PREFIX):]: p for n, p in params.items() if n.startswith(MODEL_PREFIX)}
-
     def embed(self, params: Params, x: Tensor, running: bool | dict[str, Tensor] = False
               ) -> Tensor:
         """Embeddings ``(B, D)`` of one batch (one episode's BatchNorm statistics, or with

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..registry import register_learner
 from ..tasks.task import Task, stack_tasks
-from .base import Adapted, mean_stats, train_mode
+from .base import MODEL_PREFIX, Adapted, mean_stats, train_mode
 from .functional import LossSpec, Params
 from .maml import MAML, InnerLoopOptions
 
@@ -61,7 +61,7 @@ class Reptile(MAML):
         total = {k: torch.zeros_like(p) for k, p in params.items()}
         for fast, _, _ in per_task:  # task order: the sum does not depend on thread timing
             for k in fast:
-                total["model." + k] += (params["model." + k].detach() - fast[k]) / n
+                total[MODEL_PREFIX + k] += (params[MODEL_PREFIX + k].detach() - fast[k]) / n
         return total, mean_stats([(loss, metric) for _, loss, metric in per_task])
 
     def _batched_meta_grads(self, tasks: list[Task], params: Params,
@@ -75,7 +75,7 @@ class Reptile(MAML):
         fast = self.batched_adapt(x, y, params, self.inner_steps, second_order=False)
         total = {k: torch.zeros_like(p) for k, p in params.items()}
         for k, v in fast.items():
-            total["model." + k] = (params["model." + k].detach() - v.detach()).sum(0) / n
+            total[MODEL_PREFIX + k] = (params[MODEL_PREFIX + k].detach() - v.detach()).sum(0) / n
         return total, {"loss": float(losses.detach().mean()), "metric": float(metrics.mean())}
 
     def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None, *,

@@ -3,7 +3,7 @@ few-shot language identification (UDHR), domain generalisation over languages (S
 vs MLDG vs Fish) and cross-domain relation classification (FewRel 2.0's setting).
 
 Budgets are in outer steps, sized so that each trains within 30 minutes on 2 CPU cores with
-the default hashed n-gram encoder (the benchmarks in ``benchmarks/language_*.py`` run them).
+the default hashed n-gram encoder; the language results pages are measured with them.
 """
 from __future__ import annotations
 
