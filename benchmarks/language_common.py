@@ -50,6 +50,25 @@ def train(preset: str, out: Path, overrides: list[str], threads: int = 2) -> dic
     return {**json.loads((out / "results.json").read_text()), **info}
 
 
+def add_test_options(ap: Any) -> None:
+    """``--test-overrides`` (config overrides for meta-testing only: the trained run is reused)
+    and ``--result-name`` (where those results go)."""
+    ap.add_argument("--test-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides at meta-test only, e.g. learner.weight_per_task=support_loo")
+    ap.add_argument("--result-name", help="results name (default: the run's name)")
+
+
+def test_note(overrides: list[str]) -> str:
+    """What the notes say about ``--test-overrides``."""
+    return (f" Meta-tested with {', '.join(overrides)} (the trained run unchanged)."
+            if overrides else "")
+
+
+def test_title(overrides: list[str]) -> str:
+    """What a title adds for ``--test-overrides`` (titles are unique across results)."""
+    return f", meta-tested with {', '.join(overrides)}" if overrides else ""
+
+
 def throughput(run_dir: Path, meta_batch: int) -> float:
     """Meta-training tasks per second: the meta-batch over the median time of an outer step
     without meta-validation."""

@@ -24,7 +24,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 from language_common import (LEARNER_LABELS, SHARED_NOTE, WORK, ci, pct,  # noqa: E402
-                             scored_tasks, throughput, train)
+                             add_test_options, scored_tasks, test_note, test_title,
+                             throughput, train)
 
 BENCH = {
     "udhr": {
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--learner", default="protonet", choices=list(LEARNER_LABELS))
+    add_test_options(ap)
     args = ap.parse_args()
     b = BENCH[args.bench]
     name = f"language_{args.bench}" + ("" if args.learner == "protonet" else f"_{args.learner}")
@@ -73,7 +75,8 @@ def main() -> None:
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     rows = []
     for k in (1, 5):
-        scored, _ = scored_tasks(out, args.tasks, seed=1000, overrides=[f"task.k_shot={k}"])
+        scored, _ = scored_tasks(out, args.tasks, seed=1000, overrides=[f"task.k_shot={k}",
+                                                                    *args.test_overrides])
         meta, base = ci(r["acc"] for r in scored), ci(r["tfidf"] for r in scored)
         diff = ci(r["acc"] - r["tfidf"] for r in scored)
         rows.append([f"{b['ways']}-way {k}-shot", pct(meta), pct(base),
@@ -87,7 +90,7 @@ def main() -> None:
          "rows": rows,
          "notes": f"{args.tasks} meta-test episodes per setting, the same for both methods. " +
                   b["notes"] + " One model, meta-trained at the preset's shots, tested at 1 "
-                  "and 5 shots."},
+                  "and 5 shots." + test_note(args.test_overrides)},
         {"title": "Meta-training",
          "columns": ["preset", "outer steps", "meta-batch", "train minutes", "tasks/s",
                      "peak RSS MiB", "encoder"],
@@ -96,8 +99,11 @@ def main() -> None:
                    cfg["model"]["name"]]],
          "notes": SHARED_NOTE},
     ]
-    write_result(name, b["title"] + ("" if args.learner == "protonet" else f", {label}"), tables, time.perf_counter() - t0, topic="language",
-                 question=b["question"], run_config=cfg, meta_val_best=res.get("meta_val_best"))
+    title = (b["title"] + ("" if args.learner == "protonet" else f", {label}")
+             + test_title(args.test_overrides))
+    write_result(args.result_name or name, title, tables, time.perf_counter() - t0,
+                 topic="language", question=b["question"], run_config=cfg,
+                 meta_val_best=res.get("meta_val_best"))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from language_common import (FIGURES, LEARNER_LABELS, SHARED_NOTE, WORK, ci, group,  # noqa: E402
-                             mean, pct, scored_tasks, throughput, train)
+from language_common import (FIGURES, LEARNER_LABELS, SHARED_NOTE, WORK,  # noqa: E402
+                             add_test_options, ci, group, mean, pct, scored_tasks, test_note,
+                             test_title, throughput, train)
 
 
 def plot(rows: list[dict], path: Path, title: str, label: str) -> None:
@@ -57,7 +58,9 @@ def main() -> None:
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--name", default="language_sib200")
     ap.add_argument("--learner", default="protonet", choices=list(LEARNER_LABELS))
+    add_test_options(ap)
     args = ap.parse_args()
+    result_name = args.result_name or args.name
     preset, label = f"sib200-{args.learner}-7w5s", LEARNER_LABELS[args.learner]
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -71,7 +74,8 @@ def main() -> None:
     tput = throughput(out, cfg["meta_batch"])
     summary_rows, per_lang_rows, all_rows = [], [], {}
     for k in (5, 1):
-        rows, _ = scored_tasks(out, args.tasks, seed=1000, overrides=[f"task.k_shot={k}"])
+        rows, _ = scored_tasks(out, args.tasks, seed=1000, overrides=[f"task.k_shot={k}",
+                                                                    *args.test_overrides])
         all_rows[k] = rows
         seen = [r for r in rows if r["seen_script"]]
         unseen = [r for r in rows if not r["seen_script"]]
@@ -93,7 +97,7 @@ def main() -> None:
                               f"{100 * mean(r['tfidf'] for r in rs):.1f}",
                               f"{100 * mean(r['acc'] for r in one):.1f}",
                               f"{100 * mean(r['tfidf'] for r in one):.1f}"])
-    fig = f"{args.name}_by_language.png"
+    fig = f"{result_name}_by_language.png"
     plot(all_rows[5], FIGURES / fig, "SIB-200 held-out languages, 7-way 5-shot (grouped by "
          "seen/unseen script, then script)", label)
     train_row = [preset, res["steps"], cfg["meta_batch"], round(res["train_seconds"] / 60, 1),
@@ -107,7 +111,8 @@ def main() -> None:
                   f"test sentences (never seen in any language during meta-training). One {label} "
                   "model meta-trained on 5-shot episodes is tested at 5 and 1 shots. TF-IDF: "
                   "character n-grams (1-4, char_wb, sublinear tf) fit on the support set alone, "
-                  "nearest centroid by cosine. Differences are paired per episode."},
+                  "nearest centroid by cosine. Differences are paired per episode."
+                  + test_note(args.test_overrides)},
         {"title": "Per language (accuracy %, mean over its episodes)",
          "columns": ["language", "name", "script", "family", "script seen", "episodes (5-shot)",
                      f"{label} 5-shot", "TF-IDF 5-shot", f"{label} 1-shot", "TF-IDF 1-shot"],
@@ -119,7 +124,8 @@ def main() -> None:
          "notes": "tasks/s: meta-batch / median outer-step time without meta-validation. Peak "
                   "RSS: the training process (data, model, Adam state). " + SHARED_NOTE},
     ]
-    write_result(args.name, "SIB-200 cross-lingual few-shot topic classification", tables,
+    write_result(result_name, "SIB-200 cross-lingual few-shot topic classification"
+                 + test_title(args.test_overrides), tables,
                  time.perf_counter() - t0, topic="language",
                  question="Does meta-learning on many languages beat a support-only TF-IDF "
                           "classifier on few-shot topic classification in languages (and "

@@ -21,13 +21,16 @@ def decode_rows(x: Tensor, decode: Callable[[Sequence[int]], str]) -> list[str]:
     return [decode([int(i) for i in row if int(i) != 0]) for row in x]
 
 
-def _tfidf(support: list[str], query: list[str], ngram_range: tuple[int, int], analyzer: str):
-    """TF-IDF matrices of the support and query texts, the vectoriser fit on the support only."""
+def _tfidf(support: list[str], query: list[str] | None, ngram_range: tuple[int, int],
+           analyzer: str):
+    """TF-IDF matrices of the support and query texts (None without them), the vectoriser
+    fit on the support only."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngram_range), sublinear_tf=True,
                           lowercase=True)
-    return vec.fit_transform(support), vec.transform(query)
+    xs = vec.fit_transform(support)
+    return xs, None if query is None else vec.transform(query)
 
 
 def tfidf_centroid_cosines(support: list[str], support_y: np.ndarray, query: list[str],
@@ -40,6 +43,26 @@ def tfidf_centroid_cosines(support: list[str], support_y: np.ndarray, query: lis
     cent = np.vstack([np.asarray(xs[support_y == c].mean(0)) for c in classes])
     cent /= np.linalg.norm(cent, axis=1, keepdims=True).clip(1e-12)
     return np.asarray(xq @ cent.T)
+
+
+def tfidf_loo_cosines(support: list[str], support_y: np.ndarray,
+                      ngram_range: tuple[int, int] = (1, 4),
+                      analyzer: str | Callable = "char_wb") -> np.ndarray:
+    """Leave-one-out cosines ``(S, N)`` on the support set: each support text's TF-IDF vector
+    against the class centroids, its own class's centroid without it (classes in
+    ``np.unique(support_y)`` order; the vectoriser is fit on the whole support set). Every
+    class needs two or more texts."""
+    classes, idx, counts = np.unique(support_y, return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError("leave-one-out needs two or more support texts in every class")
+    xs = _tfidf(support, None, ngram_range, analyzer)[0].toarray()
+    sums = np.vstack([xs[idx == c].sum(0) for c in range(len(classes))])  # (N, F)
+    # a centroid's direction is its sum's: the vectors are L2-normalised
+    cos = xs @ (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).T
+    own = sums[idx] - xs
+    cos[np.arange(len(xs)), idx] = ((xs * own).sum(1)
+                                    / np.linalg.norm(own, axis=1).clip(1e-12))
+    return cos
 
 
 def tfidf_task_accuracy(support: list[str], support_y: np.ndarray, query: list[str],

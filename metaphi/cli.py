@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--tasks", type=int, help="number of meta-test tasks (default: the run's)")
     pe.add_argument("--device")
     pe.add_argument("overrides", nargs="*", help="task options, e.g. task.n_way=20 (of the run's "
-                    "tasks, or with --on of the target's: task.classes.test=[Tengwar])")
+                    "tasks, or with --on of the target's: task.classes.test=[Tengwar]), and "
+                    "learner options that leave φ alone, e.g. learner.eval_inner_steps=10")
     pe.add_argument("--on", metavar="SOURCE", help="cross-domain testing: a task source name "
                     "(its options as task.<option>=value) or an image folder of class "
                     "sub-folders, with the run's input shape")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import http.server
 import io
+import json
 import os
 import shutil
 import struct
@@ -267,6 +268,7 @@ TEST_OPTIONS = {
     "--seed -3": (["--seed", "-3"], ["--seed"]),
     "--device tpu": (["--device", "tpu"], ["--device", "tpu"]),
     "--device cuda:abc": (["--device", "cuda:abc"], ["--device", "cuda:abc"]),
+    "learner.inner_lr=-1": (["learner.inner_lr=-1"], ["inner_lr"]),
 }
 
 
@@ -275,6 +277,15 @@ def test_cli_test_option(capsys, runs, extra, named):
     before = snapshot(runs / "sine")
     fails(capsys, ["test", runs / "sine", "--no-progress", *extra], *named)
     assert snapshot(runs / "sine") == before
+
+
+def test_cli_test_takes_learner_options_that_leave_phi_alone(capsys, runs):
+    got = {}
+    for steps in (1, 8):
+        assert main(["test", str(runs / "sine"), "--tasks", "5", "--no-progress", "--json",
+                     f"learner.eval_inner_steps={steps}"]) == 0
+        got[steps] = json.loads(capsys.readouterr().out)["meta_test"]["mean"]
+    assert got[1] != got[8]  # the same φ and tasks, adapted with other inner steps
 
 
 def test_cli_test_not_a_run_folder(capsys, tmp_path):

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from metaphi.baselines import tfidf_task_accuracy
+from metaphi.baselines import tfidf_loo_cosines, tfidf_task_accuracy
 from metaphi.cli import main
 from metaphi.learners import ProtoNetTfidf
-from metaphi.learners.lexical import tfidf_cosines
 from metaphi.models.text import NGramBagOptions, build_ngram_bag
 from metaphi.tasks import Task
 from metaphi.tasks.text import ByteTokenizer, pad_batch
@@ -38,6 +37,13 @@ def sklearn_cosines(support, support_y, query, n_way, ngrams):
     return np.asarray(xq @ cent.T)
 
 
+class Zero(torch.nn.Module):
+    """A constant embedding: ProtoNet's cosine logits are all 0, only TF-IDF decides."""
+
+    def forward(self, x):
+        return torch.zeros(len(x), 3, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("ngrams", [(1,), (1, 2, 3, 4)])
 def test_tfidf_cosines_equal_scikit_learns(ngrams):
     g = torch.Generator().manual_seed(3)
@@ -46,17 +52,11 @@ def test_tfidf_cosines_equal_scikit_learns(ngrams):
     x[4, 0:] = torch.tensor([5] * 12)  # a repeated token: sublinear term frequency matters
     sx, sy, qx = x[:8], torch.arange(4).repeat(2), x[8:]
     qx[0, :] = torch.tensor([9, 10, 11, 12] * 3)  # only n-grams absent from the support set
-    got = tfidf_cosines(sx, sy, 4, qx, ngrams, torch.float64)
+    learner = ProtoNetTfidf(Zero(), analyzer="tokens", ngram_range=(ngrams[0], ngrams[-1]))
+    got = learner.cosines(sx, sy, 4, qx)
     want = sklearn_cosines(sx, sy.numpy(), qx, 4, ngrams)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
     assert float(got[0].abs().sum()) == 0.0
-
-
-class Zero(torch.nn.Module):
-    """A constant embedding: ProtoNet's cosine logits are all 0, only TF-IDF decides."""
-
-    def forward(self, x):
-        return torch.zeros(len(x), 3, dtype=torch.float64)
 
 
 def test_char_analyzer_predicts_what_the_baseline_predicts():
@@ -116,8 +116,8 @@ def test_batched_path_equals_per_task_loop_and_the_three_line_api():
     w = float(learner.log_tfidf_weight.detach().exp())
     proto = super(ProtoNetTfidf, learner).predict(learner.adapt(t.support_x, t.support_y),
                                                   t.query_x)
-    torch.testing.assert_close(logits - proto, w * tfidf_cosines(
-        t.support_x, t.support_y, 3, t.query_x, (1, 2, 3, 4), torch.float64))
+    torch.testing.assert_close(logits - proto, w * torch.from_numpy(sklearn_cosines(
+        t.support_x, t.support_y.numpy(), t.query_x, 3, (1, 2, 3, 4))))
     assert learner.ngram_range == (1, 4)
 
 
@@ -148,3 +148,81 @@ def test_runs_from_a_config_through_the_cli(tmp_path):
     assert res["meta_test"]["tasks"] == 10 and 0 <= res["meta_test"]["mean"] <= 1
     state = torch.load(out / "best.pt", weights_only=True)
     assert "log_tfidf_weight" in state["learner"]
+    # the trained run meta-tested with a weight per task: a learner option that leaves φ alone
+    for mode in ("meta", "support_loo"):
+        assert main(["test", str(out), "--tasks", "10", "--no-progress",
+                     f"learner.weight_per_task={mode}"]) == 0
+    files = sorted(out.glob("test_seed*.json"))
+    assert len(files) == 2  # one results file per setting
+    assert all(json.loads(f.read_text())["meta_test"]["tasks"] == 10 for f in files)
+
+
+# the per-task weight (weight_per_task: support_loo) -------------------------------------------
+def topic_task(shots: int, ways: int = 4) -> tuple[Task, list[str], np.ndarray]:
+    rng = np.random.default_rng(1)
+    topics = list(TOPICS)[:ways]
+    tok = ByteTokenizer()
+    sup = [s for t in topics for s in sentences(t, shots, rng)]
+    qry = [s for t in topics for s in sentences(t, 3, rng)]
+    sy = np.repeat(np.arange(ways), shots)
+    task = Task(pad_batch([tok.encode(s) for s in sup], 200), torch.from_numpy(sy),
+                pad_batch([tok.encode(s) for s in qry], 200),
+                torch.from_numpy(np.repeat(np.arange(ways), 3)))
+    return task, sup, sy
+
+
+def test_leave_one_out_cosines_leave_the_text_out_of_its_centroid():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    _, sup, sy = topic_task(shots=3)
+    got = tfidf_loo_cosines(sup, sy, (2, 3), "char_wb")
+    xs = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3), sublinear_tf=True
+                         ).fit_transform(sup).toarray()
+    for i in range(len(sup)):
+        for c in range(4):
+            rows = [j for j in range(len(sup)) if sy[j] == c and j != i]
+            cent = xs[rows].mean(0)
+            want = xs[i] @ cent / np.linalg.norm(cent)
+            assert got[i, c] == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match="two or more"):
+        tfidf_loo_cosines(sup[:4], sy[:4])  # one text of class 1
+
+
+@pytest.mark.parametrize("lexical", ["right", "wrong"])
+def test_support_set_chooses_the_weight(lexical, monkeypatch):
+    """With a constant embedding, TF-IDF scores that classify every left-out support text
+    right get a weight, scores that put each into the next class get none."""
+    import metaphi.learners.lexical as lex
+
+    task, _, sy = topic_task(shots=2)
+    shift = 0 if lexical == "right" else 1
+    monkeypatch.setattr(lex, "tfidf_loo_cosines", lambda support, y, *a: np.eye(4)[
+        (y + shift) % 4])
+    learner = ProtoNetTfidf(Zero(), distance="cosine", weight_per_task="support_loo").double()
+    learner.eval()
+    learner.weight_per_task = "meta"  # the meta-learned w, to choose a multiple of
+    best = learner.loo_factor(learner.adapt(task.support_x, task.support_y))
+    learner.weight_per_task = "support_loo"
+    adapted = learner.adapt(task.support_x, task.support_y)
+    assert best > 0 if lexical == "right" else best == 0.0
+    w = float(learner.log_tfidf_weight.detach().exp())
+    # ProtoNet's logits are 0 here: the query logits are the chosen multiple of w's
+    want = best * w * learner.cosines(task.support_x, task.support_y, 4, task.query_x)
+    torch.testing.assert_close(adapted(task.query_x), want)
+
+
+def test_per_task_weight_leaves_one_shot_tasks_and_meta_training_alone():
+    def logits(task, training, mode):
+        torch.manual_seed(0)
+        enc = build_ngram_bag(NGramBagOptions(dim=8, buckets=64), INFO, None)
+        learner = ProtoNetTfidf(enc, distance="cosine", weight_per_task=mode).double()
+        learner.train(training)
+        return learner.adapt(task.support_x, task.support_y)(task.query_x)
+
+    one_shot, two_shot = topic_task(shots=1)[0], topic_task(shots=2)[0]
+    for task, training in ((one_shot, False), (two_shot, True)):
+        torch.testing.assert_close(logits(task, training, "support_loo"),
+                                   logits(task, training, "meta"))
+    # a two-shot task at meta-test gets a weight of its own (here not the meta-learned one)
+    assert not torch.allclose(logits(two_shot, False, "support_loo"),
+                              logits(two_shot, False, "meta"))

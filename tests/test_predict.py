@@ -1,12 +1,17 @@
 """`metaphi predict` on folders of images, and image-folder runs end to end."""
 import csv
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from metaphi.cli import main
+from metaphi.loops.checkpoint import load_checkpoint, save_checkpoint
+from metaphi.runs.config import HOW, POPULATION_FIELDS
 
 
 def make_folder(root, n_classes=8, per_class=6, size=16, seed=0):
@@ -133,3 +138,18 @@ def test_running_batchnorm_run_saves_its_statistics(tmp_path, capsys):
             "depth: 4", "depth: 5"))
         (broken / "best.pt").write_bytes((epi / "best.pt").read_bytes())
         load_run(broken)
+    # a run written before one of its options existed (config.yaml and the stored fingerprint
+    # without it) still loads: the check hashes the config as the run folder holds it
+    older = tmp_path / "older-version"
+    shutil.copytree(epi, older)
+    data = yaml.safe_load((older / "config.yaml").read_text())
+    assert data["learner"].pop("batchnorm_tasks") == 50  # as if new, at its default
+    (older / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    hashed = {k: v for k, v in {**dict.fromkeys(POPULATION_FIELDS), **data}.items()
+              if k not in (*HOW, "steps", "name")}
+    ck = load_checkpoint(older / "best.pt")
+    ck["fingerprint"] = hashlib.sha256(yaml.safe_dump(hashed, sort_keys=True).encode()
+                                       ).hexdigest()[:16]
+    save_checkpoint(older / "best.pt", ck)
+    cfg, _ = load_run(older)
+    assert cfg.learner.batchnorm_tasks == 50

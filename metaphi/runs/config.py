@@ -394,7 +394,20 @@ def read_yaml(path: Path, damaged: str | None = None) -> Any:
 def fingerprint(cfg: RunConfig) -> str:
     """A hash of what a run computes (not of where it runs, its budget or its name): stored
     with its weights and checkpoints, so that weights from another run are recognised."""
-    data = plain(cfg)
+    return _digest(plain(cfg))
+
+
+def saved_fingerprint(data: dict[str, Any]) -> str:
+    """:func:`fingerprint` of a run's config as its config.yaml holds it (every option the
+    writing version knew), so that options added to metaphi since then, at their defaults, do
+    not make the run's own weights look like another run's."""
+    data = plain(data)
+    for name in POPULATION_FIELDS:  # dump_config leaves them out of gradient runs' files
+        data.setdefault(name, None)
+    return _digest(data)
+
+
+def _digest(data: dict[str, Any]) -> str:
     for k in (*HOW, "steps", "name"):
         data.pop(k, None)
     return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]

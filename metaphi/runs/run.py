@@ -30,7 +30,7 @@ from ..loops.train import CHECKPOINT, METRICS, TrainOptions, meta_train
 from ..tasks.sources import Splits, fixed_tasks
 from .build import build_learner, build_meta_optimizer, build_sources, resolve_device
 from .config import (HOW, ConfigError, RunConfig, apply_overrides, dump_config, fingerprint,
-                     read_yaml, validate_config)
+                     read_yaml, saved_fingerprint, validate_config)
 
 BEST = "best.pt"
 
@@ -336,14 +336,14 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
     them, e.g. on a target domain)."""
     run_dir = Path(run_dir)
     extra = [] if batchnorm is None else [f"learner.batchnorm={batchnorm}"]
-    saved = read_run_config(run_dir)
+    read_run_config(run_dir)  # a clear error for a damaged or invalid config, first
     status = run_status(run_dir)
     ck = load_checkpoint(run_dir / status.weights, expect=("learner",))
-    stored = ck.get("fingerprint")
-    if stored is not None and stored != fingerprint(saved):
+    stored, own = ck.get("fingerprint"), saved_fingerprint(read_yaml(run_dir / "config.yaml"))
+    if stored is not None and stored != own:
         raise ConfigError(f"{run_dir / status.weights} was written by another run (its config "
-                          f"fingerprint {stored} is not this folder's {fingerprint(saved)}); "
-                          "use the weights of this run, or the run folder they came from")
+                          f"fingerprint {stored} is not this folder's {own}); use the weights "
+                          "of this run, or the run folder they came from")
     cfg = read_run_config(run_dir, [*(overrides or []), *extra,
                                     *(f"{k}={v}" for k, v in ck.get("overrides", {}).items())])
     state = ck["learner"] if status.weights == BEST else (ck.get("best_params") or ck["learner"])
@@ -384,10 +384,13 @@ def prepare_test(run_dir: str | Path, device: str = "auto", batchnorm: str | Non
     if batchnorm is not None and batchnorm not in BATCHNORM_CHOICES:
         raise ConfigError(f"--batchnorm must be one of {BATCHNORM_CHOICES}, got {batchnorm!r}")
     load_bn = "running" if batchnorm == "target" else batchnorm
-    own = None if on is not None else [f"task.{'.'.join(p)}={json.dumps(v)}"
-                                       for p, v in task_overrides(overrides)]
+    # learner options that leave φ alone (e.g. learner.eval_inner_steps) apply either way
+    learner_ov = [o for o in overrides or [] if o.startswith("learner.")]
+    task_ov = [o for o in overrides or [] if not o.startswith("learner.")]
+    own = learner_ov + ([] if on is not None else [f"task.{'.'.join(p)}={json.dumps(v)}"
+                                                   for p, v in task_overrides(task_ov)])
     cfg, learner = load_run(run_dir, device, load_bn, own, fit_running=batchnorm != "target")
-    splits = build_splits(cfg.task if on is None else target_options(cfg, on, overrides))
+    splits = build_splits(cfg.task if on is None else target_options(cfg, on, task_ov))
     seed = cfg.seed + 1 if seed is None else seed
     if batchnorm == "target":
         learner.fit_batchnorm(fixed_tasks(splits.test, seed, "batchnorm", learner.batchnorm_tasks))
@@ -404,7 +407,9 @@ def test_run(run_dir: str | Path, seed: int | None = None, n_tasks: int | None =
     ``on``: evaluate on another task source instead (cross-domain testing; a source name whose
     options are ``overrides`` ``task.<option>=value``, or an image folder; see
     :mod:`metaphi.runs.transfer`); without ``on``, ``overrides`` change the run's own task
-    section (e.g. ``task.n_way=20`` for a metric learner). ``batchnorm``: ``episode``,
+    section (e.g. ``task.n_way=20`` for a metric learner). ``learner.<option>=value``
+    overrides change learner options that leave φ alone (e.g. ``learner.eval_inner_steps``),
+    with or without ``on``. ``batchnorm``: ``episode``,
     ``running`` or ``support`` (see :func:`load_run`), or ``target``: running statistics
     re-estimated on unlabelled images of the tasks' source. Results are written to
     ``RUN_DIR/test_seed<seed>[...].json``, with ``by_domain`` and a ``by_domain`` plot where
