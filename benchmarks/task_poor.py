@@ -149,7 +149,8 @@ def main() -> None:
     cols.append("train minutes")
     lists = "; ".join(f"{n}: {', '.join(TASK_POOR_ALPHABETS[n])}" for n in args.alphabets)
     write_result(
-        args.name, "Task-poor Omniglot: task augmentation with "
+        args.name, "Task-poor Omniglot ("
+        + " and ".join(str(n) for n in args.alphabets) + " alphabets): task augmentation with "
         + " and ".join({"protonet": "ProtoNet", "maml": "MAML"}.get(lr, lr) for lr in args.learners),
         [{"title": f"Meta-test accuracy % ± 95% CI on {args.tasks} tasks per setting (the same "
                    "tasks for every row); Δ: paired difference to no augmentation",
@@ -169,6 +170,8 @@ def main() -> None:
               "permute_labels (MAML only) = the task's labels shuffled, which for these "
               "sources (labels already in a random order per task) changes the tasks' "
               "distribution in nothing. "
+              + ("" if args.combo in ("auto", "none") else
+                 f"The combination row is {args.combo}, given with --combo. ")
               + "".join(f"{c}. " for c in checks) + "Wall times were measured on a shared "
               "2-core machine, two "
               "runs at a time, one thread each.")}],
