@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from language_common import SHARED_NOTE, WORK, throughput, train  # noqa: E402
+from language_common import WORK, throughput, train  # noqa: E402
 
 ENCODERS = {
     "ngram_bag (preset: 64-d + 4096 lexical)": [],
@@ -51,7 +51,8 @@ def main() -> None:
          "rows": rows,
          "notes": f"{args.steps} outer steps each, bytes (max_len 256; the transformer 128), "
                   f"{args.threads} threads. Peak RSS includes the loaded SIB-200 data (~0.6 "
-                  "GiB). " + SHARED_NOTE}],
+                  "GiB). Run alone on the machine (no other benchmark or test at the same "
+                  "time): the numbers are timings."}],
         time.perf_counter() - t0, topic="language",
         question="How fast do the text encoders meta-train on CPU, and how much memory do "
                  "they take?")
