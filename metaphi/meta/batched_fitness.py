@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..learners import FOMAML, MAML, MetaSGD, batched
+from ..learners.base import MODEL_PREFIX
 from ..models import Classifier
 from ..tasks.task import Task, stack_tasks
 from .fitness import (FitnessSpec, LearnerFactory, TaskSeed, check_phi, evaluate_fitness,
@@ -37,7 +38,8 @@ def _relu_mlp_layers(learner: MAML) -> list[tuple[str, str]] | None:
     if len(mods) % 2 or not all(isinstance(m, torch.nn.Linear if i % 2 == 0 else torch.nn.ReLU)
                                 for i, m in enumerate(mods)):
         return None
-    names = [f"model.features.{i}" for i in range(0, len(mods), 2)] + ["model.head"]
+    names = [f"{MODEL_PREFIX}features.{i}" for i in range(0, len(mods), 2)] + [
+        f"{MODEL_PREFIX}head"]
     if any(getattr(m, "bias", None) is None for m in mods[0::2] + [model.head]):
         return None
     return [(n + ".weight", n + ".bias") for n in names]
