@@ -34,8 +34,8 @@ import math
 from typing import Callable, Literal
 
 import torch
-from pydantic import Field, field_validator
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..baselines import decode_rows, tfidf_centroid_cosines, tfidf_loo_cosines
@@ -45,6 +45,7 @@ from ..tasks.task import Task
 from .base import Learner
 from .functional import Params
 from .metric import EpisodeSupport, ProtoNet, ProtoNetOptions
+
 
 # TF-IDF of one task over token ids ----------------------------------------------------------
 def _token_grams(x: Tensor, orders: tuple[int, ...]) -> list[list[str]]:
@@ -102,8 +103,8 @@ class ProtoNetTfidf(ProtoNet):
                  distance: str = "sqeuclidean", scale: float | None = None,
                  learn_scale: bool | None = None, tfidf_weight: float = 10.0,
                  analyzer: str = "char_wb", ngram_range: tuple[int, int] = (1, 4),
-                 weight_per_task: str = "meta", batched: bool | None = None, batchnorm: str = "episode",
-                 batchnorm_tasks: int = 50) -> None:
+                 weight_per_task: str = "meta", batched: bool | None = None,
+                 batchnorm: str = "episode", batchnorm_tasks: int = 50) -> None:
         super().__init__(model, loss, distance, scale, learn_scale, batched, batchnorm,
                          batchnorm_tasks)
         if not tfidf_weight > 0:
@@ -153,10 +154,14 @@ class ProtoNetTfidf(ProtoNet):
         cos = tfidf_centroid_cosines(support, support_y.cpu().numpy(), rows, ngrams, analyzer)
         return torch.from_numpy(cos).to(dtype=torch.float64, device=x.device)
 
+    def log_weight(self, params: Params) -> Tensor:
+        """``log w`` in ``params`` (φ or an adapted task's), else the learner's own."""
+        return params.get("log_tfidf_weight", self.log_tfidf_weight)
+
     def tfidf_logits(self, support_x: Tensor, support_y: Tensor, n_way: int, x: Tensor,
                      params: Params) -> Tensor:
         """``w * cosines``: the TF-IDF part of the logits of inputs ``x``."""
-        w = params.get("log_tfidf_weight", self.log_tfidf_weight).exp()
+        w = self.log_weight(params).exp()
         return w * self.cosines(support_x, support_y, n_way, x).to(w.dtype)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, params: Params | None = None, *,
@@ -166,7 +171,7 @@ class ProtoNetTfidf(ProtoNet):
         if self.weight_per_task == "support_loo" and not self.training:
             factor = self.loo_factor(adapted)
             if factor is not None:
-                log_w = adapted.params.get("log_tfidf_weight", self.log_tfidf_weight)
+                log_w = self.log_weight(adapted.params)
                 adapted.params = {**adapted.params,
                                   "log_tfidf_weight": log_w + math.log(factor) if factor > 0
                                   else torch.full_like(log_w, -math.inf)}
@@ -194,7 +199,7 @@ class ProtoNetTfidf(ProtoNet):
         if not any(support):
             return None
         lex = torch.from_numpy(tfidf_loo_cosines(support, y.cpu().numpy(), ngrams, analyzer))
-        lex = lex.to(proto) * float(p.get("log_tfidf_weight", self.log_tfidf_weight).exp())
+        lex = lex.to(proto) * float(self.log_weight(p).exp())
         factors = [0.0] + [2.0 ** k for k in range(-3, 7)]
         temps = torch.tensor([2.0 ** k for k in range(-3, 4)], dtype=proto.dtype)
         nll = [min(float(F.cross_entropy(t * (proto + f * lex), y)) for t in temps)

@@ -84,8 +84,8 @@ def _build() -> None:
             task = {"source": source, "n_way": ways, "k_shot": k, "n_query": n_query,
                     "eval_n_query": 10}
             for learner in learners:
-                register_preset(_fewshot(f"{source}-{learner}-{ways}w{k}s", dict(task), learner, steps,
-                                         batch),
+                name = f"{source}-{learner}-{ways}w{k}s"
+                register_preset(_fewshot(name, dict(task), learner, steps, batch),
                                 f"{what}, {ways}-way {k}-shot, {LEARNER_NAMES[learner]} {DATA}")
     for learner in ("erm", "mldg", "fish"):
         register_preset(_dg(learner), f"SIB-200 domain generalisation over languages "

@@ -125,8 +125,16 @@ def checkpoint_step(out: Path) -> int:
     return int(state.get("step", state.get("generation", 0)))
 
 
-def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
-    """The config saved in a run folder (with ``overrides``), or a clear error."""
+def read_run_config(run_dir: Path, overrides: list[str] | None = None,
+                    data: dict[str, Any] | None = None) -> RunConfig:
+    """The config saved in a run folder (with ``overrides``), or a clear error; ``data``: the
+    folder's config.yaml already read (:func:`run_config_data`)."""
+    data = run_config_data(run_dir) if data is None else data
+    return validate_config(apply_overrides(data, overrides or []), base=run_dir)
+
+
+def run_config_data(run_dir: Path) -> dict[str, Any]:
+    """The config data in a run folder's config.yaml, as written, or a clear error."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         what = "does not exist" if not run_dir.exists() else "is not a run folder (no config.yaml)"
@@ -135,7 +143,7 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunCon
                      "the run was started with (the preset or file and overrides)")
     if not isinstance(data, dict):
         raise ConfigError(f"{cfg_path} is damaged (not a mapping of config fields)")
-    return validate_config(apply_overrides(data, overrides or []), base=run_dir)
+    return data
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -336,16 +344,18 @@ def load_run(run_dir: str | Path, device: str = "cpu", batchnorm: str | None = N
     them, e.g. on a target domain)."""
     run_dir = Path(run_dir)
     extra = [] if batchnorm is None else [f"learner.batchnorm={batchnorm}"]
-    read_run_config(run_dir)  # a clear error for a damaged or invalid config, first
+    data = run_config_data(run_dir)
+    read_run_config(run_dir, data=data)  # a clear error for an invalid config, first
     status = run_status(run_dir)
     ck = load_checkpoint(run_dir / status.weights, expect=("learner",))
-    stored, own = ck.get("fingerprint"), saved_fingerprint(read_yaml(run_dir / "config.yaml"))
+    stored, own = ck.get("fingerprint"), saved_fingerprint(data)
     if stored is not None and stored != own:
         raise ConfigError(f"{run_dir / status.weights} was written by another run (its config "
                           f"fingerprint {stored} is not this folder's {own}); use the weights "
                           "of this run, or the run folder they came from")
     cfg = read_run_config(run_dir, [*(overrides or []), *extra,
-                                    *(f"{k}={v}" for k, v in ck.get("overrides", {}).items())])
+                                    *(f"{k}={v}" for k, v in ck.get("overrides", {}).items())],
+                          data)
     state = ck["learner"] if status.weights == BEST else (ck.get("best_params") or ck["learner"])
     learner = build_learner(cfg)
     _load_weights(learner, state, run_dir / status.weights)
